@@ -1,0 +1,39 @@
+# xray-triage: `make demo` and `make test` set up everything they need into .venv on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?=
+SHARED_DATA ?= ../shared/data/pneumoniamnist_28.npz
+
+.PHONY: help install demo test lint bench bench-quality clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e '.[all]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with every extra
+
+demo: $(STAMP)  ## train (phantoms, DATA=file.npz, or MODEL_URI), start the local stack, triage a few uploads
+	$(BIN)/triage demo $(if $(DATA),--data $(DATA),)
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check .
+
+test: $(STAMP) lint  ## the whole test suite (CI runs this)
+	$(BIN)/pytest -q
+
+bench: $(STAMP)  ## latency, cold start, upload-to-result, explanation faithfulness -> reports/bench/
+	$(BIN)/triage bench --out reports/bench
+
+bench-quality: $(STAMP)  ## default training on PneumoniaMNIST 28x28 (../shared/data) -> reports/quality/
+	test -f $(SHARED_DATA) || { echo "bench-quality needs $(SHARED_DATA)"; exit 2; }
+	$(BIN)/triage train --data $(SHARED_DATA) --out reports/quality --json
+
+clean:  ## remove caches and local run outputs (keeps .venv)
+	rm -rf .cache .pytest_cache .ruff_cache runs reports mlruns mlruns.db

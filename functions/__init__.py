@@ -1,0 +1,1 @@
+"""One folder per scale-to-zero function (functions-framework targets)."""

@@ -1,0 +1,1 @@
+"""xray-triage's own library for the serving functions (never imports torch)."""

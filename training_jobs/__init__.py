@@ -1,0 +1,1 @@
+"""Training side: data pipeline, ViT, training, export, evaluation, registry (uses torch)."""

@@ -1,0 +1,1 @@
+"""Local stand-ins for MinIO notifications, Knative Eventing and routing, plus process supervision."""
