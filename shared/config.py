@@ -51,6 +51,10 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000
     url_fetch_timeout_s: float = 5.0
+    # Networks a {"url"} input may point into despite the SSRF guard ("127.0.0.1/32,::1"): local stack and tests only.
+    url_allow_networks: str = ""
+    # ONNX Runtime intra-op threads: 1 keeps one request per core predictable under concurrency.
+    ort_intra_op_threads: int = 1
     # Retraining.
     retrain_min_labels: int = 50
     retrain_backend: str = "local"  # local | kubernetes | github
@@ -75,6 +79,8 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 20 * 1024 * 1024),
             max_pixels=_int(env, "MAX_PIXELS", 50_000_000),
             url_fetch_timeout_s=_float(env, "URL_FETCH_TIMEOUT_S", 5.0),
+            url_allow_networks=env.get("URL_ALLOW_NETWORKS", ""),
+            ort_intra_op_threads=_int(env, "ORT_INTRA_OP_THREADS", 1),
             retrain_min_labels=_int(env, "RETRAIN_MIN_LABELS", 50),
             retrain_backend=env.get("RETRAIN_BACKEND", "local"),
             revision=env.get("REVISION", "champion"),

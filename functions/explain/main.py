@@ -1,0 +1,40 @@
+"""explain: POST /?method=rollout|occlusion an image → prediction + heatmap (JSON with base64 PNG, or image/png)."""
+
+from __future__ import annotations
+
+import flask
+import functions_framework
+
+from shared import http, runtime
+from shared.config import Settings
+from shared.feedback import RequestRecorder
+from shared.security import IPNetwork, parse_networks
+from shared.storage import Storage
+
+SETTINGS = Settings.from_env()
+MODEL = runtime.get_model(SETTINGS)
+# Indexes each request id (off the latency path) so a radiologist can label it through feedback later.
+REQUESTS = RequestRecorder(Storage.from_settings(SETTINGS), source="explain")
+# Empty unless URL_ALLOW_NETWORKS is set (local stack and tests only): networks a {"url"} may point into.
+URL_ALLOW_NETWORKS: tuple[IPNetwork, ...] = parse_networks(SETTINGS.url_allow_networks)
+
+
+def _explain(request: flask.Request) -> flask.Response:
+    method = request.args.get("method", "rollout")
+    data, content_type = http.read_image(request, SETTINGS, allow_networks=URL_ALLOW_NETWORKS)
+    explanation = MODEL.explain(MODEL.preprocess(data, content_type), method, http.request_id(request))
+    REQUESTS.record(explanation.prediction.to_json())
+    if http.wants_png(request):
+        prediction = explanation.prediction
+        headers = {
+            "X-Request-Id": prediction.request_id,
+            "X-Label": prediction.label,
+            "X-Probability": f"{prediction.probability:.6f}",
+        }
+        return flask.Response(explanation.overlay_png, mimetype="image/png", headers=headers)
+    return http.json_response(explanation.to_json())
+
+
+@functions_framework.http
+def explain(request: flask.Request) -> flask.Response:
+    return http.serve(request, {"POST /": _explain}, function="explain", model=MODEL)

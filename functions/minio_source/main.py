@@ -1,0 +1,34 @@
+"""minio_source: a MinIO webhook (or S3 → SNS → HTTP) notification → one `io.minio.object.created` per object.
+
+Needs `Authorization: Bearer <WEBHOOK_TOKEN>` (or Basic credentials with that password, for SNS). Posts the
+CloudEvents to K_SINK and answers 200 only when the sink accepted all of them, else 502 so the sender retries
+(the event ids are deterministic, so a resent notification does not duplicate work downstream).
+"""
+
+from __future__ import annotations
+
+import flask
+import functions_framework
+
+from shared import http
+from shared.config import Settings
+from shared.errors import PayloadTooLarge
+from shared.events import EventPublisher
+from shared.s3_events import check_webhook_auth, forward_notification, parse_notification
+
+SETTINGS = Settings.from_env()
+PUBLISHER = EventPublisher(SETTINGS.k_sink) if SETTINGS.k_sink else None
+MAX_NOTIFICATION_BYTES = 1 << 20
+
+
+def _notify(request: flask.Request) -> flask.Response:
+    check_webhook_auth(request.headers.get("Authorization"), SETTINGS.webhook_token)
+    body = request.stream.read(MAX_NOTIFICATION_BYTES + 1)
+    if len(body) > MAX_NOTIFICATION_BYTES:
+        raise PayloadTooLarge(f"body: over the limit of {MAX_NOTIFICATION_BYTES} bytes")
+    return http.json_response(forward_notification(parse_notification(body), PUBLISHER))
+
+
+@functions_framework.http
+def minio_source(request: flask.Request) -> flask.Response:
+    return http.serve(request, {"POST /": _notify}, function="minio_source")

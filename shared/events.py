@@ -1,0 +1,277 @@
+"""CloudEvents 1.0 of design §4: building them, HTTP encoding, posting to K_SINK, parsing incoming requests.
+
+Event ids are deterministic where a redelivery must be recognisable as the same event (CloudEvents consumers
+deduplicate on source + id): the object-created event of one object version always has the same id, so do the
+prediction made from it and the registration of one model version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+from cloudevents import exceptions as ce_exceptions
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent, from_http
+
+from shared.config import Settings
+from shared.errors import TriageError, UserError
+
+__all__ = [
+    "BadEvent",
+    "OBJECT_CREATED",
+    "PREDICTION_CREATED",
+    "FEEDBACK_RECEIVED",
+    "MODEL_REGISTERED",
+    "SOURCE_INGEST",
+    "SOURCE_FEEDBACK",
+    "SOURCE_RETRAIN",
+    "CloudEvent",
+    "EventDeliveryError",
+    "EventPublisher",
+    "NullPublisher",
+    "Publisher",
+    "deterministic_id",
+    "event_data",
+    "event_from_http",
+    "event_to_binary_http",
+    "event_to_structured_http",
+    "feedback_received_event",
+    "make_event",
+    "minio_source",
+    "model_registered_event",
+    "normalize_etag",
+    "object_created_event",
+    "prediction_created_event",
+    "publisher_from_settings",
+    "read_event_request",
+    "reply_response",
+]
+
+log = logging.getLogger(__name__)
+
+OBJECT_CREATED = "io.minio.object.created"
+PREDICTION_CREATED = "triage.prediction.created"
+FEEDBACK_RECEIVED = "triage.feedback.received"
+MODEL_REGISTERED = "triage.model.registered"
+SOURCE_INGEST = "triage/ingest"
+SOURCE_FEEDBACK = "triage/feedback"
+SOURCE_RETRAIN = "triage/retrain"
+
+
+class EventDeliveryError(TriageError):
+    """The sink did not accept an event (unreachable or non-2xx): our side's fault, so 502 and a retry."""
+
+    status = 502
+    code = "event_delivery_failed"
+
+
+class BadEvent(UserError):
+    """A request that is not a valid CloudEvent (or not the type / data this handler expects)."""
+
+    code = "bad_event"
+
+
+def minio_source(bucket: str) -> str:
+    """The `source` of object events of one bucket: `minio:<bucket>`."""
+    return f"minio:{bucket}"
+
+
+def deterministic_id(*parts: str) -> str:
+    """sha256 hex of the parts joined by '/': the same inputs always give the same event id."""
+    return hashlib.sha256("/".join(parts).encode("utf-8")).hexdigest()
+
+
+def normalize_etag(etag: str | None) -> str:
+    """S3 answers ETags quoted (`"abc"`), S3 events carry them bare; compare the bare form."""
+    return (etag or "").strip().strip('"')
+
+
+def _utc_iso(value: datetime | str | None) -> str:
+    if value is None:
+        value = datetime.now(UTC)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value
+
+
+def make_event(
+    event_type: str,
+    source: str,
+    data: Mapping[str, Any],
+    *,
+    event_id: str | None = None,
+    time: datetime | str | None = None,
+    extensions: Mapping[str, str] | None = None,
+) -> CloudEvent:
+    """A structured-JSON CloudEvent; a random id unless `event_id` is given."""
+    attributes: dict[str, Any] = {
+        "type": event_type,
+        "source": source,
+        "time": _utc_iso(time),
+        "datacontenttype": "application/json",
+    }
+    if event_id is not None:
+        attributes["id"] = event_id
+    # Extension names must be lower-case alphanumerics (CloudEvents 1.0 §"Attribute Naming Convention").
+    for name, value in (extensions or {}).items():
+        attributes[name] = value
+    return CloudEvent(attributes, dict(data))
+
+
+def object_created_event(
+    bucket: str, key: str, etag: str, size: int | None, event_time: datetime | str | None = None
+) -> CloudEvent:
+    """`io.minio.object.created` for one object version; id = sha256(bucket/key/etag)."""
+    etag = normalize_etag(etag)
+    data = {"bucket": bucket, "key": key, "etag": etag, "size": size, "event_time": _utc_iso(event_time)}
+    return make_event(
+        OBJECT_CREATED,
+        minio_source(bucket),
+        data,
+        event_id=deterministic_id(bucket, key, etag),
+        time=event_time,
+        extensions={"bucket": bucket},
+    )
+
+
+def prediction_created_event(result: Mapping[str, Any]) -> CloudEvent:
+    """`triage.prediction.created` carrying an ingest result; one id per input object version."""
+    event_id = deterministic_id("prediction", result["bucket"], result["key"], result["etag"])
+    return make_event(PREDICTION_CREATED, SOURCE_INGEST, result, event_id=event_id)
+
+
+def feedback_received_event(record: Mapping[str, Any]) -> CloudEvent:
+    """`triage.feedback.received` for one stored label; resending the same stored record keeps the id."""
+    event_id = deterministic_id("feedback", record["request_id"], record["label"], record["time"])
+    return make_event(FEEDBACK_RECEIVED, SOURCE_FEEDBACK, record, event_id=event_id)
+
+
+def model_registered_event(
+    version: str | int, run_id: str | None, *, name: str = "xray-vit", extra: Mapping[str, Any] | None = None
+) -> CloudEvent:
+    """`triage.model.registered` for one registry version (the canary consumes it)."""
+    data = {"name": name, "version": str(version), "run_id": run_id, **(extra or {})}
+    return make_event(MODEL_REGISTERED, SOURCE_RETRAIN, data, event_id=deterministic_id("model", name, str(version)))
+
+
+def event_to_binary_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
+    """Binary content mode: attributes in `ce-*` headers, data as the JSON body."""
+    headers, body = to_binary(event)
+    return dict(headers), body if isinstance(body, bytes) else str(body).encode("utf-8")
+
+
+def event_to_structured_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
+    """Structured content mode: the whole event as `application/cloudevents+json`."""
+    headers, body = to_structured(event)
+    return dict(headers), body if isinstance(body, bytes) else str(body).encode("utf-8")
+
+
+def event_from_http(headers: Mapping[str, str], body: bytes | str | None) -> CloudEvent:
+    """Parse a binary or structured HTTP CloudEvent; anything else is a 400 `bad_event`."""
+    try:
+        event = from_http(dict(headers.items()), body)
+    except ce_exceptions.GenericException as exc:
+        raise BadEvent(f"request body is not a CloudEvent: {_first_line(str(exc))}") from exc
+    except (ValueError, TypeError) as exc:
+        raise BadEvent(f"request body is not a CloudEvent: {_first_line(str(exc))}") from exc
+    return event
+
+
+MAX_EVENT_BYTES = 1 << 20
+
+
+def read_event_request(request: Any, *, max_bytes: int = MAX_EVENT_BYTES) -> CloudEvent:
+    """The CloudEvent of a flask request, its body capped at `max_bytes` (413 above it)."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise UserError(
+            f"body: {length} bytes is over the event limit of {max_bytes}", code="payload_too_large", status=413
+        )
+    body = request.stream.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise UserError(f"body: over the event limit of {max_bytes} bytes", code="payload_too_large", status=413)
+    return event_from_http(request.headers, body)
+
+
+def event_data(event: CloudEvent, *required: str) -> dict[str, Any]:
+    """The event's JSON object data, with each `required` field present, else a 400 naming the field."""
+    data = event.get_data()
+    if isinstance(data, (bytes, str)):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise BadEvent(f"event {event['type']} data is not JSON") from exc
+    if not isinstance(data, dict):
+        raise BadEvent(f"event {event['type']} data must be a JSON object")
+    for name in required:
+        if data.get(name) in (None, ""):
+            raise BadEvent(f"event {event['type']} data has no field '{name}'")
+    return data
+
+
+def reply_response(event: CloudEvent) -> tuple[bytes, int, dict[str, str]]:
+    """A Flask response (body, status, headers) carrying `event` as a Knative reply event (binary mode)."""
+    headers, body = event_to_binary_http(event)
+    return body, 200, headers
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0][:200] if text else "invalid"
+
+
+class Publisher(Protocol):
+    """Anything that can emit a CloudEvent: `EventPublisher` (to K_SINK) or `NullPublisher`."""
+
+    def publish(self, event: CloudEvent) -> None: ...
+
+
+class EventPublisher:
+    """Posts CloudEvents to a sink (K_SINK: the broker) over HTTP; a non-2xx or no answer is EventDeliveryError."""
+
+    def __init__(
+        self,
+        sink: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout_s: float = 5.0,
+        structured: bool = False,
+    ) -> None:
+        self.sink = sink
+        self.structured = structured
+        self._client = httpx.Client(transport=transport, timeout=timeout_s)
+
+    def publish(self, event: CloudEvent) -> None:
+        encode = event_to_structured_http if self.structured else event_to_binary_http
+        headers, body = encode(event)
+        try:
+            response = self._client.post(self.sink, headers=headers, content=body)
+        except httpx.HTTPError as exc:
+            raise EventDeliveryError(f"event sink {self.sink} unreachable: {type(exc).__name__}") from exc
+        if not response.is_success:
+            raise EventDeliveryError(f"event sink {self.sink} answered {response.status_code} to {event['type']}")
+        log.info("published %s id=%s", event["type"], event["id"])
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class NullPublisher:
+    """Used when K_SINK is unset: logs the event's type and id (never its data, which may name a reviewer)."""
+
+    def publish(self, event: CloudEvent) -> None:
+        log.info("K_SINK unset; not publishing %s id=%s", event["type"], event["id"])
+
+
+def publisher_from_settings(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> Publisher:
+    """EventPublisher to `settings.k_sink`, or NullPublisher when it is unset."""
+    if not settings.k_sink:
+        return NullPublisher()
+    return EventPublisher(settings.k_sink, transport=transport)

@@ -1,0 +1,171 @@
+"""Image bytes → float image in [0, 1] → model input. Training and serving share these functions."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from shared.errors import ImageError, PayloadTooLarge, UnsupportedMediaType
+
+__all__ = [
+    "ACCEPTED_CONTENT_TYPES",
+    "MAX_PIXELS",
+    "batch_to_model_input",
+    "decode_image",
+    "encode_png",
+    "sniff_format",
+    "to_model_input",
+]
+
+MAX_PIXELS = 50_000_000
+# PIL raises DecompressionBombError above twice this and only warns above it; our own declared-size check
+# (per call, from Settings.max_pixels) is the one that decides, so PIL's advisory warning is silenced.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+ACCEPTED_CONTENT_TYPES = frozenset({"image/png", "image/jpeg", "application/dicom", "application/octet-stream"})
+MEAN = 0.5
+STD = 0.5
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def sniff_format(data: bytes) -> str | None:
+    """'png', 'jpeg' or 'dicom' from the leading bytes, None when none of them."""
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def _media_type(content_type: str | None) -> str | None:
+    if content_type is None:
+        return None
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media or None
+
+
+def decode_image(data: bytes, content_type: str | None = None, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """PNG / JPEG / DICOM bytes → 2-D float32 array in [0, 1] (0 = black).
+
+    The bytes decide the format (a mislabelled PNG still decodes); the content type only has to be one we
+    accept, and `application/dicom` also admits DICOM files written without the 128-byte preamble.
+    """
+    media = _media_type(content_type)
+    if media is not None and media not in ACCEPTED_CONTENT_TYPES:
+        accepted = ", ".join(sorted(ACCEPTED_CONTENT_TYPES))
+        raise UnsupportedMediaType(f"content type {media!r} is not accepted (use one of {accepted})")
+    if not data:
+        raise ImageError("empty body: no image bytes")
+    kind = sniff_format(data)
+    if kind == "dicom" or (kind is None and media == "application/dicom"):
+        from shared.dicom import decode_dicom
+
+        return decode_dicom(data, max_pixels=max_pixels)
+    if kind is None:
+        raise ImageError("the bytes are not a PNG, JPEG or DICOM image")
+    return _decode_raster(data, kind, max_pixels)
+
+
+def _decode_raster(data: bytes, kind: str, max_pixels: int) -> np.ndarray:
+    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        # A deployment allowing more than the default: lift PIL's hard ceiling (2x this) to match.
+        Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)
+    try:
+        image = Image.open(io.BytesIO(data), formats=[kind.upper()])
+        # The header is parsed, the pixels are not: refuse bombs before any pixel is decoded.
+        width, height = image.size
+        if width * height > max_pixels:
+            declared = f"{width}x{height} = {width * height} pixels"
+            raise PayloadTooLarge(f"{kind.upper()} declares {declared}, over the limit of {max_pixels}")
+        if width == 0 or height == 0:
+            raise ImageError(f"{kind.upper()} declares an empty image ({width}x{height})")
+        image.load()
+        if kind == "jpeg":
+            image = ImageOps.exif_transpose(image)
+        return _to_gray_float(image)
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"{kind.upper()} is a decompression bomb: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        # Truncated or corrupt files: PIL says "image file is truncated", "broken data stream", ...
+        raise ImageError(f"corrupt or truncated {kind.upper()}: {exc}") from exc
+
+
+def _to_gray_float(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return (np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0).astype(np.float32)
+    if mode == "I":
+        # 16-bit grayscale PNGs may open as 32-bit "I" with values in 0..65535.
+        arr = np.asarray(image, dtype=np.int64)
+        return (np.clip(arr, 0, 65535).astype(np.float32) / 65535.0).astype(np.float32)
+    if mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    if mode != "L":
+        # RGB(A), P, LA, 1, CMYK, YCbCr → 8-bit luminance; alpha is dropped (X-rays carry none).
+        image = image.convert("RGB").convert("L") if mode in ("P", "CMYK", "YCbCr") else image.convert("L")
+    return np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+
+
+def to_model_input(image: np.ndarray, size: int) -> np.ndarray:
+    """2-D float image in [0, 1] → float32 [1, size, size]: PIL bilinear (antialiased) resize, (x - 0.5) / 0.5."""
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    if arr.shape != (size, size):
+        resized = Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR)
+        arr = np.asarray(resized, dtype=np.float32)
+    return ((arr - np.float32(MEAN)) / np.float32(STD)).astype(np.float32)[None]
+
+
+def _as_unit_float(images: np.ndarray) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255.0)
+    if images.dtype == np.uint16:
+        return images.astype(np.float32) / np.float32(65535.0)
+    return images.astype(np.float32, copy=False)
+
+
+def batch_to_model_input(images: np.ndarray, size: int) -> np.ndarray:
+    """[N, H, W] uint8 (÷255), uint16 (÷65535) or float in [0, 1] → float32 [N, 1, size, size]."""
+    arr = np.asarray(images)
+    if arr.ndim != 3:
+        raise ValueError(f"expected images of shape [N, H, W], got {arr.shape}")
+    unit = _as_unit_float(arr)
+    if arr.shape[1:] == (size, size):
+        # Same arithmetic as to_model_input without a resize, vectorized.
+        return ((unit - np.float32(MEAN)) / np.float32(STD)).astype(np.float32)[:, None]
+    out = np.empty((arr.shape[0], 1, size, size), dtype=np.float32)
+    for i in range(arr.shape[0]):
+        out[i] = to_model_input(unit[i], size)
+    return out
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Encode a 2-D image (uint8, uint16 or float in [0, 1]) or an [H, W, 3|4] uint8 image as PNG bytes."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        if arr.dtype != np.uint8:
+            arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        pil = Image.fromarray(arr)  # uint8 [H, W, 3|4] → RGB / RGBA
+    elif arr.ndim == 2:
+        if arr.dtype == np.uint8:
+            pil = Image.fromarray(arr)
+        elif arr.dtype == np.uint16:
+            pil = Image.fromarray(arr)  # uint16 → I;16
+        else:
+            arr8 = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            pil = Image.fromarray(arr8)
+    else:
+        raise ValueError(f"cannot encode an image of shape {arr.shape} as PNG")
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,132 @@
+"""S3 access (moto server locally, MinIO in production) through one small object wrapping a boto3 client."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from shared.config import BUCKETS, Settings
+from shared.errors import NotFound
+
+__all__ = ["Storage", "split_s3_uri"]
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` → ("bucket", "some/key")."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}")
+    return bucket, key
+
+
+def _is_missing(exc: Exception) -> bool:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket") or status == 404
+
+
+class Storage:
+    """Bytes and JSON in S3 buckets. The client is passed in, so tests hand it a client of a local server."""
+
+    def __init__(self, client: Any, *, buckets: tuple[str, ...] = BUCKETS) -> None:
+        self.client = client
+        self.buckets = buckets
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Storage:
+        """A boto3 client for `S3_ENDPOINT_URL` (path-style addressing, as MinIO and moto expect)."""
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            aws_access_key_id=settings.aws_access_key_id,
+            aws_secret_access_key=settings.aws_secret_access_key,
+            region_name=settings.aws_region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"}),
+        )
+        return cls(client)
+
+    def ensure_buckets(self, buckets: tuple[str, ...] | None = None) -> None:
+        """Create the design's buckets that do not exist yet."""
+        existing = {b["Name"] for b in self.client.list_buckets().get("Buckets", [])}
+        for bucket in buckets or self.buckets:
+            if bucket not in existing:
+                # Another process may create it between the listing and here.
+                with contextlib.suppress(self.client.exceptions.BucketAlreadyOwnedByYou):
+                    self.client.create_bucket(Bucket=bucket)
+
+    def put_bytes(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Write one object; returns its etag (without quotes)."""
+        extra: dict[str, Any] = {}
+        if content_type:
+            extra["ContentType"] = content_type
+        if metadata:
+            extra["Metadata"] = metadata
+        response = self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
+        return str(response.get("ETag", "")).strip('"')
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if _is_missing(exc):
+                raise NotFound(f"s3://{bucket}/{key} does not exist") from exc
+            raise
+        return response["Body"].read()
+
+    def put_json(self, bucket: str, key: str, value: Any, metadata: dict[str, str] | None = None) -> str:
+        data = json.dumps(value, indent=2, sort_keys=True).encode()
+        return self.put_bytes(bucket, key, data, "application/json", metadata)
+
+    def get_json(self, bucket: str, key: str) -> Any:
+        return json.loads(self.get_bytes(bucket, key))
+
+    def head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """{etag, size, content_type, metadata} of an object, None when it does not exist."""
+        try:
+            response = self.client.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return {
+            "etag": str(response.get("ETag", "")).strip('"'),
+            "size": int(response.get("ContentLength", 0)),
+            "content_type": response.get("ContentType"),
+            "metadata": dict(response.get("Metadata", {})),
+        }
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return self.head(bucket, key) is not None
+
+    def iter_keys(self, bucket: str, prefix: str = "", page_size: int | None = None) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pagination = {"PageSize": page_size} if page_size else {}
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig=pagination):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def list_keys(self, bucket: str, prefix: str = "", page_size: int | None = None) -> list[str]:
+        """Every key under `prefix`, across pages, sorted."""
+        return sorted(self.iter_keys(bucket, prefix, page_size))
+
+    def copy(self, bucket: str, src_key: str, dst_key: str, dst_bucket: str | None = None) -> None:
+        """Server-side copy; writing to a temporary key and copying makes a write all-or-nothing for readers."""
+        self.client.copy_object(Bucket=dst_bucket or bucket, Key=dst_key, CopySource={"Bucket": bucket, "Key": src_key})
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client.delete_object(Bucket=bucket, Key=key)

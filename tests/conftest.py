@@ -1,0 +1,51 @@
+"""Fixtures shared by the whole suite: a local S3 server (moto) and a tiny SYNTHETIC phantom data set."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "minioadmin",
+    "AWS_SECRET_ACCESS_KEY": "minioadmin",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """Endpoint URL of moto's S3 server on 127.0.0.1 (a free port), with MinIO's default credentials in the env.
+
+    One server per session: tests use their own bucket names or prefixes, or reset it via /moto-api/reset.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
+    saved = {name: os.environ.get(name) for name in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def phantom_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MedMNIST-style SYNTHETIC .npz: 28x28, train 60 / val 20 / test 20, both classes in every split."""
+    from training_jobs.phantom import write_phantom_npz
+
+    return write_phantom_npz(tmp_path_factory.mktemp("phantom") / "phantom.npz", n_train=60, n_val=20, n_test=20)

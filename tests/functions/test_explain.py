@@ -1,0 +1,80 @@
+"""explain over HTTP: the heatmap PNG has the input image's size, as JSON (base64) or image/png by Accept."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from shared.security import parse_networks
+from tests.functions.bad_requests import BODY_LIMIT, assert_json_error, bad_requests
+from tests.functions.image_server import image_server
+from tests.functions.tiny_model import dicom_bytes, jpeg_bytes, png_bytes
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadingHTTPServer]:
+    with image_server() as running:
+        yield running
+
+
+@pytest.fixture
+def client(client_for):
+    return client_for("explain", MAX_BODY_BYTES=str(BODY_LIMIT))
+
+
+def heatmap_size(response) -> tuple[int, int]:
+    assert response.status_code == 200, response.get_data()[:300]
+    body = response.get_json()
+    assert body["label"] in ("normal", "pneumonia") and body["model"]["name"] == "xray-vit"
+    png = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"])))
+    assert png.format == "PNG" and [png.height, png.width] == body["heatmap_size"]
+    return png.size
+
+
+@pytest.mark.parametrize("method", ["rollout", "occlusion"])
+def test_json_heatmap_has_the_inputs_size(client, method: str) -> None:
+    response = client.post(f"/?method={method}", data=png_bytes(40, width=56), content_type="image/png")
+    assert heatmap_size(response) == (56, 40)
+    assert response.get_json()["method"] == method
+
+
+def test_accept_png_answers_the_overlay_image(client) -> None:
+    response = client.post("/", data=png_bytes(36, width=30), content_type="image/png", headers={"Accept": "image/png"})
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert Image.open(io.BytesIO(response.data)).size == (30, 36)
+    assert response.headers["X-Label"] in ("normal", "pneumonia")
+
+
+def test_each_input_form_gets_a_heatmap(client, server: ThreadingHTTPServer, monkeypatch) -> None:
+    multipart = {"file": (io.BytesIO(png_bytes()), "x.png", "image/png")}
+    assert heatmap_size(client.post("/", data=jpeg_bytes(32), content_type="image/jpeg")) == (32, 32)
+    assert heatmap_size(client.post("/", data=dicom_bytes(), content_type="application/dicom")) == (28, 28)
+    assert heatmap_size(client.post("/", data=multipart, content_type="multipart/form-data")) == (28, 28)
+    monkeypatch.setattr(client.module, "URL_ALLOW_NETWORKS", parse_networks("127.0.0.1/32"))
+    assert heatmap_size(client.post("/", json={"url": server.url("/image.png")})) == (28, 28)
+
+
+def test_an_unknown_method_is_a_422_naming_it(client) -> None:
+    response = client.post("/?method=gradcam", data=png_bytes(), content_type="image/png")
+    assert response.status_code == 422 and "method" in response.get_json()["error"]["message"]
+
+
+def test_every_bad_input_is_a_4xx_json_error_and_the_process_keeps_serving(
+    client, server: ThreadingHTTPServer, monkeypatch
+) -> None:
+    for case, kwargs, allow_local in bad_requests(server.url):
+        monkeypatch.setattr(client.module, "URL_ALLOW_NETWORKS", parse_networks("127.0.0.1/32") if allow_local else ())
+        assert_json_error(client.post("/", **kwargs), case)
+    assert heatmap_size(client.post("/", data=png_bytes(), content_type="image/png")) == (28, 28)
+
+
+def test_health_and_metrics(client) -> None:
+    client.post("/", data=png_bytes(), content_type="image/png")
+    assert client.get("/healthz").status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'triage_request_duration_seconds_count{function="explain",route="/",status="200"}' in text

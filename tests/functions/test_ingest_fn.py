@@ -1,0 +1,95 @@
+"""ingest over HTTP: a CloudEvent for an upload → result in S3, reply or published event, idempotent, 5xx on S3 down."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from shared.config import Settings
+from shared.events import PREDICTION_CREATED, event_from_http, event_to_binary_http, object_created_event
+from shared.storage import Storage
+from tests.functions.event_sink import EventSink
+from tests.functions.tiny_model import png_bytes
+
+
+@pytest.fixture
+def storage(s3_server: str) -> Storage:
+    httpx.post(f"{s3_server}/moto-api/reset")
+    store = Storage.from_settings(Settings(s3_endpoint_url=s3_server))
+    store.ensure_buckets()
+    return store
+
+
+@pytest.fixture
+def sink():
+    server = EventSink()
+    yield server
+    server.close()
+
+
+def uploaded(storage: Storage, key: str, data: bytes):
+    etag = storage.put_bytes("inference-inputs", key, data)
+    return object_created_event("inference-inputs", key, etag, len(data))
+
+
+def deliver(client, event):
+    headers, body = event_to_binary_http(event)
+    return client.post("/", data=body, headers=headers)
+
+
+def test_an_upload_event_gets_a_result_and_a_knative_reply_and_a_redelivery_changes_nothing(
+    client_for, storage, s3_server
+):
+    client = client_for("ingest", S3_ENDPOINT_URL=s3_server, K_SINK="")
+    event = uploaded(storage, "p1.png", png_bytes(28))
+
+    response = deliver(client, event)
+
+    assert response.status_code == 200, response.data
+    reply = event_from_http(dict(response.headers), response.data)  # what the broker publishes next
+    assert reply["type"] == PREDICTION_CREATED and reply["source"] == "triage/ingest"
+    result = storage.get_json("inference-results", "p1.png.json")
+    assert reply.get_data()["request_id"] == result["request_id"]
+    assert result["model"]["name"] == "xray-vit" and "version" in result["model"]
+
+    again = deliver(client, event)
+    assert again.status_code == 200 and "ce-type" not in again.headers
+    assert again.get_json()["status"] == "duplicate"
+    assert b"triage_upload_to_result_seconds_count" in client.get("/metrics").data
+
+
+def test_with_k_sink_the_prediction_event_is_published_once(client_for, storage, s3_server, sink):
+    client = client_for("ingest", S3_ENDPOINT_URL=s3_server, K_SINK=sink.url)
+    event = uploaded(storage, "p2.png", png_bytes(28, seed=5))
+    assert deliver(client, event).get_json()["status"] == "created"
+    assert deliver(client, event).get_json()["status"] == "duplicate"
+    assert [e["type"] for e in sink.events] == [PREDICTION_CREATED]
+
+
+def test_a_bad_image_is_a_final_200_with_an_error_result(client_for, storage, s3_server):
+    client = client_for("ingest", S3_ENDPOINT_URL=s3_server, K_SINK="")
+    response = deliver(client, uploaded(storage, "junk.png", b"not an image at all"))
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "error"
+    assert storage.get_json("inference-results", "junk.png.json")["error"]["code"] == "bad_image"
+
+
+def test_s3_down_is_a_5xx_so_the_broker_retries(client_for):
+    client = client_for("ingest", S3_ENDPOINT_URL="http://127.0.0.1:9", K_SINK="")
+    response = deliver(client, object_created_event("inference-inputs", "a.png", "e", 1))
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "storage_unavailable"
+
+
+def test_requests_that_are_not_object_events_are_400(client_for, s3_server):
+    client = client_for("ingest", S3_ENDPOINT_URL=s3_server, K_SINK="")
+    assert client.post("/", data=b"hello", content_type="text/plain").status_code == 400
+    wrong = event_to_binary_http(object_created_event("inference-inputs", "a.png", "e", 1))
+    headers = {**wrong[0], "ce-type": "something.else"}
+    assert client.post("/", data=wrong[1], headers=headers).get_json()["error"]["code"] == "bad_event"
+
+
+def test_healthz_is_ready_once_the_model_is_loaded(client_for, s3_server):
+    client = client_for("ingest", S3_ENDPOINT_URL=s3_server, K_SINK="")
+    client.module.MODEL.ensure_loaded()
+    assert client.get("/healthz").status_code == 200

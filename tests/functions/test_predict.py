@@ -1,0 +1,171 @@
+"""predict over HTTP (functions-framework test client): every input form, every bad input, health and metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+
+import pytest
+
+from shared.security import parse_networks
+from tests.functions.bad_requests import BODY_LIMIT, assert_json_error, bad_requests
+from tests.functions.image_server import image_server
+from tests.functions.tiny_model import dicom_bytes, jpeg_bytes, png_bytes
+
+PREDICTION_KEYS = {"request_id", "label", "probability", "threshold", "urgent", "model", "timings_ms"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadingHTTPServer]:
+    with image_server() as running:
+        yield running
+
+
+@pytest.fixture
+def client(client_for):
+    return client_for("predict", MAX_BODY_BYTES=str(BODY_LIMIT))
+
+
+def assert_prediction(response, case: str) -> dict:
+    assert response.status_code == 200, f"{case}: {response.get_data()[:300]!r}"
+    body = response.get_json()
+    assert set(body) == PREDICTION_KEYS, case
+    assert body["label"] in ("normal", "pneumonia") and 0.0 <= body["probability"] <= 1.0, case
+    assert body["model"]["name"] == "xray-vit", case
+    assert body["timings_ms"]["total"] >= body["timings_ms"]["inference"] > 0, case
+    return body
+
+
+def test_each_input_form_gets_a_prediction(client, server: ThreadingHTTPServer, monkeypatch) -> None:
+    png = png_bytes()
+    probabilities = {}
+    for case, kwargs in [
+        ("raw png", {"data": png, "content_type": "image/png"}),
+        ("raw 16-bit png", {"data": png_bytes(bits=16), "content_type": "image/png"}),
+        ("raw jpeg", {"data": jpeg_bytes(), "content_type": "image/jpeg"}),
+        ("raw dicom", {"data": dicom_bytes(), "content_type": "application/dicom"}),
+        (
+            "multipart",
+            {"data": {"file": (io.BytesIO(png), "x.png", "image/png")}, "content_type": "multipart/form-data"},
+        ),
+    ]:
+        probabilities[case] = assert_prediction(client.post("/", **kwargs), case)["probability"]
+    monkeypatch.setattr(client.module, "URL_ALLOW_NETWORKS", parse_networks("127.0.0.1/32"))
+    probabilities["url"] = assert_prediction(client.post("/", json={"url": server.url("/image.png")}), "url")[
+        "probability"
+    ]
+    # the same image through every envelope is the same prediction
+    assert probabilities["raw png"] == probabilities["multipart"] == probabilities["url"]
+
+
+def test_the_callers_request_id_is_kept(client) -> None:
+    response = client.post("/", data=png_bytes(), content_type="image/png", headers={"X-Request-Id": "study-42"})
+    assert response.get_json()["request_id"] == "study-42"
+
+
+def test_every_bad_input_is_a_4xx_json_error_and_the_process_keeps_serving(
+    client, server: ThreadingHTTPServer, monkeypatch
+) -> None:
+    for case, kwargs, allow_local in bad_requests(server.url):
+        monkeypatch.setattr(client.module, "URL_ALLOW_NETWORKS", parse_networks("127.0.0.1/32") if allow_local else ())
+        assert_json_error(client.post("/", **kwargs), case)
+    assert_prediction(client.post("/", data=png_bytes(), content_type="image/png"), "after the bad inputs")
+
+
+def test_other_methods_and_paths_are_json_errors(client) -> None:
+    assert client.get("/").status_code == 405
+    assert (
+        client.post("/nowhere", data=png_bytes(), content_type="image/png").get_json()["error"]["code"] == "not_found"
+    )
+
+
+def test_healthz_is_not_ready_until_the_model_is_loaded(client) -> None:
+    first = client.get("/healthz")
+    assert first.status_code == 503 and first.get_json()["error"]["code"] == "not_ready"
+    deadline = time.monotonic() + 30
+    while client.get("/healthz").status_code != 200:
+        assert time.monotonic() < deadline, "the model never became ready"
+        time.sleep(0.05)
+
+
+def test_a_model_that_cannot_load_is_a_503_and_health_stays_unready(client_for, tmp_path) -> None:
+    broken = client_for("predict", MODEL_URI=str(tmp_path / "no-model"))
+    response = broken.post("/", data=png_bytes(), content_type="image/png")
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "model_unavailable"
+    assert "no such file" in response.get_json()["error"]["message"]
+    assert broken.get("/healthz").status_code == 503
+
+
+def test_metrics_has_latency_predictions_model_cold_start_and_upload_to_result(client) -> None:
+    assert_prediction(client.post("/", data=png_bytes(), content_type="image/png"), "png")
+    client.post("/", data=b"", content_type="image/png")
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    text = response.get_data(as_text=True)
+    assert 'triage_request_duration_seconds_bucket{function="predict",le="0.5",route="/",status="200"}' in text
+    assert 'triage_request_duration_seconds_count{function="predict",route="/",status="400"}' in text
+    assert "triage_predictions_total{label=" in text
+    assert 'triage_model_info{name="xray-vit",revision="champion",version="unversioned"} 1.0' in text
+    cold_start = next(line for line in text.splitlines() if line.startswith("triage_cold_start_seconds "))
+    assert float(cold_start.split()[1]) > 0
+    assert "# TYPE triage_upload_to_result_seconds histogram" in text
+
+
+def test_a_real_functions_framework_process_loads_after_the_fork_and_serves(tiny_model_dir, tmp_path) -> None:
+    """gunicorn builds the app in its master and forks a worker: the session must be created in the worker."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from shared.config import PROJECT_ROOT
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "MODEL_URI": str(tiny_model_dir),
+        "MODEL_CACHE_DIR": str(tmp_path),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    command = [sys.executable, "-m", "functions_framework", "--target", "predict", "--host", "127.0.0.1",
+               "--port", str(port), "--source", str(PROJECT_ROOT / "functions" / "predict" / "main.py")]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the process never became ready"
+            time.sleep(0.1)
+        request = urllib.request.Request(f"{base}/", data=png_bytes(), headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+            assert set(json.loads(response.read())) == PREDICTION_KEYS
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_each_prediction_is_indexed_so_feedback_can_find_it(client, s3_server: str) -> None:
+    from shared.config import Settings
+    from shared.feedback import request_index_key
+    from shared.storage import Storage
+
+    storage = Storage.from_settings(Settings.from_env({"S3_ENDPOINT_URL": s3_server}))
+    storage.ensure_buckets()
+    request_id = assert_prediction(client.post("/", data=png_bytes(), content_type="image/png"), "png")["request_id"]
+    client.module.REQUESTS.flush()
+    assert storage.exists("inference-results", request_index_key(request_id))

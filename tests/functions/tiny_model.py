@@ -1,0 +1,90 @@
+"""Test inputs for the serving tests: a tiny random-weight ViT exported as a model directory, and image bytes."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY_CONFIG = {"image_size": 28, "patch": 7, "dim": 32, "depth": 2, "heads": 2}
+
+
+def build_tiny_model_dir(out_dir: Path, *, seed: int = 0) -> Path:
+    """A model directory (model.onnx, model.int8.onnx, model_card.json) of a random-weight 28x28 ViT."""
+    import torch
+
+    from training_jobs.export import export_model_dir
+    from training_jobs.vit import ViT, ViTConfig
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    model = ViT(ViTConfig(**TINY_CONFIG)).eval()
+    export_model_dir(model, out_dir, temperature=1.0, threshold=0.5)
+    return out_dir
+
+
+def gray_image(size: int = 28, seed: int = 0) -> np.ndarray:
+    """A smooth uint8 gray image with a bright blob (something a saliency map can point at)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    blob = np.exp(-((x - 0.3) ** 2 + (y - 0.6) ** 2) / 0.02)
+    return np.clip(255 * (0.3 * x + 0.6 * blob) + rng.normal(0, 4, (size, size)), 0, 255).astype(np.uint8)
+
+
+def png_bytes(size: int = 28, *, width: int | None = None, bits: int = 8, seed: int = 0) -> bytes:
+    image = gray_image(size, seed)
+    if width is not None:
+        image = np.asarray(Image.fromarray(image).resize((width, size)))
+    pil = Image.fromarray(image.astype(np.uint16) * 257) if bits == 16 else Image.fromarray(image)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(size: int = 28, seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(gray_image(size, seed)).convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def dicom_bytes(size: int = 28, *, patient_name: str = "DOE^JANE", patient_id: str = "PID-12345") -> bytes:
+    """A 16-bit MONOCHROME2 DICOM file with patient identifiers in it."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.PatientName = patient_name
+    dataset.PatientID = patient_id
+    dataset.PatientBirthDate = "19700101"
+    dataset.Modality = "CR"
+    dataset.Rows = dataset.Columns = size
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = (gray_image(size).astype(np.uint16) * 16).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def png_bomb(side: int = 100_000) -> bytes:
+    """A valid-looking PNG whose header declares side x side pixels but carries almost no data."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )

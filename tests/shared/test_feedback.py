@@ -1,0 +1,176 @@
+"""Radiologist feedback against a real local S3 server: validation, auth, storage, idempotent events."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from shared.config import Settings
+from shared.errors import Forbidden, InvalidField, NotFound, Unauthorized, UserError
+from shared.events import FEEDBACK_RECEIVED, EventDeliveryError, EventPublisher, event_from_http
+from shared.feedback import RequestRecorder, parse_feedback, record_request, request_index_key, submit_feedback
+from shared.storage import Storage
+
+TOKENS = "ann:tok-ann,bob:tok-bob"
+
+
+@pytest.fixture
+def storage(s3_server: str) -> Storage:
+    """Empty design buckets on the shared local S3 server."""
+    httpx.post(f"{s3_server}/moto-api/reset")
+    store = Storage.from_settings(Settings(s3_endpoint_url=s3_server))
+    store.ensure_buckets()
+    return store
+
+
+class RecordingSink:
+    """A sink that parses every POSTed CloudEvent (real binary encoding) and can be told to fail."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+        self.status = 202
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.status < 300:
+            self.events.append(event_from_http(dict(request.headers), request.content))
+        return httpx.Response(self.status)
+
+    def publisher(self) -> EventPublisher:
+        return EventPublisher("http://broker.local/", transport=httpx.MockTransport(self))
+
+
+def body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def answered(storage: Storage, request_id: str = "req-1", label: str = "normal") -> None:
+    record_request(
+        storage,
+        {
+            "request_id": request_id,
+            "label": label,
+            "probability": 0.2,
+            "urgent": False,
+            "model": {"name": "xray-vit", "version": "3"},
+        },
+        source="predict",
+    )
+
+
+def test_label_is_stored_with_the_prediction_it_corrects_and_announced(storage):
+    answered(storage)
+    sink = RecordingSink()
+    request = parse_feedback(body(request_id="req-1", label="pneumonia", reviewer="ann"), "Bearer tok-ann", TOKENS)
+
+    outcome = submit_feedback(storage, request, sink.publisher())
+
+    assert outcome.status == "stored"
+    stored = storage.get_json("feedback", "req-1.json")
+    assert stored["label"] == "pneumonia" and stored["reviewer"] == "ann" and stored["time"]
+    assert stored["predicted_label"] == "normal" and stored["model"]["version"] == "3"
+    assert stored["notified"] is True and stored["authenticated_as"] == "ann"
+    [event] = sink.events
+    assert event["type"] == FEEDBACK_RECEIVED and event["source"] == "triage/feedback"
+    assert event.get_data()["key"] == "feedback/req-1.json"
+
+
+def test_same_label_again_is_200_without_a_new_event_and_a_changed_label_emits_one(storage):
+    answered(storage)
+    sink = RecordingSink()
+    first = parse_feedback(body(request_id="req-1", label="normal"), "Bearer tok-bob", TOKENS)
+    submit_feedback(storage, first, sink.publisher())
+
+    assert submit_feedback(storage, first, sink.publisher()).status == "unchanged"
+    assert len(sink.events) == 1
+
+    changed = parse_feedback(body(request_id="req-1", label="pneumonia"), "Bearer tok-bob", TOKENS)
+    assert submit_feedback(storage, changed, sink.publisher()).status == "updated"
+    assert storage.get_json("feedback", "req-1.json")["label"] == "pneumonia"
+    assert storage.get_json("feedback", "req-1.json")["previous_label"] == "normal"
+    assert [e.get_data()["label"] for e in sink.events] == ["normal", "pneumonia"]
+    assert sink.events[0]["id"] != sink.events[1]["id"]
+
+
+def test_sink_failure_keeps_the_label_and_a_resend_delivers_the_same_event_once(storage):
+    answered(storage)
+    sink = RecordingSink()
+    sink.status = 503
+    request = parse_feedback(body(request_id="req-1", label="normal"), "Bearer tok-ann", TOKENS)
+    with pytest.raises(EventDeliveryError):
+        submit_feedback(storage, request, sink.publisher())
+    assert storage.get_json("feedback", "req-1.json")["notified"] is False
+
+    sink.status = 202
+    assert submit_feedback(storage, request, sink.publisher()).status == "stored"
+    assert submit_feedback(storage, request, sink.publisher()).status == "unchanged"
+    assert len(sink.events) == 1
+
+
+def test_unknown_request_id_is_404_and_stores_nothing(storage):
+    request = parse_feedback(body(request_id="never-seen", label="normal"), "Bearer tok-ann", TOKENS)
+    with pytest.raises(NotFound) as excinfo:
+        submit_feedback(storage, request, RecordingSink().publisher())
+    assert excinfo.value.status == 404
+    assert storage.list_keys("feedback") == []
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        (body(request_id="req-1", label="maybe"), "label"),
+        (body(request_id="req-1"), "label"),
+        (body(request_id="../../etc", label="normal"), "request_id"),
+        (body(request_id=7, label="normal"), "request_id"),
+        (body(request_id="req-1", label="normal", reviewer=["ann"]), "reviewer"),
+        (b"[]", "body"),
+    ],
+)
+def test_invalid_fields_are_422_naming_the_field(payload, field):
+    with pytest.raises(InvalidField, match=field) as excinfo:
+        parse_feedback(payload, "Bearer tok-ann", TOKENS)
+    assert excinfo.value.status == 422
+
+
+def test_invalid_json_is_400():
+    with pytest.raises(UserError) as excinfo:
+        parse_feedback(b"{oops", "Bearer tok-ann", TOKENS)
+    assert (excinfo.value.status, excinfo.value.code) == (400, "invalid_json")
+
+
+def test_tokens_missing_wrong_or_unconfigured_are_refused():
+    ok = body(request_id="req-1", label="normal", reviewer="ann")
+    with pytest.raises(Unauthorized):
+        parse_feedback(ok, None, TOKENS)
+    with pytest.raises(Unauthorized):
+        parse_feedback(ok, "Bearer not-a-token", TOKENS)
+    with pytest.raises(Forbidden):  # nothing configured: nobody gets in
+        parse_feedback(ok, "Bearer tok-ann", None)
+
+
+def test_the_reviewer_named_in_the_body_is_kept_beside_the_token_name():
+    shared_token = parse_feedback(body(request_id="req-1", label="normal", reviewer="dr.lee"), "Bearer tok-bob", TOKENS)
+    assert (shared_token.reviewer, shared_token.authenticated_as) == ("dr.lee", "bob")
+    unnamed = parse_feedback(body(request_id="req-1", label="normal"), "Bearer tok-bob", TOKENS)
+    assert unnamed.reviewer == "bob"
+
+
+def test_record_request_indexes_a_prediction_under_its_request_id(storage):
+    answered(storage, "abc", "pneumonia")
+    record = storage.get_json("inference-results", request_index_key("abc"))
+    assert record["label"] == "pneumonia" and record["source"] == "predict"
+    with pytest.raises(ValueError):
+        record_request(storage, {"request_id": "../x"}, source="predict")
+
+
+def test_request_recorder_indexes_predictions_in_the_background_so_they_accept_feedback(storage):
+    recorder = RequestRecorder(storage, source="predict")
+    recorder.record({"request_id": "sync-1", "label": "pneumonia", "model": {"name": "xray-vit", "version": "1"}})
+    recorder.record({"request_id": "../bad"})  # refused by record_request; the writer keeps going
+    recorder.record({"request_id": "sync-2", "label": "normal"})
+    recorder.flush()
+
+    assert storage.list_keys("inference-results", "requests/") == ["requests/sync-1.json", "requests/sync-2.json"]
+    request = parse_feedback(body(request_id="sync-1", label="normal"), "Bearer tok-ann", TOKENS)
+    assert submit_feedback(storage, request, RecordingSink().publisher()).status == "stored"

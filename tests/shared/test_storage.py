@@ -1,0 +1,79 @@
+"""Storage against a real local S3 server (moto)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shared.config import BUCKETS, Settings
+from shared.errors import NotFound
+from shared.storage import Storage, split_s3_uri
+
+
+@pytest.fixture
+def storage(s3_server: str) -> Storage:
+    return Storage.from_settings(Settings(s3_endpoint_url=s3_server))
+
+
+@pytest.fixture
+def bucket(storage: Storage) -> str:
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    storage.ensure_buckets((name,))
+    return name
+
+
+def test_ensure_buckets_creates_the_design_buckets_and_is_idempotent(storage: Storage) -> None:
+    storage.ensure_buckets()
+    storage.ensure_buckets()
+    names = {b["Name"] for b in storage.client.list_buckets()["Buckets"]}
+    assert set(BUCKETS) <= names
+
+
+def test_bytes_round_trip_with_content_type_metadata_and_etag(storage: Storage, bucket: str) -> None:
+    etag = storage.put_bytes(bucket, "a/b.png", b"\x89PNG-bytes", "image/png", {"source": "unit-test"})
+    assert storage.get_bytes(bucket, "a/b.png") == b"\x89PNG-bytes"
+    head = storage.head(bucket, "a/b.png")
+    assert head is not None
+    assert head["etag"] == etag and not etag.startswith('"')
+    assert head["content_type"] == "image/png" and head["metadata"] == {"source": "unit-test"}
+    assert head["size"] == len(b"\x89PNG-bytes")
+    assert storage.exists(bucket, "a/b.png")
+
+
+def test_missing_objects(storage: Storage, bucket: str) -> None:
+    assert storage.head(bucket, "nope") is None
+    assert not storage.exists(bucket, "nope")
+    with pytest.raises(NotFound, match="nope"):
+        storage.get_bytes(bucket, "nope")
+    with pytest.raises(NotFound):
+        storage.get_json(bucket, "nope.json")
+
+
+def test_json_round_trip(storage: Storage, bucket: str) -> None:
+    storage.put_json(bucket, "x.json", {"label": "pneumonia", "n": [1, 2]})
+    assert storage.get_json(bucket, "x.json") == {"label": "pneumonia", "n": [1, 2]}
+    assert storage.head(bucket, "x.json")["content_type"] == "application/json"
+
+
+def test_list_keys_follows_pages(storage: Storage, bucket: str) -> None:
+    keys = [f"p/{i:02d}" for i in range(7)]
+    for key in keys:
+        storage.put_bytes(bucket, key, b"x")
+    storage.put_bytes(bucket, "other/1", b"x")
+    assert storage.list_keys(bucket, "p/", page_size=2) == keys
+    assert len(storage.list_keys(bucket)) == 8
+
+
+def test_copy_and_delete(storage: Storage, bucket: str) -> None:
+    storage.put_bytes(bucket, "tmp/upload", b"payload")
+    storage.copy(bucket, "tmp/upload", "final/object")
+    storage.delete(bucket, "tmp/upload")
+    assert storage.get_bytes(bucket, "final/object") == b"payload"
+    assert not storage.exists(bucket, "tmp/upload")
+
+
+def test_split_s3_uri() -> None:
+    assert split_s3_uri("s3://processed/phantom/splits.npz") == ("processed", "phantom/splits.npz")
+    with pytest.raises(ValueError):
+        split_s3_uri("http://x/y")

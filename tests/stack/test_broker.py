@@ -1,0 +1,222 @@
+"""The broker without processes: trigger filters, retries with backoff, dead letter, reply events, persistence."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from cloudevents.http import CloudEvent
+
+from triage.stack.broker import (
+    Broker,
+    BrokerServer,
+    DeliveryQueue,
+    DeliverySpec,
+    SubscriberReply,
+    Trigger,
+    load_config,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingSubscribers:
+    """Answers per subscriber URL with a scripted status list (the last one repeats)."""
+
+    def __init__(self, script: dict[str, list[int]] | None = None) -> None:
+        self.script = script or {}
+        self.calls: list[tuple[str, dict, bytes]] = []
+
+    def __call__(self, url: str, headers, body: bytes, timeout_s: float) -> SubscriberReply:
+        self.calls.append((url, dict(headers), body))
+        statuses = self.script.get(url, [200])
+        status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        if status == 0:
+            raise ConnectionRefusedError("connection refused")
+        return SubscriberReply(status, {}, b"nope" if status >= 300 else b"")
+
+
+def created(bucket: str, key: str = "a.png") -> CloudEvent:
+    return CloudEvent({"type": "io.minio.object.created", "source": f"minio:{bucket}", "bucket": bucket},
+                      {"bucket": bucket, "key": key})
+
+
+TRIGGERS = [
+    Trigger("ingest", "http://ingest", {"type": "io.minio.object.created", "bucket": "inference-inputs"}),
+    Trigger("retrain-data", "http://retrain", {"type": "io.minio.object.created", "bucket": "raw-data"}),
+    Trigger("retrain-feedback", "http://retrain", {"type": "triage.feedback.received"}),
+]
+
+
+def make_broker(tmp_path, send, dead, clock, retry=2):
+    return Broker(TRIGGERS, DeliveryQueue(tmp_path / "q.sqlite"),
+                  delivery=DeliverySpec(retry=retry, backoff_delay_s=1.0), send=send, dead_letter=dead.append,
+                  clock=clock)
+
+
+def test_trigger_filters_on_type_and_extension(tmp_path):
+    send, dead, clock = RecordingSubscribers(), [], FakeClock()
+    broker = make_broker(tmp_path, send, dead, clock)
+    assert broker.publish(created("inference-inputs")) == 1
+    assert broker.publish(created("raw-data")) == 1
+    assert broker.publish(created("feedback")) == 0
+    assert broker.publish(CloudEvent({"type": "triage.feedback.received", "source": "triage/feedback"}, {})) == 1
+    broker.run_due()
+    assert sorted(url for url, _, _ in send.calls) == ["http://ingest", "http://retrain", "http://retrain"]
+    headers = send.calls[0][1]
+    assert headers["ce-type"] == "io.minio.object.created" and "ce-bucket" in headers  # binary mode, extension kept
+
+
+def test_failed_delivery_is_retried_with_exponential_backoff_then_succeeds(tmp_path):
+    send, dead, clock = RecordingSubscribers({"http://ingest": [500, 0, 200]}), [], FakeClock()
+    broker = make_broker(tmp_path, send, dead, clock)
+    broker.publish(created("inference-inputs"))
+    assert broker.run_due() == 1  # 500
+    assert broker.run_due() == 0  # not due before the backoff (1 s)
+    clock.now += 1.0
+    assert broker.run_due() == 1  # connection refused
+    clock.now += 1.5
+    assert broker.run_due() == 0  # second backoff is 2 s
+    clock.now += 0.5
+    assert broker.run_due() == 1
+    assert len(send.calls) == 3 and dead == []
+    assert broker.queue.counts() == {"done": 1}
+
+
+def test_delivery_that_keeps_failing_lands_in_dead_letter_with_its_error(tmp_path):
+    send, dead, clock = RecordingSubscribers({"http://ingest": [503]}), [], FakeClock()
+    broker = make_broker(tmp_path, send, dead, clock, retry=2)
+    event = created("inference-inputs", "x.png")
+    broker.publish(event)
+    for _ in range(6):
+        broker.run_due()
+        clock.now += 10
+    assert len(send.calls) == 3  # first try + 2 retries
+    assert len(dead) == 1
+    assert dead[0]["event"]["id"] == event["id"] and dead[0]["event"]["data"]["key"] == "x.png"
+    assert dead[0]["trigger"] == "ingest" and dead[0]["attempts"] == 3 and "HTTP 503" in dead[0]["last_error"]
+    assert broker.queue.counts() == {"dead": 1}
+
+
+def test_dead_letter_sink_failure_keeps_the_event_queued(tmp_path):
+    send, clock = RecordingSubscribers({"http://ingest": [500]}), FakeClock()
+    stored = []
+
+    def flaky_sink(record):
+        if not stored:
+            stored.append(None)
+            raise OSError("s3 down")
+        stored.append(record)
+
+    broker = Broker(TRIGGERS, DeliveryQueue(tmp_path / "q.sqlite"), delivery=DeliverySpec(retry=0),
+                    send=send, dead_letter=flaky_sink, clock=clock)
+    broker.publish(created("inference-inputs"))
+    broker.run_due()
+    assert broker.queue.counts() == {"pending": 1}
+    clock.now += 5
+    broker.run_due()
+    assert broker.queue.counts() == {"dead": 1} and stored[1]["trigger"] == "ingest"
+
+
+def test_reply_event_is_published(tmp_path):
+    clock = FakeClock()
+    calls = []
+
+    def send(url, headers, body, timeout_s):
+        calls.append(url)
+        if url == "http://ingest":
+            return SubscriberReply(200, {"ce-specversion": "1.0", "ce-id": "r1", "ce-type": "triage.feedback.received",
+                                         "ce-source": "triage/ingest", "content-type": "application/json"}, b"{}")
+        return SubscriberReply(204, {}, b"")
+
+    broker = Broker(TRIGGERS, DeliveryQueue(tmp_path / "q.sqlite"), send=send, clock=clock)
+    broker.publish(created("inference-inputs"))
+    broker.run_due()
+    broker.run_due()
+    assert calls == ["http://ingest", "http://retrain"]
+
+
+def test_queue_survives_a_broker_restart_and_redelivers_in_flight_events(tmp_path):
+    clock = FakeClock()
+    first = Broker(TRIGGERS, DeliveryQueue(tmp_path / "q.sqlite"), send=RecordingSubscribers(), clock=clock)
+    first.publish(created("inference-inputs"))
+    assert len(first.queue.claim_due(clock(), lease_s=60)) == 1  # in flight when the broker "dies"
+    first.queue.close()
+    send = RecordingSubscribers()
+    second = Broker(TRIGGERS, DeliveryQueue(tmp_path / "q.sqlite"), send=send, clock=clock)
+    assert second.run_due() == 1 and send.calls[0][0] == "http://ingest"
+
+
+def test_delivery_spec_rejects_unknown_policy_and_computes_linear_backoff():
+    with pytest.raises(ValueError, match="backoff_policy"):
+        DeliverySpec(backoff_policy="random")
+    assert [DeliverySpec(backoff_policy="linear", backoff_delay_s=0.5).delay_after(n) for n in (1, 2, 3)] == [
+        0.5, 1.0, 1.5]
+
+
+def test_load_config_names_the_file_on_error(tmp_path):
+    bad = tmp_path / "broker.json"
+    bad.write_text('{"triggers": [{"name": "x"}]}')
+    with pytest.raises(ValueError, match="broker.json"):
+        load_config(bad)
+
+
+def test_http_broker_accepts_binary_and_structured_events_and_delivers(tmp_path):
+    received = []
+    done = threading.Event()
+
+    class Subscriber(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.headers["ce-type"], self.headers.get("ce-bucket"), json.loads(body)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            if len(received) == 2:
+                done.set()
+
+        def log_message(self, *args):
+            pass
+
+    sub = ThreadingHTTPServer(("127.0.0.1", 0), Subscriber)
+    threading.Thread(target=sub.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{sub.server_address[1]}"
+    trigger = Trigger("ingest", url, {"type": "io.minio.object.created", "bucket": "inference-inputs"})
+    server = BrokerServer(Broker([trigger], DeliveryQueue(tmp_path / "q.sqlite"))).start(workers=2)
+    try:
+        binary = {"ce-specversion": "1.0", "ce-id": "1", "ce-type": "io.minio.object.created", "ce-source": "minio:x",
+                  "ce-bucket": "inference-inputs", "content-type": "application/json"}
+        assert httpx.post(server.url, headers=binary, content=b'{"key": "a"}').status_code == 202
+        structured = {"specversion": "1.0", "id": "2", "type": "io.minio.object.created", "source": "minio:x",
+                      "bucket": "inference-inputs", "datacontenttype": "application/json", "data": {"key": "b"}}
+        response = httpx.post(server.url, headers={"content-type": "application/cloudevents+json"},
+                              content=json.dumps(structured))
+        assert response.status_code == 202 and response.json()["deliveries"] == 1
+        bad = httpx.post(server.url, headers={"content-type": "application/json"}, content=b"{}")
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_event"
+        assert done.wait(5)
+        assert sorted(r[2]["key"] for r in received) == ["a", "b"]
+        assert all(r[1] == "inference-inputs" for r in received)
+        assert "broker_deliveries" in httpx.get(server.url + "/metrics").text
+    finally:
+        server.stop()
+        sub.shutdown()
+
+
+def test_a_trigger_can_override_the_delivery_spec(tmp_path):
+    send, dead, clock = RecordingSubscribers({"http://flaky": [500]}), [], FakeClock()
+    triggers = [Trigger("flaky", "http://flaky", {"type": "t"}, DeliverySpec(retry=0))]
+    broker = Broker(triggers, DeliveryQueue(tmp_path / "q.sqlite"), delivery=DeliverySpec(retry=9), send=send,
+                    dead_letter=dead.append, clock=clock)
+    broker.publish(CloudEvent({"type": "t", "source": "s"}, {}))
+    broker.run_due()
+    assert len(send.calls) == 1 and len(dead) == 1  # no retry for this trigger, despite the broker's 9

@@ -1,0 +1,252 @@
+"""End to end on the local stack (real processes: moto S3 + SNS, relay, broker, functions, gateway).
+
+One stack for the module, a tiny random-weight model (versions 7 and 8 as champion and challenger), no MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.errors import UserError
+from shared.events import event_to_binary_http, object_created_event
+from tests.functions.tiny_model import build_tiny_model_dir, png_bytes
+from triage.stack.gateway import REVISION_HEADER
+from triage.stack.up import Stack, StackConfig, StackPorts
+
+FUNCTIONS = ("predict", "explain", "feedback", "minio_source", "ingest")
+
+
+def tiny_model(directory: Path, version: str, seed: int) -> Path:
+    build_tiny_model_dir(directory, seed=seed)
+    card_path = directory / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["version"] = version  # what registering it would have written
+    card_path.write_text(json.dumps(card))
+    return directory
+
+
+class FailingSubscriber:
+    """A subscriber that always answers 500, counting the attempts."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.attempts += 1
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def failing():
+    subscriber = FailingSubscriber()
+    yield subscriber
+    subscriber.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, failing):
+    root = tmp_path_factory.mktemp("stack")
+    champion = tiny_model(root / "champion", "7", seed=0)
+    challenger = tiny_model(root / "challenger", "8", seed=1)
+    config = StackConfig(
+        run_dir=root / "run", model_uri=str(champion), challenger_uri=str(challenger), functions=FUNCTIONS,
+        ports=StackPorts.free(), mlflow=False, prometheus=False, extra_env={"THREADS": "4"},
+        extra_triggers=({"name": "always-fails", "subscriber": failing.url, "filter": {"type": "test.fails"},
+                         "delivery": {"retry": 2, "backoff_delay_s": 0.1}},),
+    )
+    with Stack(config, echo=None) as running:
+        yield running
+
+
+def wait_for_results(s3, keys, timeout_s: float = 30.0) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(found) < len(keys):
+        for key in keys:
+            if key not in found:
+                try:
+                    body = s3.get_object(Bucket="inference-results", Key=f"{key}.json")["Body"].read()
+                    found[key] = json.loads(body)
+                except s3.exceptions.NoSuchKey:
+                    pass
+        time.sleep(0.1)
+    return found
+
+
+def test_each_upload_gives_one_result_naming_the_model_version(stack):
+    s3 = stack.s3()
+    keys = [f"e2e/upload-{i}.png" for i in range(4)]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket="inference-inputs", Key=key, Body=png_bytes(seed=i), ContentType="image/png")
+    results = wait_for_results(s3, keys)
+    assert sorted(results) == keys
+    for result in results.values():
+        assert result["model"]["version"] == "7"
+        assert result["label"] in ("normal", "pneumonia")
+    heatmaps = s3.list_objects_v2(Bucket="inference-results", Prefix="e2e/")["Contents"]
+    assert len([o for o in heatmaps if o["Key"].endswith(".png")]) == 4
+
+
+def test_the_same_event_delivered_twice_gives_one_result(stack):
+    s3 = stack.s3()
+    key = "e2e/twice.png"
+    s3.put_object(Bucket="inference-inputs", Key=key, Body=png_bytes(seed=9), ContentType="image/png")
+    first = wait_for_results(s3, [key])[key]
+    etag = s3.head_object(Bucket="inference-inputs", Key=key)["ETag"].strip('"')
+    headers, body = event_to_binary_http(object_created_event("inference-inputs", key, etag, None, None))
+    before = httpx.get(stack.urls["broker"] + "/healthz").json()["queue"].get("done", 0)
+    for _ in range(2):
+        assert httpx.post(stack.urls["broker"], headers=headers, content=body).status_code == 202
+    deadline = time.monotonic() + 20
+    while httpx.get(stack.urls["broker"] + "/healthz").json()["queue"].get("done", 0) < before + 2:
+        assert time.monotonic() < deadline, "the redelivered events were not delivered"
+        time.sleep(0.1)
+    after = json.loads(s3.get_object(Bucket="inference-results", Key=f"{key}.json")["Body"].read())
+    assert after == first
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="inference-results", Prefix=key)["Contents"]] == [
+        f"{key}.heatmap.png", f"{key}.json"]
+
+
+def test_a_failing_subscriber_is_retried_then_the_event_lands_in_dead_letter(stack, failing):
+    body = {"specversion": "1.0", "id": "fail-1", "type": "test.fails", "source": "tests", "data": {"n": 1}}
+    response = httpx.post(stack.urls["broker"], json=body, headers={"content-type": "application/cloudevents+json"})
+    assert response.status_code == 202
+    s3 = stack.s3()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            record = json.loads(s3.get_object(Bucket="dead-letter", Key="always-fails/fail-1.json")["Body"].read())
+            break
+        except s3.exceptions.NoSuchKey:
+            assert time.monotonic() < deadline, "the event never reached the dead-letter bucket"
+            time.sleep(0.1)
+    assert failing.attempts == 3  # first try + 2 retries
+    assert record["attempts"] == 3 and "HTTP 500" in record["last_error"]
+    assert record["event"]["data"] == {"n": 1}
+
+
+def test_a_function_killed_mid_stream_loses_nothing_once_back(stack):
+    s3 = stack.s3()
+    stack.kill("ingest")
+    keys = [f"e2e/while-down-{i}.png" for i in range(3)]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket="inference-inputs", Key=key, Body=png_bytes(seed=20 + i), ContentType="image/png")
+    time.sleep(1.0)
+    assert wait_for_results(s3, keys, timeout_s=0.5) == {}  # nobody to do the work yet
+    stack.restart("ingest")
+    results = wait_for_results(s3, keys, timeout_s=40)
+    assert sorted(results) == keys
+
+
+def test_gateway_traffic_split_honours_weights(stack):
+    gateway = stack.urls["gateway"]
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        assert client.put("/admin/traffic", json={"champion": 70, "challenger": 30}).status_code == 200
+        served = []
+        for i in range(80):
+            response = client.post("/predict", content=png_bytes(seed=i % 5), headers={"Content-Type": "image/png"})
+            assert response.status_code == 200
+            served.append((response.headers[REVISION_HEADER], response.json()["model"]["version"]))
+        assert {(rev, ver) for rev, ver in served} <= {("champion", "7"), ("challenger", "8")}
+        challenger_share = sum(rev == "challenger" for rev, _ in served) / len(served)
+        assert 0.12 < challenger_share < 0.5
+        assert client.put("/admin/traffic", json={"champion": 100, "challenger": 0}).status_code == 200
+        revisions = {client.post("/explain", content=png_bytes(), headers={"Content-Type": "image/png"})
+                     .headers[REVISION_HEADER] for _ in range(10)}
+        assert revisions == {"champion"}
+
+
+def test_port_in_use_is_a_clear_error_before_anything_starts(tmp_path, stack):
+    ports = StackPorts.free()
+    taken = ports.__class__(**{**ports.__dict__, "gateway": stack.config.ports.gateway})
+    config = StackConfig(run_dir=tmp_path, model_uri=str(tmp_path), functions=("predict",), ports=taken,
+                         mlflow=False, prometheus=False)
+    clash = Stack(config, echo=None)
+    with pytest.raises(UserError, match=rf"port {taken.gateway} for gateway is already in use.*GATEWAY_PORT"):
+        clash.start()
+    assert clash.supervisor.children == {}
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ctrl_c_stops_every_child(tmp_path, stack):
+    ports = StackPorts.free()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+           **{var: str(getattr(ports, name)) for name, var in
+              {"s3": "S3_PORT", "s3_notify": "S3_NOTIFY_PORT", "gateway": "GATEWAY_PORT", "broker": "BROKER_PORT",
+               "function_base": "FUNCTION_BASE_PORT"}.items()}}
+    model = stack.config.model_uri
+    up = subprocess.Popen([sys.executable, "-m", "triage.cli", "up", "--model", model, "--no-mlflow",
+                           "--no-prometheus", "--functions", "predict,minio_source", "--run-dir", str(tmp_path)],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        for line in up.stdout:
+            if "local stack is up" in line or time.monotonic() > deadline:
+                break
+        assert up.poll() is None, "triage up exited early"
+        children = _descendants(up.pid)
+        assert len(children) >= 5  # s3, broker, predict (+ its gunicorn worker), minio_source, gateway
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=30) == 0
+        time.sleep(0.2)
+        assert [pid for pid in children if _running(pid)] == []
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def test_demo_steps_triage_uploads_explain_and_take_feedback(stack, tmp_path):
+    from triage.stack.demo import demo_images, run_demo
+
+    images = demo_images(3, None, tmp_path)
+    report = run_demo(stack, images, tmp_path / "heatmaps", timeout_s=30)
+    assert report.failures == []
+    assert len(report.results) == 3 and all(r["model"]["version"] == "7" for r in report.results)
+    saved = sorted(p.name for p in (tmp_path / "heatmaps").iterdir())
+    assert "explain-http.png" in saved and len([n for n in saved if n.endswith(".heatmap.png")]) == 3

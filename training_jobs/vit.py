@@ -1,0 +1,228 @@
+"""A small Vision Transformer for chest X-ray triage, built from the smallest piece up (nanoGPT style).
+
+Every module takes the one `ViTConfig`. `ViT.forward(x, targets)` returns `(logits, loss)` so training and
+evaluation share one path; `ViT.forward_with_attention(x)` also returns each layer's head-averaged attention
+map `[N, depth, T, T]` (T = 1 + G*G, token 0 = CLS) for the ONNX export and attention rollout.
+A checkpoint (`save_checkpoint`) carries the config that rebuilds the exact model (`load_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 28
+    patch: int = 4
+    dim: int = 96
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.1
+    conv_stem: bool = True  # a few 3x3 convolutions before patchifying: measured better on small X-ray sets
+    num_classes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch:
+            raise ValueError(f"ViTConfig: image_size {self.image_size} is not a multiple of patch {self.patch}")
+        if self.dim % self.heads:
+            raise ValueError(f"ViTConfig: dim {self.dim} is not a multiple of heads {self.heads}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    @property
+    def tokens(self) -> int:
+        return 1 + self.grid * self.grid
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"ViTConfig: unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+
+class PatchEmbed(nn.Module):
+    """Image [N, 1, S, S] -> patch tokens [N, G*G, dim], optionally through a small conv stem first."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        if config.conv_stem:
+            width = max(8, config.dim // 4)  # narrow: full-resolution convolutions dominate the cost on CPU
+            # Early convolutions give the transformer local inductive bias it cannot learn from ~5k images.
+            self.stem = nn.Sequential(
+                nn.Conv2d(1, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.GELU(),
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.GELU(),
+            )
+            in_channels = width
+        else:
+            self.stem = nn.Identity()
+            in_channels = 1
+        self.proj = nn.Conv2d(in_channels, config.dim, kernel_size=config.patch, stride=config.patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.stem(x))  # [N, dim, G, G]
+        return x.flatten(2).transpose(1, 2)  # row-major grid order, as the attention contract says
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out, so the attention probabilities can be returned."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.head_dim = config.dim // config.heads
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)
+        self.proj = nn.Linear(config.dim, config.dim)
+        self.attn_drop = nn.Dropout(config.dropout)
+        self.proj_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, t, c = x.shape
+        # -1 instead of n keeps the batch axis symbolic when exported to ONNX.
+        qkv = self.qkv(x).reshape(-1, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+        att = att.softmax(dim=-1)  # [N, heads, T, T]
+        y = self.attn_drop(att) @ v
+        y = y.transpose(1, 2).reshape(-1, t, c)
+        return self.proj_drop(self.proj(y)), att.mean(dim=1)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        hidden = int(config.dim * config.mlp_ratio)
+        self.fc = nn.Linear(config.dim, hidden)
+        self.out = nn.Linear(hidden, config.dim)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.out(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.dim)
+        self.attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.dim)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, att = self.attn(self.ln_1(x))
+        x = x + y
+        x = x + self.mlp(self.ln_2(x))
+        return x, att
+
+
+class ViT(nn.Module):
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.patch_embed = PatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.tokens, config.dim))
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.depth)])
+        self.ln_f = nn.LayerNorm(config.dim)
+        self.head = nn.Linear(config.dim, config.num_classes)
+        self.apply(self._init_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [N, classes] and head-averaged attention of every layer [N, depth, T, T]."""
+        tokens = self.patch_embed(x)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        h = self.drop(torch.cat([cls, tokens], dim=1) + self.pos_embed)
+        maps = []
+        for block in self.blocks:
+            h, att = block(h)
+            maps.append(att)
+        logits = self.head(self.ln_f(h[:, 0]))
+        return logits, torch.stack(maps, dim=1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        class_weight: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, _ = self.forward_with_attention(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits, targets, weight=class_weight, label_smoothing=label_smoothing)
+        return logits, loss
+
+
+class ViTWithAttention(nn.Module):
+    """Export wrapper: one call returns `(logits, attention)`, the two outputs of the ONNX contract."""
+
+    def __init__(self, model: ViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_attention(image)
+
+
+def save_checkpoint(model: ViT, path: str | Path, **extra: Any) -> Path:
+    """Write weights + the config that rebuilds them (+ any extra entries such as temperature/threshold)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": model.config.to_dict(), "model": model.state_dict(), **extra}, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[ViT, dict[str, Any]]:
+    """Rebuild the exact model of a checkpoint; returns (model in eval mode, the checkpoint's other entries)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        raise ValueError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from exc
+    if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
+        raise ValueError(f"{path}: checkpoint lacks 'config' and 'model' entries")
+    model = ViT(ViTConfig.from_dict(payload["config"]))
+    model.load_state_dict(payload["model"])
+    model.eval()
+    extra = {k: v for k, v in payload.items() if k not in ("config", "model")}
+    return model, extra

@@ -1,0 +1,194 @@
+"""Train or load a model, start the stack, triage a few uploads: the whole product in about two minutes.
+
+Steps: a model (MODEL_URI, the registry's champion, or one trained first on phantoms or DATA) → the local
+stack → a handful of images uploaded to `inference-inputs`, each result printed as it appears with its time
+from upload → predict and explain over HTTP through the gateway → a radiologist's feedback → heatmaps saved
+locally → everything stopped. Exits non-zero when any step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from shared.errors import UserError
+from triage.stack.up import ALL_FUNCTIONS, Stack, StackConfig, StackPorts
+
+__all__ = ["DemoReport", "add_arguments", "demo_images", "run", "run_demo"]
+
+
+@dataclass
+class DemoReport:
+    results: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    heatmap_dir: str = ""
+    model: str = ""
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+        print(f"  FAILED: {message}", flush=True)
+
+
+def png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def demo_images(count: int, data: Path | None, run_dir: Path) -> list[tuple[str, bytes, str]]:
+    """(name, PNG bytes, true label) from the test split of DATA, of the phantom set, or fresh phantoms."""
+    source = data if data is not None else run_dir / "phantom.npz"
+    if source.is_file():
+        with np.load(source) as arrays:
+            split = next((s for s in ("test", "val", "train") if f"{s}_images" in arrays), None)
+            if split is not None:
+                images, labels = arrays[f"{split}_images"][:count], arrays[f"{split}_labels"][:count].ravel()
+                return [(f"demo-{i}.png", png(img), ("normal", "pneumonia")[int(lab)])
+                        for i, (img, lab) in enumerate(zip(images, labels, strict=True))]
+    from training_jobs.phantom import make_phantoms
+
+    images, labels = make_phantoms(count, 28, 12345, 0.5)
+    return [(f"demo-{i}.png", png(img), ("normal", "pneumonia")[int(lab)])
+            for i, (img, lab) in enumerate(zip(images, labels, strict=True))]
+
+
+def _wait_for_result(s3: Any, key: str, uploaded: float, timeout_s: float) -> tuple[dict[str, Any] | None, float]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            body = s3.get_object(Bucket="inference-results", Key=f"{key}.json")["Body"].read()
+            return json.loads(body), time.monotonic() - uploaded
+        except s3.exceptions.NoSuchKey:
+            time.sleep(0.05)
+    return None, time.monotonic() - uploaded
+
+
+def run_demo(stack: Stack, images: list[tuple[str, bytes, str]], out_dir: Path,
+             timeout_s: float = 60.0) -> DemoReport:
+    """The demo's steps against a running stack (the tests call this too)."""
+    report = DemoReport(heatmap_dir=str(out_dir), model=stack.model_uri or "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s3 = stack.s3()
+    prefix = time.strftime("demo-%Y%m%d-%H%M%S")
+    print(f"\nuploading {len(images)} images to s3://inference-inputs/{prefix}/ ...", flush=True)
+    uploads = []
+    for name, data, truth in images:
+        key = f"{prefix}/{name}"
+        uploaded = time.monotonic()
+        s3.put_object(Bucket="inference-inputs", Key=key, Body=data, ContentType="image/png")
+        uploads.append((key, uploaded, truth))
+    for key, uploaded, truth in uploads:
+        result, seconds = _wait_for_result(s3, key, uploaded, timeout_s)
+        if result is None:
+            report.fail(f"no result for {key} within {timeout_s:.0f} s")
+            continue
+        if "error" in result:
+            report.fail(f"{key}: {result['error']}")
+            continue
+        report.results.append({**result, "seconds_to_result": round(seconds, 3)})
+        flag = "URGENT " if result.get("urgent") else ""
+        print(f"  {key}: {flag}{result['label']} p={result['probability']:.3f} (truth {truth}) "
+              f"model v{result['model']['version']} in {seconds:.2f} s", flush=True)
+        heatmap = result.get("heatmap") or {}
+        if heatmap.get("key"):
+            png_bytes = s3.get_object(Bucket=heatmap.get("bucket", "inference-results"), Key=heatmap["key"])
+            (out_dir / Path(heatmap["key"]).name).write_bytes(png_bytes["Body"].read())
+
+    gateway = stack.urls["gateway"]
+    name, data, _ = images[0]
+    with httpx.Client(base_url=gateway, timeout=60) as client:
+        print(f"\nPOST {gateway}/predict ({name})", flush=True)
+        response = client.post("/predict", content=data, headers={"Content-Type": "image/png"})
+        prediction = response.json()
+        if response.status_code != 200:
+            report.fail(f"predict answered {response.status_code}: {prediction}")
+            return report
+        print(f"  {prediction['label']} p={prediction['probability']:.3f} urgent={prediction['urgent']} "
+              f"revision={response.headers.get('X-Triage-Revision')} in {prediction['timings_ms']['total']:.1f} ms",
+              flush=True)
+        print(f"POST {gateway}/explain (Accept: image/png)", flush=True)
+        response = client.post("/explain", content=data, headers={"Content-Type": "image/png",
+                                                                  "Accept": "image/png"})
+        if response.status_code != 200 or not response.content.startswith(b"\x89PNG"):
+            report.fail(f"explain answered {response.status_code} {response.headers.get('content-type')}")
+        else:
+            path = out_dir / "explain-http.png"
+            path.write_bytes(response.content)
+            print(f"  heatmap overlay saved to {path}", flush=True)
+        if not report.results:
+            report.fail("no ingested result to give feedback on")
+            return report
+        # Feedback names a stored prediction: the first upload's result (its truth is known here).
+        reviewed = report.results[0]
+        label = uploads[0][2]
+        print(f"POST {gateway}/feedback (request {reviewed['request_id']}: reviewer says {label})", flush=True)
+        response = client.post("/feedback", json={"request_id": reviewed["request_id"], "label": label,
+                                                  "reviewer": "demo-radiologist"},
+                               headers={"Authorization": f"Bearer {stack.reviewer_token}"})
+        if response.status_code != 200:
+            report.fail(f"feedback answered {response.status_code}: {response.text[:200]}")
+        else:
+            print(f"  {response.json().get('status', 'stored')}", flush=True)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=os.environ.get("DATA") or None,
+                        help="train on this .npz (e.g. ../shared/data/pneumoniamnist_28.npz) instead of phantoms")
+    parser.add_argument("--model", default=os.environ.get("MODEL_URI") or None,
+                        help="serve this model instead of training (default $MODEL_URI)")
+    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("RUN_DIR", ".triage")),
+                        help="state, logs and the MLflow store (default .triage; a second demo reuses its model)")
+    parser.add_argument("--images", type=int, default=6, help="how many images to upload (default 6)")
+    parser.add_argument("--out", type=Path, help="where to save the heatmaps (default <run dir>/demo-heatmaps)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line last")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.images < 1 or args.images > 100:
+        raise UserError(f"--images {args.images}: between 1 and 100")
+    if args.data is not None and not Path(args.data).is_file():
+        raise UserError(f"--data {args.data}: no such file")
+    started = time.monotonic()
+    config = StackConfig(run_dir=args.run_dir, model_uri=args.model, functions=ALL_FUNCTIONS,
+                         ports=StackPorts.from_env(), prometheus=False, train_data=args.data,
+                         force_train=args.data is not None and not args.model)
+    stack = Stack(config)
+    stack.supervisor.install_signal_handlers()
+    out_dir = args.out or stack.config.run_dir / "demo-heatmaps"
+    try:
+        with stack:
+            print(f"stack ready in {time.monotonic() - started:.0f} s: gateway {stack.urls['gateway']}, "
+                  f"review page {stack.urls['gateway']}/review, MLflow {stack.urls.get('mlflow', '(off)')}",
+                  flush=True)
+            images = demo_images(args.images, args.data, stack.config.run_dir)
+            report = run_demo(stack, images, out_dir)
+            print("\nstopping the stack...", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; stopped the stack", file=sys.stderr)
+        return 130
+    times = [r["seconds_to_result"] for r in report.results]
+    print(f"\n{len(report.results)}/{len(images)} uploads triaged"
+          + (f", time to result median {np.median(times):.2f} s, max {max(times):.2f} s" if times else ""))
+    print(f"heatmaps: s3://inference-results/ (in the stack) and {out_dir}")
+    print(f"logs: {stack.config.run_dir / 'logs'}; demo took {time.monotonic() - started:.0f} s")
+    if report.failures:
+        print(f"demo FAILED: {len(report.failures)} problem(s): " + "; ".join(report.failures), file=sys.stderr)
+    if args.json:
+        print(json.dumps({"ok": not report.failures, "triaged": len(report.results), "uploaded": len(images),
+                          "seconds_to_result": times, "heatmaps": str(out_dir), "failures": report.failures,
+                          "model": report.model}))
+    return 1 if report.failures else 0
+
