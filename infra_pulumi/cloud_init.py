@@ -32,7 +32,8 @@ class NodeBoot:
     k3s_version: str
 
 
-def _env_file(values: Mapping[str, str]) -> str:
+def env_file(values: Mapping[str, str]) -> str:
+    """KEY=value lines sourced by the scripts."""
     lines = []
     for key, value in values.items():
         # Values are sourced by bash: allow only characters that need no quoting.
@@ -74,20 +75,27 @@ def _document(hostname: str, files: list[dict], commands: list[list[str]]) -> st
     return "#cloud-config\n" + yaml.dump(doc, Dumper=_LiteralDumper, sort_keys=False, width=1000)
 
 
-def server_document(
-    node: NodeBoot, *, floating_ip: str, volume_id: str, data_node_label: str, versions: Mapping[str, str]
-) -> str:
-    """node1: mount the data volume, run the k3s server, install the pinned platform releases."""
-    k3s_env = {
+def agent_k3s_env(node: NodeBoot) -> dict[str, str]:
+    """Settings of scripts/install-k3s.sh on an agent (the file holds the join token: mode 0600)."""
+    return {
         "K3S_VERSION": node.k3s_version,
         "K3S_TOKEN": node.join_token,
         "NODE_NAME": node.name,
         "NODE_IP": node.ip,
         "SERVER_IP": node.server_ip,
-        "FLOATING_IP": floating_ip,
-        "DATA_DIR": DATA_DIR,
-        "DATA_NODE_LABEL": data_node_label,
     }
+
+
+def server_k3s_env(node: NodeBoot, *, floating_ip: str, data_node_label: str) -> dict[str, str]:
+    """Settings of scripts/install-k3s.sh on the server: an agent's plus its public address and data label."""
+    return {**agent_k3s_env(node), "FLOATING_IP": floating_ip, "DATA_DIR": DATA_DIR, "DATA_NODE_LABEL": data_node_label}
+
+
+def server_document(
+    node: NodeBoot, *, floating_ip: str, volume_id: str, data_node_label: str, versions: Mapping[str, str]
+) -> str:
+    """node1: mount the data volume, run the k3s server, install the pinned platform releases."""
+    k3s_env = server_k3s_env(node, floating_ip=floating_ip, data_node_label=data_node_label)
     platform_env = {
         "KNATIVE_SERVING_VERSION": versions["knative_serving_version"],
         "KNATIVE_EVENTING_VERSION": versions["knative_eventing_version"],
@@ -95,12 +103,12 @@ def server_document(
         "CERT_MANAGER_VERSION": versions["cert_manager_version"],
     }
     files = [
-        {"path": f"{ENV_DIR}/k3s.env", "permissions": "0600", "owner": "root:root", "content": _env_file(k3s_env)},
+        {"path": f"{ENV_DIR}/k3s.env", "permissions": "0600", "owner": "root:root", "content": env_file(k3s_env)},
         {
             "path": f"{ENV_DIR}/platform.env",
             "permissions": "0644",
             "owner": "root:root",
-            "content": _env_file(platform_env),
+            "content": env_file(platform_env),
         },
         _script("mount-data-volume.sh"),
         _script("install-k3s.sh"),
@@ -116,15 +124,9 @@ def server_document(
 
 def agent_document(node: NodeBoot) -> str:
     """node2..n: join the server at node1's private address."""
-    k3s_env = {
-        "K3S_VERSION": node.k3s_version,
-        "K3S_TOKEN": node.join_token,
-        "NODE_NAME": node.name,
-        "NODE_IP": node.ip,
-        "SERVER_IP": node.server_ip,
-    }
+    k3s_env = agent_k3s_env(node)
     files = [
-        {"path": f"{ENV_DIR}/k3s.env", "permissions": "0600", "owner": "root:root", "content": _env_file(k3s_env)},
+        {"path": f"{ENV_DIR}/k3s.env", "permissions": "0600", "owner": "root:root", "content": env_file(k3s_env)},
         _script("install-k3s.sh"),
     ]
     return _document(node.name, files, [["/usr/local/sbin/xray-install-k3s", "agent"]])

@@ -43,7 +43,7 @@ DASHBOARD = Path(__file__).parent / "dashboards" / "xray-triage.json"
 PATCH_FORCE = {"pulumi.com/patchForce": "true"}  # take over Knative's own ConfigMaps on server-side apply
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FunctionSpec:
     """One Knative Service: a functions-framework target of the one image built with FUNCTION=<target>."""
 
@@ -64,32 +64,45 @@ class FunctionSpec:
         return self.name.replace("-", "_")
 
 
+_SMALL = {"cpu": ("100m", "500m"), "memory": ("128Mi", "256Mi")}
+_MEDIUM = {"cpu": ("250m", "1"), "memory": ("256Mi", "512Mi")}
+_MODEL = {"cpu": ("1", "2"), "memory": ("1Gi", "2Gi")}  # holds the ONNX session and runs explanations
+
 FUNCTIONS: tuple[FunctionSpec, ...] = (
-    FunctionSpec("predict", True, ("500m", "1"), ("512Mi", "1Gi"), 30),
-    FunctionSpec("explain", True, ("1", "2"), ("1Gi", "2Gi"), 60),
-    FunctionSpec("preprocess", False, ("250m", "1"), ("256Mi", "512Mi"), 30),
+    FunctionSpec(name="predict", public=True, cpu=("500m", "1"), memory=("512Mi", "1Gi"), timeout_s=30),
+    FunctionSpec(name="explain", public=True, **_MODEL, timeout_s=60),
+    FunctionSpec(name="preprocess", public=False, **_MEDIUM, timeout_s=30),
     FunctionSpec(
-        "feedback", True, ("100m", "500m"), ("128Mi", "256Mi"), 30, True, {"REVIEWER_TOKENS": "reviewer_tokens"}
+        name="feedback",
+        public=True,
+        **_SMALL,
+        timeout_s=30,
+        emits_events=True,
+        secret_env={"REVIEWER_TOKENS": "reviewer_tokens"},
     ),
     FunctionSpec(
-        "minio-source", False, ("100m", "500m"), ("128Mi", "256Mi"), 30, True, {"WEBHOOK_TOKEN": "webhook_token"}
+        name="minio-source",
+        public=False,
+        **_SMALL,
+        timeout_s=30,
+        emits_events=True,
+        secret_env={"WEBHOOK_TOKEN": "webhook_token"},
     ),
-    FunctionSpec("ingest", False, ("1", "2"), ("1Gi", "2Gi"), 120, True),
+    FunctionSpec(name="ingest", public=False, **_MODEL, timeout_s=120, emits_events=True),
     FunctionSpec(
-        "retrain",
-        False,
-        ("250m", "1"),
-        ("256Mi", "512Mi"),
-        300,
-        True,
+        name="retrain",
+        public=False,
+        **_MEDIUM,
+        timeout_s=300,
+        emits_events=True,
         service_account="retrain",
         max_scale=1,  # one launcher: a batch of labels must never start two trainings
         extra_env={"RETRAIN_BACKEND": "kubernetes"},
         launches_training=True,
     ),
-    FunctionSpec("canary", False, ("100m", "500m"), ("128Mi", "256Mi"), 120, service_account="canary", max_scale=1),
-    FunctionSpec("monitor", False, ("250m", "1"), ("256Mi", "512Mi"), 120, max_scale=1),
-    FunctionSpec("dead-letter", False, ("100m", "500m"), ("128Mi", "256Mi"), 30, max_scale=2),
+    FunctionSpec(name="canary", public=False, **_SMALL, timeout_s=120, service_account="canary", max_scale=1),
+    FunctionSpec(name="monitor", public=False, **_MEDIUM, timeout_s=120, max_scale=1),
+    FunctionSpec(name="dead-letter", public=False, **_SMALL, timeout_s=30, max_scale=2),
 )
 
 
@@ -136,6 +149,7 @@ class ManifestSettings:
     data_node_selector: Mapping[str, str] | None = None  # where MinIO / PostgreSQL / Prometheus data lives
     storage_class: str | None = None  # None: the cluster's default
     expose_admin: bool = True  # MinIO, MLflow, Prometheus, Grafana as LoadBalancer services (k3s servicelb)
+    configure_knative: bool = True  # set Knative's domain / Kourier / scale-to-zero / TLS ConfigMaps
 
     def image(self, name: str) -> str:
         """REPOSITORY/<name>:TAG (or @sha256:...), built from functions/Dockerfile."""
@@ -654,7 +668,7 @@ def function_rbac_objects(s: ManifestSettings) -> list[dict]:
 
 def platform_objects(s: ManifestSettings) -> list[dict]:
     """Everything but the functions: config of Knative, TLS issuer, storage, registry, monitoring."""
-    objects = knative_config_objects(s)
+    objects = knative_config_objects(s) if s.configure_knative else []
     if s.tls:
         objects += cluster_issuer_objects(s)
     return objects + minio_objects(s) + postgres_objects(s) + mlflow_objects(s) + monitoring_objects(s)
@@ -851,6 +865,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls", action="store_true", help="HTTPS through cert-manager (needs --acme-email)")
     parser.add_argument("--acme-email", default=None)
     parser.add_argument("--storage-class", default=None, help="storage class of the PVCs (default: the cluster's)")
+    parser.add_argument(
+        "--keep-knative-config",
+        action="store_true",
+        help="leave the cluster's Knative ConfigMaps (domain, ingress class, autoscaler) as they are",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line at the end")
 
 
@@ -890,6 +909,7 @@ def settings_from_args(args: argparse.Namespace) -> ManifestSettings:
         acme_email=cfg.acme_email,
         storage_class=args.storage_class,
         expose_admin=False,  # on someone else's cluster, admin UIs stay inside (kubectl port-forward)
+        configure_knative=not args.keep_knative_config,
     )
 
 

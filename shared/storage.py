@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from shared.config import BUCKETS, Settings
@@ -78,6 +79,11 @@ class Storage:
             extra["Metadata"] = metadata
         response = self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
         return str(response.get("ETag", "")).strip('"')
+
+    def put_file(self, bucket: str, key: str, path: str | Path, content_type: str | None = None) -> None:
+        """Upload a local file, streamed (multipart when large), without reading it into memory."""
+        extra = {"ContentType": content_type} if content_type else None
+        self.client.upload_file(str(path), bucket, key, ExtraArgs=extra)
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         try:

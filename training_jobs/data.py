@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.errors import ImageError, UserError
-from shared.imaging import batch_to_model_input, decode_image, to_model_input
+from shared.imaging import batch_to_model_input, decode_image, sniff_format, to_model_input
 
 __all__ = [
     "CLASS_DIRS",
@@ -150,9 +150,10 @@ def _gray_images(path: Path, key: str, images: np.ndarray) -> np.ndarray:
     if images.ndim == 4 and images.shape[-1] in (1, 3):
         if images.shape[-1] == 1:
             images = images[..., 0]
-        else:  # RGB MedMNIST variants: ITU-R 601 luminance, like PIL's convert("L")
-            images = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-            images = images / 255.0 if images.max() > 1.0 else images
+        else:  # RGB MedMNIST variants: ITU-R 601 luminance (like PIL's convert("L")), as floats in [0, 1]
+            scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(images.dtype, 1.0)
+            weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            images = np.clip((images.astype(np.float32) @ weights) / np.float32(scale), 0.0, 1.0)
     if images.ndim != 3:
         raise UserError(f"{path}: {key} has shape {images.shape}; expected [N, H, W] images")
     if images.dtype.kind == "f":
@@ -220,6 +221,16 @@ def patient_id(file_name: str) -> str:
     if match := _STUDY.match(stem):
         return match.group(1).upper()
     return stem
+
+
+def _check_magic(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if sniff_format(head) is None and path.suffix.lower() not in (".dcm", ".dicom"):
+        raise UserError(f"{path}: the bytes are not a PNG, JPEG or DICOM image")
 
 
 def _decode_file(path: Path) -> np.ndarray:
@@ -298,16 +309,14 @@ def load_folder(path: str | Path, image_size: int | None = None, seed: int = 0) 
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder")
+    from tqdm import tqdm
+
     size = image_size or FOLDER_IMAGE_SIZE
     records = _folder_records(root)
-    try:
-        from tqdm import tqdm
-
-        iterator: Iterable = tqdm(records, desc=f"decoding {root.name}", unit="img", disable=None)
-    except ImportError:  # pragma: no cover - tqdm is a training dependency
-        iterator = records
+    for _, file, _ in records:
+        _check_magic(file)  # fail fast on a stray file before minutes of decoding
     inputs = np.empty((len(records), 1, size, size), dtype=np.float32)
-    for i, (_, file, _) in enumerate(iterator):
+    for i, (_, file, _) in enumerate(tqdm(records, desc=f"decoding {root.name}", unit="img", disable=None)):
         inputs[i] = to_model_input(_decode_file(file), size)
     labels = np.array([label for _, _, label in records], dtype=np.int64)
     patients = np.array([patient_id(file.name) for _, file, _ in records])
@@ -319,13 +328,18 @@ def load_folder(path: str | Path, image_size: int | None = None, seed: int = 0) 
         notes.append("no split folders: split 70/15/15 by patient")
     else:
         pool = np.flatnonzero((given == "train") | (given == "val"))
-        if "test" in given:
-            index["test"] = np.flatnonzero(given == "test")
-            test_patients = set(patients[index["test"]].tolist())
-            leaked = np.array([patients[i] in test_patients for i in pool], dtype=bool)
-            if leaked.any():
-                notes.append(f"dropped {int(leaked.sum())} train/val images of patients who are in the test split")
-                pool = pool[~leaked]
+        held_out: set[str] = set()
+        for fixed in ("test", "final_eval"):
+            if fixed in given:
+                index[fixed] = np.flatnonzero(given == fixed)
+                fixed_patients = set(patients[index[fixed]].tolist())
+                if both := sorted(fixed_patients & held_out):
+                    raise UserError(f"{root}: test and final_eval share patients (e.g. {', '.join(both[:3])})")
+                held_out |= fixed_patients
+        leaked = np.array([patients[i] in held_out for i in pool], dtype=bool)
+        if leaked.any():
+            notes.append(f"dropped {int(leaked.sum())} train/val images of patients who are in a held-out split")
+            pool = pool[~leaked]
         train_idx, val_idx = pool[given[pool] == "train"], pool[given[pool] == "val"]
         shared_patients = set(patients[train_idx].tolist()) & set(patients[val_idx].tolist())
         if len(val_idx) >= 0.05 * len(pool) and not shared_patients:
@@ -335,9 +349,6 @@ def load_folder(path: str | Path, image_size: int | None = None, seed: int = 0) 
             notes.append(f"val {why}: train+val re-split 85/15 by patient")
             sub = _group_split(labels[pool], patients[pool], {"train": 0.85, "val": 0.15}, seed)
             index["train"], index["val"] = pool[sub["train"]], pool[sub["val"]]
-        for extra in ("final_eval",):
-            if extra in given:
-                index[extra] = np.flatnonzero(given == extra)
     arrays = {
         name: SplitArrays(inputs[idx], labels[idx], patients[idx])
         for name in SPLIT_NAMES

@@ -8,10 +8,12 @@ whole data set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import re
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import UserError
+from shared.dicom import deidentify_bytes
+from shared.errors import ImageError, UserError
+from shared.imaging import sniff_format
 from training_jobs.data import (
     PROCESSED_FORMAT,
     SPLIT_NAMES,
@@ -152,6 +156,13 @@ def _raw_files(data: Path) -> list[tuple[Path, str]]:
     return [(f, f.relative_to(data).as_posix()) for f in sorted(data.rglob("*")) if f.is_file()]
 
 
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as fh:
+        return sniff_format(fh.read(132)) == "dicom"
+
+
 def _content_type(path: Path) -> str:
     return {
         ".npz": "application/octet-stream",
@@ -170,7 +181,7 @@ def prepare(
     image_size: int | None = None,
     seed: int = 0,
     report_dir: str | Path | None = None,
-    log: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Validate and split `data`, upload raw + processed + report to S3 (manifest last); return the manifest."""
     log = log or (lambda message: print(message, file=sys.stderr))
@@ -189,35 +200,13 @@ def prepare(
     report = write_data_report(splits, report_dir, name)
     raw = _raw_files(local)
 
-    from tqdm import tqdm
-
-    storage.ensure_buckets((RAW_BUCKET, PROCESSED_BUCKET))
-    prefix = f"{name}"
-    manifest_key = f"{prefix}/manifest.json"
-    # A reader must never pair an old manifest with new splits: take the old manifest away first.
-    if storage.exists(PROCESSED_BUCKET, manifest_key):
-        storage.delete(PROCESSED_BUCKET, manifest_key)
-
-    def upload(item: tuple[Path, str]) -> None:
-        path, key = item
-        storage.put_bytes(RAW_BUCKET, f"{prefix}/{key}", path.read_bytes(), _content_type(path))
-
-    with ThreadPoolExecutor(max_workers=8) as pool, tqdm(total=len(raw), desc="raw-data", unit="file") as bar:
-        for _ in pool.map(upload, raw):
-            bar.update(1)
-    storage.put_bytes(PROCESSED_BUCKET, f"{prefix}/splits.npz", payload, "application/octet-stream")
-    report_keys = []
-    for path in report:
-        key = f"{prefix}/report/{path.name}"
-        storage.put_bytes(PROCESSED_BUCKET, key, path.read_bytes(), _content_type(path))
-        report_keys.append(key)
     manifest = {
         "name": name,
         "format": PROCESSED_FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": local.name,
-        "raw": {"bucket": RAW_BUCKET, "prefix": f"{prefix}/", "files": len(raw)},
-        "splits_key": f"{prefix}/splits.npz",
+        "raw": {"bucket": RAW_BUCKET, "prefix": f"{name}/", "files": len(raw)},
+        "splits_key": f"{name}/splits.npz",
         "sha256": digest,
         "data_hash": splits.data_hash,
         "image_size": splits.image_size,
@@ -227,11 +216,57 @@ def prepare(
         "splits": [s for s in SPLIT_NAMES if s in splits.present()],
         "seed": seed,
         "notes": list(splits.notes),
-        "report": report_keys,
+        "raw_dicom_deidentified": "DICOM PS3.15 basic profile, private tags removed",
+        "report": [f"{name}/report/{path.name}" for path in report],
     }
-    storage.put_json(PROCESSED_BUCKET, manifest_key, manifest)
-    manifest["report_dir"] = str(report_dir)
-    return manifest
+    _upload(storage, name, raw, payload, report, manifest)
+    return {**manifest, "report_dir": str(report_dir)}
+
+
+def _upload(
+    storage: Any, name: str, raw: list[tuple[Path, str]], payload: bytes, report: list[Path], manifest: dict
+) -> None:
+    """Raw files, splits and report, then the manifest. On failure, remove what this run wrote and re-raise."""
+    from tqdm import tqdm
+
+    storage.ensure_buckets((RAW_BUCKET, PROCESSED_BUCKET))
+    manifest_key = f"{name}/manifest.json"
+    # A reader must never pair an old manifest with new splits: take the old manifest away first.
+    if storage.exists(PROCESSED_BUCKET, manifest_key):
+        storage.delete(PROCESSED_BUCKET, manifest_key)
+    stale = set(storage.list_keys(RAW_BUCKET, f"{name}/")) - {f"{name}/{key}" for _, key in raw}
+    written: list[tuple[str, str]] = []
+
+    def upload(item: tuple[Path, str]) -> None:
+        path, key = item
+        if _is_dicom(path):
+            # Patient identifiers never reach the buckets, raw-data included (pixels are unchanged).
+            try:
+                data = deidentify_bytes(path.read_bytes())
+            except ImageError as exc:
+                raise UserError(f"{path}: {exc.message}") from exc
+            storage.put_bytes(RAW_BUCKET, f"{name}/{key}", data, "application/dicom")
+        else:
+            storage.put_file(RAW_BUCKET, f"{name}/{key}", path, _content_type(path))
+        written.append((RAW_BUCKET, f"{name}/{key}"))
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool, tqdm(total=len(raw), desc="raw-data", unit="file") as bar:
+            for _ in pool.map(upload, raw):
+                bar.update(1)
+        storage.put_bytes(PROCESSED_BUCKET, manifest["splits_key"], payload, "application/octet-stream")
+        written.append((PROCESSED_BUCKET, manifest["splits_key"]))
+        for path, key in zip(report, manifest["report"], strict=True):
+            storage.put_file(PROCESSED_BUCKET, key, path, _content_type(path))
+            written.append((PROCESSED_BUCKET, key))
+        for key in sorted(stale):  # files of an earlier upload under this name that this data set does not have
+            storage.delete(RAW_BUCKET, key)
+        storage.put_json(PROCESSED_BUCKET, manifest_key, manifest)
+    except BaseException:
+        for bucket, key in written:
+            with contextlib.suppress(Exception):
+                storage.delete(bucket, key)
+        raise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -246,13 +281,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from shared.config import Settings
     from shared.storage import Storage
 
     if args.image_size is not None and not 8 <= args.image_size <= 1024:
         raise UserError(f"--image-size {args.image_size}: expected 8 to 1024 pixels")
-    storage = Storage.from_settings(Settings.from_env())
-    manifest = prepare(args.data, storage, args.name, args.image_size, args.seed, args.out_report)
+    settings = Settings.from_env()
+    storage = Storage.from_settings(settings)
+    try:
+        manifest = prepare(args.data, storage, args.name, args.image_size, args.seed, args.out_report)
+    except (BotoCoreError, ClientError) as exc:
+        where = settings.s3_endpoint_url or "the default AWS endpoint"
+        raise UserError(f"S3 at {where} failed: {exc} (nothing was published)") from exc
     name = manifest["name"]
     tag = "SYNTHETIC " if manifest["synthetic"] else ""
     print(f"prepared {tag}data set {name!r}: s3://{PROCESSED_BUCKET}/{name}/manifest.json")

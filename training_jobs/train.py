@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -389,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = {name: evaluate_model(out_dir / "model.onnx", split.x, split.y, card=card,
                                         out_dir=out_dir / "plots" / name, split=name)
                    for name, split in evaluated.items()}
-        card = replace_card(card, metrics={**card.metrics, **{k: flat_metrics(v) for k, v in metrics.items()}})
+        card = replace(card, metrics={**card.metrics, **{k: flat_metrics(v) for k, v in metrics.items()}})
         card.save(out_dir)
         plots.training_curves(result.history, out_dir / "plots" / "training_curves.png")
 
@@ -428,19 +428,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def replace_card(card: Any, **changes: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(card, **changes)
-
-
 def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
     p = np.clip(np.where(labels == 1, probs, 1.0 - probs), 1e-12, 1.0)
     return float(-np.log(p).mean())
 
 
 def _print_summary(report: dict[str, Any]) -> None:
-    val = report["val"]
     print(f"model: {report['out']}  ({report['params']:,} parameters, MLflow run {report['run_id']}"
           + (f", registered xray-vit version {report['version']} as challenger)" if report["version"] else ")"))
     print(f"trained {report['epochs']} epochs in {report['train_seconds'] / 60:.1f} min (best epoch "
@@ -459,4 +452,3 @@ def _print_summary(report: dict[str, Any]) -> None:
               f"on val")
     if report["synthetic_data"]:
         print("NOTE: SYNTHETIC data; these numbers say nothing about real X-rays")
-    del val

@@ -56,27 +56,37 @@ class ViTConfig:
         return cls(**data)
 
 
+def conv_stage(cin: int, cout: int) -> nn.Sequential:
+    """Two 3x3 conv + BatchNorm + GELU at one resolution."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU(),
+    )
+
+
 class PatchEmbed(nn.Module):
-    """Image [N, 1, S, S] -> patch tokens [N, G*G, dim], optionally through a small conv stem first."""
+    """Image [N, 1, S, S] -> patch tokens [N, G*G, dim], optionally through a convolutional stem first.
+
+    The conv stem (a hybrid ViT) is a small CNN that halves the resolution once per factor 2 of `patch`
+    (width doubling each time), then a `patch / 2^k` strided projection makes the G x G tokens. Measured on
+    PneumoniaMNIST: a ViT alone cannot learn the local texture from ~5k images as fast as a CNN does.
+    """
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         if config.conv_stem:
-            width = max(8, config.dim // 4)  # narrow: full-resolution convolutions dominate the cost on CPU
-            # Early convolutions give the transformer local inductive bias it cannot learn from ~5k images.
-            self.stem = nn.Sequential(
-                nn.Conv2d(1, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.GELU(),
-                nn.Conv2d(width, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.GELU(),
-            )
-            in_channels = width
+            width = max(8, config.dim // 4)
+            layers: list[nn.Module] = [conv_stage(1, width)]
+            remaining = config.patch
+            while remaining % 2 == 0:
+                layers += [nn.MaxPool2d(2), conv_stage(width, 2 * width)]
+                width, remaining = 2 * width, remaining // 2
+            self.stem = nn.Sequential(*layers)
+            in_channels, stride = width, remaining
         else:
             self.stem = nn.Identity()
-            in_channels = 1
-        self.proj = nn.Conv2d(in_channels, config.dim, kernel_size=config.patch, stride=config.patch)
+            in_channels, stride = 1, config.patch
+        self.proj = nn.Conv2d(in_channels, config.dim, kernel_size=stride, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(self.stem(x))  # [N, dim, G, G]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import subprocess
@@ -179,24 +180,9 @@ def test_triage_manifests_writes_the_same_objects_as_yaml(tmp_path, capsys) -> N
     domain = next(o for o in written if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "config-domain")
     assert domain["data"] == {"triage.example.org": ""}
     # Same builder, same objects: only the generated secret values and the admin exposure differ.
-    again = manifests.settings_from_args(
-        type(
-            "Args",
-            (),
-            {
-                "image_repository": "ghcr.io/example/xray-triage",
-                "image_tag": "0.3.1",
-                "namespace": "xray-triage",
-                "domain": "triage.example.org",
-                "model_uri": "models:/xray-vit@champion",
-                "max_scale": 5,
-                "target_concurrency": 4,
-                "tls": False,
-                "acme_email": None,
-                "storage_class": None,
-            },
-        )()
-    )
+    parser = argparse.ArgumentParser()
+    manifests.add_arguments(parser)
+    again = manifests.settings_from_args(parser.parse_args(argv[1:]))
     assert list(yaml.safe_load_all((out / "30-functions.yaml").read_text())) == manifests.function_objects(again)
 
 

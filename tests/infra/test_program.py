@@ -25,7 +25,7 @@ BASE_CONFIG = {
     "image_repository": "ghcr.io/example/xray-triage",
     "image_tag": "0.3.1",
     "admin_cidrs": json.dumps(["198.51.100.0/24", "2001:db8::/48"]),
-    "flavor": "m1.xlarge",
+    "flavor": "m1.large",  # not the default, so the test sees the configured value reach the instances
     "image": "CC-Ubuntu24.04",
 }
 
@@ -101,7 +101,7 @@ def test_three_instances_with_the_configured_flavor_image_and_key(deployed) -> N
     mocks, _ = deployed
     instances = mocks.of_type("openstack:compute/instance:Instance")
     assert len(instances) == 3
-    assert {i.inputs["flavorName"] for i in instances} == {"m1.xlarge"}
+    assert {i.inputs["flavorName"] for i in instances} == {"m1.large"}
     assert {i.inputs["imageName"] for i in instances} == {"CC-Ubuntu24.04"}
     assert {i.inputs["keyPair"] for i in instances} == {"ops-key"}
     assert sorted(i.inputs["name"] for i in instances) == [f"xray-triage-node{n}-test" for n in (1, 2, 3)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,11 @@ def test_split_s3_uri() -> None:
     assert split_s3_uri("s3://processed/phantom/splits.npz") == ("processed", "phantom/splits.npz")
     with pytest.raises(ValueError):
         split_s3_uri("http://x/y")
+
+
+def test_put_file_streams_a_local_file(storage: Storage, bucket: str, tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * 100_000)
+    storage.put_file(bucket, "raw/big.bin", path, "application/octet-stream")
+    assert storage.get_bytes(bucket, "raw/big.bin") == path.read_bytes()
+    assert storage.head(bucket, "raw/big.bin")["content_type"] == "application/octet-stream"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import uuid
 from collections.abc import Callable
@@ -158,3 +159,52 @@ def test_a_reader_without_manifest_gets_a_clear_error(storage: Storage) -> None:
     storage.put_bytes("processed", f"{name}/splits.npz", b"half-written")
     with pytest.raises(UserError, match="no manifest.json"):
         load_splits(f"s3://processed/{name}")
+
+
+class _SplitsUploadFails(Storage):
+    """A real S3 storage that fails when the splits file is written (e.g. the network drops mid-run)."""
+
+    def put_bytes(
+        self, bucket: str, key: str, data: bytes, content_type: str | None = None, metadata: dict | None = None
+    ) -> str:
+        if key.endswith("splits.npz"):
+            raise ConnectionError("network dropped")
+        return super().put_bytes(bucket, key, data, content_type, metadata)
+
+
+def test_a_failure_mid_upload_leaves_nothing_behind(s3_server: str, phantom_npz: Path, tmp_path: Path) -> None:
+    from training_jobs.prepare import prepare
+
+    storage = _SplitsUploadFails.from_settings(Settings(s3_endpoint_url=s3_server))
+    name = _name()
+    with pytest.raises(ConnectionError):
+        prepare(phantom_npz, storage, name=name, report_dir=tmp_path / "r", log=lambda _: None)
+    assert storage.list_keys("raw-data", f"{name}/") == []
+    assert storage.list_keys("processed", f"{name}/") == []
+
+
+def test_unreachable_s3_is_one_clear_line(
+    phantom_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    assert main(["prepare", "--data", str(phantom_npz), "--out-report", str(tmp_path / "r")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "http://127.0.0.1:9" in last and "nothing was published" in last
+
+
+def test_raw_dicoms_are_deidentified_before_upload(storage: Storage, tmp_path: Path) -> None:
+    import pydicom
+
+    from training_jobs.phantom import FAKE_PATIENT
+
+    root = write_phantom_folder(tmp_path / "dicoms", {"train": 4, "test": 2}, size=32, seed=3, file_format="dicom")
+    name = _name()
+    assert main(["prepare", "--data", str(root), "--name", name, "--out-report", str(tmp_path / "r")]) == 0
+    keys = [k for k in storage.list_keys("raw-data", f"{name}/") if k.endswith(".dcm")]
+    assert len(keys) == sum(1 for _ in root.rglob("*.dcm"))
+    for key in keys:
+        data = storage.get_bytes("raw-data", key)
+        assert b"SYNTHETIC^PHANTOM" not in data and FAKE_PATIENT["PatientBirthDate"].encode() not in data
+        assert b"SYN-person" not in data
+        ds = pydicom.dcmread(io.BytesIO(data))
+        assert ds.PatientIdentityRemoved == "YES" and ds.PatientID == ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sqlite3
 import threading
 import time
@@ -340,6 +341,11 @@ def load_config(path: Path) -> tuple[list[Trigger], DeliverySpec]:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     broker: Broker
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in separate writes; without TCP_NODELAY the body waits for a delayed ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
         log.debug(format, *args)

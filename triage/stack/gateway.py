@@ -15,6 +15,7 @@ import http.client
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -130,6 +131,9 @@ class _Upstreams(threading.local):
             reused = connection is not None
             if connection is None:
                 connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+                connection.connect()
+                # Small request/response pairs: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms each.
+                connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.connections[base_url] = connection
             try:
                 connection.request(method, path, body=body, headers=headers)
@@ -152,6 +156,11 @@ class _Handler(BaseHTTPRequestHandler):
     gateway: Gateway
     upstreams: _Upstreams
     timeout_s: float = 60.0
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in separate writes; without TCP_NODELAY the body waits for a delayed ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug(format, *args)

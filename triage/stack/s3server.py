@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -155,6 +156,11 @@ class WebhookRelay:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # moto waits for this answer inside the PUT: no Nagle / delayed-ACK stall on the reply body.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 log.debug(format, *args)
