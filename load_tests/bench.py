@@ -37,6 +37,14 @@ def _local_model(model_uri: str, cache_dir: Path) -> tuple[Path, Any]:
     return resolved.onnx_path, resolved.card
 
 
+def parameter_count(onnx_path: Path) -> int:
+    """Weights in the ONNX graph (its initializers), e.g. ~1.2M for the default 28x28 ViT."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return int(sum(int(np.prod(init.dims)) for init in graph.initializer))
+
+
 def bare_onnx(onnx_path: Path, png: bytes, image_size: int, runs: int = 500) -> dict[str, Any]:
     """The floor: session.run on the preprocessed input, one intra-op thread as the functions use."""
     import onnxruntime as ort
@@ -181,8 +189,8 @@ def _plot(results: dict[str, LoadResult], path: Path) -> None:
 def _markdown(report: dict[str, Any]) -> str:
     lines = ["# xray-triage benchmark", "",
              f"Run {report['started']} on {report['machine']}; model {report['model']['uri']} "
-             f"({report['model']['params'] or '?'} parameters, image {report['model']['image_size']}, "
-             f"synthetic data: {report['model']['synthetic_data']}).", "",
+             f"({report['model']['params']:,} parameters, image {report['model']['image_size']}, "
+             f"synthetic data: {report['model']['synthetic_data']}); images: {report['images']}.", "",
              "## Warm HTTP predict", "", "| path | concurrency | requests | p50 ms | p99 ms | req/s |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, row in report["warm"].items():
@@ -216,19 +224,35 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _bench_images(data: Path | None, count: int, size: int) -> np.ndarray:
+    """uint8 [N, H, W] images: the test split of `data` (the model's own kind of input), else phantoms."""
+    if data is None:
+        from training_jobs.phantom import make_phantoms
+
+        return make_phantoms(count, size, 777, 0.5)[0]
+    if not Path(data).is_file():
+        raise UserError(f"--data {data}: no such file")
+    with np.load(data) as arrays:
+        split = next((f"{s}_images" for s in ("test", "val", "train") if f"{s}_images" in arrays), None)
+        if split is None:
+            raise UserError(f"--data {data}: no test_images / val_images / train_images array")
+        return np.asarray(arrays[split][:count])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/bench"), help="report folder (default reports/bench)")
     parser.add_argument("--model", default=os.environ.get("MODEL_URI") or None,
-                        help="model to measure (default $MODEL_URI, else a phantom model trained first)")
+                        help="model to measure (default $MODEL_URI, else one trained first on --data or phantoms)")
     parser.add_argument("--requests", type=int, default=300, help="requests per warm-latency run (default 300)")
     parser.add_argument("--uploads", type=int, default=20, help="uploads for upload-to-result (default 20)")
     parser.add_argument("--cold-starts", type=int, default=3, help="fresh processes to time (default 3)")
     parser.add_argument("--faithfulness-images", type=int, default=16, help="images for the AUCs (default 16)")
+    parser.add_argument("--data", type=Path, default=os.environ.get("DATA") or None,
+                        help="take the images from this .npz's test split (default $DATA, else phantoms)")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
 
 
 def run(args: argparse.Namespace) -> int:
-    from training_jobs.phantom import make_phantoms
     from triage.stack.up import Stack, StackConfig, StackPorts, train_first_model
 
     if not 10 <= args.requests <= 5000 or not 2 <= args.uploads <= 200 or not 1 <= args.cold_starts <= 10:
@@ -238,23 +262,25 @@ def run(args: argparse.Namespace) -> int:
     run_dir = out / "run"
     model_uri = args.model
     if model_uri is None:
-        print("no --model / MODEL_URI: training a phantom model first", file=sys.stderr)
+        print(f"no --model / MODEL_URI: training a model on {args.data or 'phantoms'} first (about a minute)",
+              file=sys.stderr)
         env = {"MLFLOW_TRACKING_URI": f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"}
         run_dir.mkdir(parents=True, exist_ok=True)
-        train_first_model(run_dir, env)
+        train_first_model(run_dir, env, data=args.data)
         model_uri = str(sorted((run_dir / "models").iterdir())[-1].resolve())
     cache = (run_dir / "model-cache").resolve()
     onnx_path, card = _local_model(model_uri, cache)
     size = card.image_size
-    images, _ = make_phantoms(max(args.uploads, args.faithfulness_images), size, 777, 0.5)
+    images = _bench_images(args.data, max(args.uploads, args.faithfulness_images), size)
     from triage.stack.demo import png
 
     pngs = [png(image) for image in images]
     body = sample_png(size=size)
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "images": f"test split of {args.data}" if args.data else "synthetic phantoms",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "model": {"uri": model_uri, "params": (card.config or {}).get("params"), "image_size": size,
+        "model": {"uri": model_uri, "params": parameter_count(onnx_path), "image_size": size,
                   "synthetic_data": card.synthetic_data, "config": card.config},
     }
     print("bare ONNX Runtime ...", file=sys.stderr)

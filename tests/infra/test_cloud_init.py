@@ -10,7 +10,7 @@ import yaml
 
 from infra_pulumi import cloud_init
 from infra_pulumi.config import DEFAULT_VERSIONS
-from tests.infra.conftest import require_tool
+from tests.system_tools import require_tool
 
 TOKEN = "JoinToken0123456789abcdefJoinToken0123456789ab"
 SERVER = cloud_init.NodeBoot("xray-triage-node1-dev", "192.168.1.11", "192.168.1.11", TOKEN, "v1.33.5+k3s1")

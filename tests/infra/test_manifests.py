@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from infra_pulumi import manifests
-from tests.infra.conftest import require_tool
 from tests.infra.kubernetes_schemas import validation_errors
+from tests.system_tools import require_tool
 from triage.cli import main as triage
 
 SETTINGS = manifests.ManifestSettings(

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from infra_pulumi.manifests import FUNCTIONS
-from tests.infra.conftest import require_tool
+from tests.system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"

@@ -97,6 +97,8 @@ def test_http_gateway_proxies_splits_and_reports_the_revision():
             assert all(r.json()["served_by"] == rev for r, rev in zip(served, revisions, strict=True))
             assert 10 < revisions.count("challenger") < 50
             assert served[0].json()["path"] == "/?x=1"
+            chunked = client.post("/predict", content=iter([b"abc", b"defg"]))  # an iterator is sent chunked
+            assert chunked.status_code == 200 and chunked.json()["bytes"] == 7
             bad = client.put("/admin/traffic", json={"champion": 50})
             assert bad.status_code == 422 and "sum to 100" in bad.json()["error"]["message"]
             down = client.post("/feedback", json={})

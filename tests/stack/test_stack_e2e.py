@@ -214,7 +214,8 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_ctrl_c_stops_every_child(tmp_path, stack):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_every_child(tmp_path, stack, sig):
     ports = StackPorts.free()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
            **{var: str(getattr(ports, name)) for name, var in
@@ -232,7 +233,7 @@ def test_ctrl_c_stops_every_child(tmp_path, stack):
         assert up.poll() is None, "triage up exited early"
         children = _descendants(up.pid)
         assert len(children) >= 5  # s3, broker, predict (+ its gunicorn worker), minio_source, gateway
-        up.send_signal(signal.SIGINT)
+        up.send_signal(sig)
         assert up.wait(timeout=30) == 0
         time.sleep(0.2)
         assert [pid for pid in children if _running(pid)] == []

@@ -216,13 +216,18 @@ class Broker:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.stats: dict[str, int] = {"received": 0, "delivered": 0, "failed_attempts": 0, "dead_lettered": 0}
+        self._stats_lock = threading.Lock()
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:  # delivery threads update these concurrently
+            self.stats[name] += 1
 
     def publish(self, event: CloudEvent) -> int:
         """Persist one delivery per matching trigger; returns how many."""
         attributes = event.get_attributes()
         names = [t.name for t in self.triggers.values() if t.matches(attributes)]
         count = self.queue.enqueue(names, to_json(event).decode(), self._clock())
-        self.stats["received"] += 1
+        self._count("received")
         log.info("event %s type=%s -> %s", attributes.get("id"), attributes.get("type"), names or "no trigger")
         self._wake.set()
         return count
@@ -242,7 +247,7 @@ class Broker:
                 if answer is not None:
                     self.publish(answer)
                 self.queue.succeeded(delivery.id)
-                self.stats["delivered"] += 1
+                self._count("delivered")
                 return True
             error = f"HTTP {reply.status}: {reply.body[:300].decode('utf-8', 'replace')}"
         except Exception as exc:  # noqa: BLE001 - any failure to deliver is a failed attempt, retried
@@ -252,7 +257,7 @@ class Broker:
 
     def _fail(self, delivery: Delivery, trigger: Trigger, event: CloudEvent, error: str) -> None:
         failures = delivery.attempts + 1
-        self.stats["failed_attempts"] += 1
+        self._count("failed_attempts")
         spec = trigger.delivery or self.delivery
         if failures <= spec.retry:
             delay = spec.delay_after(failures)
@@ -277,7 +282,7 @@ class Broker:
             return
         log.error("delivery %s to %s dead-lettered after %d attempts: %s", delivery.id, trigger.name, failures, error)
         self.queue.dead(delivery.id)
-        self.stats["dead_lettered"] += 1
+        self._count("dead_lettered")
 
     def run_due(self) -> int:
         """Attempt every due delivery once, in this thread (tests drive the broker with this and a fake clock)."""

@@ -48,20 +48,57 @@ def png(image: np.ndarray) -> bytes:
 
 
 def demo_images(count: int, data: Path | None, run_dir: Path) -> list[tuple[str, bytes, str]]:
-    """(name, PNG bytes, true label) from the test split of DATA, of the phantom set, or fresh phantoms."""
+    """(name, bytes, true label) from the test split of DATA, of the phantom set, or fresh phantoms; the last one
+    as DICOM with patient identifiers (the demo checks they are stripped)."""
     source = data if data is not None else run_dir / "phantom.npz"
     if source.is_file():
         with np.load(source) as arrays:
             split = next((s for s in ("test", "val", "train") if f"{s}_images" in arrays), None)
             if split is not None:
                 images, labels = arrays[f"{split}_images"][:count], arrays[f"{split}_labels"][:count].ravel()
-                return [(f"demo-{i}.png", png(img), ("normal", "pneumonia")[int(lab)])
-                        for i, (img, lab) in enumerate(zip(images, labels, strict=True))]
+                return _with_dicom([(f"demo-{i}.png", img, ("normal", "pneumonia")[int(lab)])
+                                    for i, (img, lab) in enumerate(zip(images, labels, strict=True))])
     from training_jobs.phantom import make_phantoms
 
     images, labels = make_phantoms(count, 28, 12345, 0.5)
-    return [(f"demo-{i}.png", png(img), ("normal", "pneumonia")[int(lab)])
-            for i, (img, lab) in enumerate(zip(images, labels, strict=True))]
+    return _with_dicom([(f"demo-{i}.png", img, ("normal", "pneumonia")[int(lab)])
+                        for i, (img, lab) in enumerate(zip(images, labels, strict=True))])
+
+
+def _with_dicom(images: list[tuple[str, np.ndarray, str]]) -> list[tuple[str, bytes, str]]:
+    """PNG bytes for all but the last image, which goes as DICOM with made-up patient identifiers."""
+    encoded = [(name, png(image), truth) for name, image, truth in images[:-1]]
+    name, image, truth = images[-1]
+    return encoded + [(name.replace(".png", ".dcm"), dicom(image), truth)]
+
+
+def _content_type(name: str) -> str:
+    return "application/dicom" if name.endswith(".dcm") else "image/png"
+
+
+DEMO_PATIENT = "DEMO^PATIENT"  # a made-up name: the demo checks it never reaches the results
+
+
+def dicom(image: np.ndarray, patient_name: str = DEMO_PATIENT) -> bytes:
+    """A 16-bit MONOCHROME2 DICOM file carrying (made-up) patient identifiers, as a modality would send it."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.PatientName, dataset.PatientID, dataset.PatientBirthDate = patient_name, "DEMO-0001", "19700101"
+    dataset.Modality = "CR"
+    dataset.Rows, dataset.Columns = image.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
+    dataset.PixelData = (np.asarray(image, np.uint16) * 16).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def _wait_for_result(s3: Any, key: str, uploaded: float, timeout_s: float) -> tuple[dict[str, Any] | None, float]:
@@ -87,7 +124,7 @@ def run_demo(stack: Stack, images: list[tuple[str, bytes, str]], out_dir: Path,
     for name, data, truth in images:
         key = f"{prefix}/{name}"
         uploaded = time.monotonic()
-        s3.put_object(Bucket="inference-inputs", Key=key, Body=data, ContentType="image/png")
+        s3.put_object(Bucket="inference-inputs", Key=key, Body=data, ContentType=_content_type(name))
         uploads.append((key, uploaded, truth))
     for key, uploaded, truth in uploads:
         result, seconds = _wait_for_result(s3, key, uploaded, timeout_s)
@@ -102,15 +139,24 @@ def run_demo(stack: Stack, images: list[tuple[str, bytes, str]], out_dir: Path,
         print(f"  {key}: {flag}{result['label']} p={result['probability']:.3f} (truth {truth}) "
               f"model v{result['model']['version']} in {seconds:.2f} s", flush=True)
         heatmap = result.get("heatmap") or {}
+        heatmap_png = b""
         if heatmap.get("key"):
-            png_bytes = s3.get_object(Bucket=heatmap.get("bucket", "inference-results"), Key=heatmap["key"])
-            (out_dir / Path(heatmap["key"]).name).write_bytes(png_bytes["Body"].read())
+            stored = s3.get_object(Bucket=heatmap.get("bucket", "inference-results"), Key=heatmap["key"])
+            heatmap_png = stored["Body"].read()
+            (out_dir / Path(heatmap["key"]).name).write_bytes(heatmap_png)
+        if key.endswith(".dcm"):
+            leaked = DEMO_PATIENT.encode() in json.dumps(result).encode() + heatmap_png
+            if leaked:
+                report.fail(f"{key}: the patient name reached the results")
+            else:
+                print(f"    DICOM de-identified: no patient name in its result or heatmap "
+                      f"(de-identification took {result['timings_ms'].get('deidentify', '?')} ms)", flush=True)
 
     gateway = stack.urls["gateway"]
     name, data, _ = images[0]
     with httpx.Client(base_url=gateway, timeout=60) as client:
         print(f"\nPOST {gateway}/predict ({name})", flush=True)
-        response = client.post("/predict", content=data, headers={"Content-Type": "image/png"})
+        response = client.post("/predict", content=data, headers={"Content-Type": _content_type(name)})
         prediction = response.json()
         if response.status_code != 200:
             report.fail(f"predict answered {response.status_code}: {prediction}")
@@ -119,7 +165,7 @@ def run_demo(stack: Stack, images: list[tuple[str, bytes, str]], out_dir: Path,
               f"revision={response.headers.get('X-Triage-Revision')} in {prediction['timings_ms']['total']:.1f} ms",
               flush=True)
         print(f"POST {gateway}/explain (Accept: image/png)", flush=True)
-        response = client.post("/explain", content=data, headers={"Content-Type": "image/png",
+        response = client.post("/explain", content=data, headers={"Content-Type": _content_type(name),
                                                                   "Accept": "image/png"})
         if response.status_code != 200 or not response.content.startswith(b"\x89PNG"):
             report.fail(f"explain answered {response.status_code} {response.headers.get('content-type')}")

@@ -181,7 +181,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": {"code": code, "message": message}})
 
     def _body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._chunked_body()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _chunked_body(self) -> bytes:
+        """A chunked upload (curl -T, streaming clients) re-framed with a Content-Length for the function."""
+        parts = []
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after each chunk
 
     def do_GET(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]

@@ -65,8 +65,11 @@ class StackPorts:
                 probe.bind(("127.0.0.1", 0))
                 return probe.getsockname()[1]
 
+        from triage.stack.processes import port_is_free
+
         base = one()
-        while base > 65000:
+        # The functions take base .. base+8: the whole range must be free, not just its first port.
+        while base > 65000 or not all(port_is_free(base + i) for i in range(1, 9)):
             base = one()
         return cls(s3=one(), s3_notify=one(), mlflow=one(), gateway=one(), broker=one(), prometheus=one(),
                    function_base=base)
@@ -184,6 +187,10 @@ class Stack:
     def start(self) -> None:
         cfg = self.config
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.model_uri:  # a typo in a path should not cost a start of S3 and MLflow first
+            _checked_uri(cfg.model_uri, "--model / MODEL_URI")
+        if cfg.challenger_uri:
+            _checked_uri(cfg.challenger_uri, "--challenger")
         ports = cfg.ports
         specs = self._function_specs()
         check_ports_free([

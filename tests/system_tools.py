@@ -1,4 +1,4 @@
-"""Fixtures of the infrastructure tests, and `require_tool`: skip when a checker is missing, fail under CI."""
+"""`require_tool`: the system tools tests call (cloud-init, promtool, shellcheck, ...), skipped or failed by CI."""
 
 from __future__ import annotations
 

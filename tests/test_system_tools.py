@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.infra.conftest import require_tool
+from tests.system_tools import require_tool
 
 
 def test_a_present_tool_is_found() -> None:
