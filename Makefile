@@ -36,4 +36,4 @@ bench-quality: $(STAMP)  ## default training on PneumoniaMNIST 28x28 (../shared/
 	$(BIN)/triage train --data $(SHARED_DATA) --out reports/quality --json
 
 clean:  ## remove caches and local run outputs (keeps .venv)
-	rm -rf .cache .pytest_cache .ruff_cache runs reports mlruns mlruns.db
+	rm -rf .cache .pytest_cache .ruff_cache .triage runs reports mlruns mlruns.db

@@ -84,8 +84,9 @@ class RequestRecorder:
     holding the prediction back (that request then cannot get feedback). `flush()` waits for pending writes.
     """
 
-    def __init__(self, storage: Storage, *, source: str, max_pending: int = 1000) -> None:
-        self.storage = storage
+    def __init__(self, storage: Storage | Callable[[], Storage], *, source: str, max_pending: int = 1000) -> None:
+        # A factory defers the S3 client (botocore takes ~0.2 s to build one) to the writer thread, off cold start.
+        self._storage = storage
         self.source = source
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_pending)
         self._thread: threading.Thread | None = None
@@ -100,6 +101,12 @@ class RequestRecorder:
             self._queue.put_nowait(dict(prediction))
         except queue.Full:
             log.warning("request index queue full; request %s will not accept feedback", prediction.get("request_id"))
+
+    @property
+    def storage(self) -> Storage:
+        if not isinstance(self._storage, Storage):
+            self._storage = self._storage()
+        return self._storage
 
     def flush(self) -> None:
         self._queue.join()

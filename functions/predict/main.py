@@ -14,7 +14,7 @@ from shared.storage import Storage
 SETTINGS = Settings.from_env()
 MODEL = runtime.get_model(SETTINGS)
 # Indexes each request id (off the latency path) so a radiologist can label it through feedback later.
-REQUESTS = RequestRecorder(Storage.from_settings(SETTINGS), source="predict")
+REQUESTS = RequestRecorder(lambda: Storage.from_settings(SETTINGS), source="predict")
 # Empty unless URL_ALLOW_NETWORKS is set (local stack and tests only): networks a {"url"} may point into.
 URL_ALLOW_NETWORKS: tuple[IPNetwork, ...] = parse_networks(SETTINGS.url_allow_networks)
 

@@ -103,7 +103,9 @@ def test_delivery_that_keeps_failing_lands_in_dead_letter_with_its_error(tmp_pat
     assert len(send.calls) == 3  # first try + 2 retries
     assert len(dead) == 1
     assert dead[0]["event"]["id"] == event["id"] and dead[0]["event"]["data"]["key"] == "x.png"
-    assert dead[0]["trigger"] == "ingest" and dead[0]["attempts"] == 3 and "HTTP 503" in dead[0]["last_error"]
+    assert dead[0]["subscriber"] == dead[0]["trigger"] == "ingest" and dead[0]["attempts"] == 3
+    assert dead[0]["error"]["status"] == "503" and "HTTP 503" in dead[0]["error"]["message"]
+    assert not any(name.startswith("knativeerror") for name in dead[0]["event"])
     assert broker.queue.counts() == {"dead": 1}
 
 

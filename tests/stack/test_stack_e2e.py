@@ -144,7 +144,8 @@ def test_a_failing_subscriber_is_retried_then_the_event_lands_in_dead_letter(sta
             assert time.monotonic() < deadline, "the event never reached the dead-letter bucket"
             time.sleep(0.1)
     assert failing.attempts == 3  # first try + 2 retries
-    assert record["attempts"] == 3 and "HTTP 500" in record["last_error"]
+    assert record["attempts"] == 3 and record["error"]["status"] == "500"
+    assert "HTTP 500" in record["error"]["message"] and record["subscriber"] == "always-fails"
     assert record["event"]["data"] == {"n": 1}
 
 
@@ -251,3 +252,25 @@ def test_demo_steps_triage_uploads_explain_and_take_feedback(stack, tmp_path):
     assert len(report.results) == 3 and all(r["model"]["version"] == "7" for r in report.results)
     saved = sorted(p.name for p in (tmp_path / "heatmaps").iterdir())
     assert "explain-http.png" in saved and len([n for n in saved if n.endswith(".heatmap.png")]) == 3
+
+
+def test_review_flow_explain_then_feedback_through_the_gateway(stack):
+    with httpx.Client(base_url=stack.urls["gateway"], timeout=30) as client:
+        assert "Confirm" in client.get("/review").text
+        explained = client.post("/explain", content=png_bytes(seed=3), headers={"Content-Type": "image/png"})
+        assert explained.status_code == 200
+        body = explained.json()
+        assert body["heatmap_png"] and body["model"]["version"] == "7"
+        label = "normal" if body["label"] == "pneumonia" else "pneumonia"  # the radiologist corrects it
+        deadline = time.monotonic() + 5
+        while True:  # the request index is written off the latency path, so it may lag a moment
+            response = client.post("/feedback", json={"request_id": body["request_id"], "label": label,
+                                                      "reviewer": "radiologist"},
+                                    headers={"Authorization": f"Bearer {stack.reviewer_token}"})
+            if response.status_code != 404 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert response.status_code == 200, response.text
+        unauthorized = client.post("/feedback", json={"request_id": body["request_id"], "label": label,
+                                                      "reviewer": "radiologist"})
+        assert unauthorized.status_code == 401

@@ -79,3 +79,22 @@ def test_cli_errors_name_the_file(model_and_data, tmp_path, capsys):
     assert "none.onnx" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "missing.npz")]) == 2
     assert "missing.npz" in capsys.readouterr().err
+
+
+def test_cli_logs_to_an_active_mlflow_run(model_and_data, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from triage.cli import main
+
+    model, data = model_and_data
+    monkeypatch.chdir(tmp_path)
+    # set_tracking_uri is process-global: have monkeypatch restore it so later tests see their own store.
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("eval", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "p")]) == 0
+    logged = mlflow.get_run(run.info.run_id)
+    assert logged.data.metrics["test_n"] == 12 and "test_auc" in logged.data.metrics
+    assert (tmp_path / "artifacts" / run.info.run_id / "artifacts" / "plots" / "test" / "roc.png").is_file()

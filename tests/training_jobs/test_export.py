@@ -109,3 +109,9 @@ def test_cli_rejects_a_missing_checkpoint(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m")]) == 2
     assert "nope.pt" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_dynamo_exporter_also_keeps_the_batch_axis(tmp_path, tiny_model):
+    path = export.export_onnx(tiny_model, tmp_path / "dynamo.onnx", exporter="dynamo")
+    diffs = check_parity(tiny_model, path, np.random.default_rng(0).standard_normal((8, 1, 28, 28)))
+    assert max(diffs.values()) <= 1e-4 and len(diffs) == 4

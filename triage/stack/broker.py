@@ -16,7 +16,6 @@ import socket
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,9 @@ from typing import Any
 
 from cloudevents.conversion import to_binary, to_json
 from cloudevents.http import CloudEvent, from_http, from_json
+
+from shared.dead_letter import dead_letter_record, store_dead_letter
+from shared.storage import Storage
 
 log = logging.getLogger("triage.broker")
 
@@ -249,13 +251,15 @@ class Broker:
                 self.queue.succeeded(delivery.id)
                 self._count("delivered")
                 return True
+            status: int | None = reply.status
             error = f"HTTP {reply.status}: {reply.body[:300].decode('utf-8', 'replace')}"
         except Exception as exc:  # noqa: BLE001 - any failure to deliver is a failed attempt, retried
-            error = f"{type(exc).__name__}: {exc}"
-        self._fail(delivery, trigger, event, error)
+            status, error = None, f"{type(exc).__name__}: {exc}"
+        self._fail(delivery, trigger, event, error, status)
         return False
 
-    def _fail(self, delivery: Delivery, trigger: Trigger, event: CloudEvent, error: str) -> None:
+    def _fail(self, delivery: Delivery, trigger: Trigger, event: CloudEvent, error: str,
+              status: int | None = None) -> None:
         failures = delivery.attempts + 1
         self._count("failed_attempts")
         spec = trigger.delivery or self.delivery
@@ -265,14 +269,14 @@ class Broker:
                         delay, error)
             self.queue.failed(delivery.id, error, self._clock() + delay)
             return
-        record = {
-            "event": json.loads(to_json(event)),
-            "trigger": trigger.name,
-            "subscriber": trigger.subscriber,
-            "attempts": failures,
-            "last_error": error,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock())),
-        }
+        # The record Knative's dead-letter sink would store: the event with Knative's error extensions, in
+        # shared.dead_letter's form, keyed by the trigger's name (a service name in the cluster).
+        failed = from_json(to_json(event))
+        failed["knativeerrordest"] = trigger.subscriber
+        if status is not None:
+            failed["knativeerrorcode"] = str(status)
+        record = dead_letter_record(failed, error=error, subscriber=trigger.name)
+        record.update(trigger=trigger.name, attempts=failures)
         try:
             if self._dead_letter is not None:
                 self._dead_letter(record)
@@ -318,15 +322,12 @@ class Broker:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def s3_dead_letter_sink(s3_client: Any, bucket: str = "dead-letter") -> DeadLetterSink:
-    """Store each dead event as `<bucket>/<trigger>/<event id>.json` (the event plus its last error)."""
+def s3_dead_letter_sink(s3_client: Any) -> DeadLetterSink:
+    """Store each dead event as `dead-letter/<trigger>/<event id>.json`, as the dead-letter function does."""
+    storage = Storage(s3_client)
 
     def store(record: dict[str, Any]) -> None:
-        event_id = str(record["event"].get("id") or uuid.uuid4())
-        key = f"{record['trigger']}/{event_id}.json"
-        s3_client.put_object(
-            Bucket=bucket, Key=key, Body=json.dumps(record, indent=2).encode(), ContentType="application/json"
-        )
+        store_dead_letter(storage, record)
 
     return store
 

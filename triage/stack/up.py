@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from shared.config import PROJECT_ROOT
+from shared.config import PROJECT_ROOT, Settings
 from shared.errors import UserError
 from triage.stack.broker import DeliverySpec
 from triage.stack.mlflow_server import mlflow_spec
@@ -110,11 +110,13 @@ class Stack:
     """The local stack as a context manager; `urls` says where everything is."""
 
     def __init__(self, config: StackConfig, *, echo: IO[str] | None = sys.stderr) -> None:
+        # Tokens and S3 credentials as the functions read them (Settings); fresh random tokens when unset.
+        self.settings = Settings.from_env()
         self.config = replace(
             config,
             run_dir=Path(config.run_dir).resolve(),
-            webhook_token=config.webhook_token or os.environ.get("WEBHOOK_TOKEN") or secrets.token_urlsafe(24),
-            reviewer_tokens=config.reviewer_tokens or os.environ.get("REVIEWER_TOKENS")
+            webhook_token=config.webhook_token or self.settings.webhook_token or secrets.token_urlsafe(24),
+            reviewer_tokens=config.reviewer_tokens or self.settings.reviewer_tokens
             or f"radiologist:{secrets.token_urlsafe(18)}",
         )
         for name in self.config.functions:
@@ -168,8 +170,8 @@ class Stack:
         env = {
             **_python_env(),
             "S3_ENDPOINT_URL": self.urls["s3"],
-            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "minioadmin"),
-            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "minioadmin"),
+            "AWS_ACCESS_KEY_ID": self.settings.aws_access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.settings.aws_secret_access_key,
             "AWS_REGION": "us-east-1",
             "AWS_DEFAULT_REGION": "us-east-1",
             "MODEL_CACHE_DIR": str(cfg.run_dir / "model-cache"),
@@ -360,7 +362,6 @@ class Stack:
     def mlflow_client(self) -> Any:
         from mlflow.tracking import MlflowClient
 
-        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", self.urls["s3"])
         return MlflowClient(tracking_uri=self.urls["mlflow"], registry_uri=self.urls["mlflow"])
 
     # -- helpers for demo, bench and tests -----------------------------------------------------------------------
@@ -407,11 +408,12 @@ def _alias_version(client: Any, alias: str) -> str | None:
         return None
 
 
-PHANTOM_ARGS = ("--n-train", "400", "--n-val", "120", "--n-test", "120", "--size", "28")
-# A small ViT that trains in about a minute on 2 cores (the default recipe is sized for real data).
+PHANTOM_ARGS = ("--n-train", "1200", "--n-val", "200", "--n-test", "200", "--size", "28")
+# A small hybrid ViT that trains in about a minute on 2 cores (the default recipe is sized for real data).
+# Measured on these phantoms: val AUC 0.98 in 52 s (dim 32 / depth 2 / patch 7 on 400 phantoms learned nothing).
 # Epochs run until the time budget (--max-minutes) or early stopping, whichever comes first.
-FAST_TRAIN_ARGS = ("--epochs", "40", "--batch-size", "16", "--lr", "2e-3", "--dim", "32", "--depth", "2", "--heads",
-                   "2", "--patch", "7", "--max-minutes", "1.0")
+FAST_TRAIN_ARGS = ("--epochs", "40", "--batch-size", "32", "--dim", "48", "--depth", "2", "--heads", "2",
+                   "--patch", "4", "--patience", "6", "--max-minutes", "1.0")
 
 
 def train_first_model(run_dir: Path, env: Mapping[str, str], *, data: Path | None = None,
@@ -433,9 +435,10 @@ def train_first_model(run_dir: Path, env: Mapping[str, str], *, data: Path | Non
         raise UserError(f"triage train did not register a model (its JSON: {json.dumps(result)[:300]})")
     if echo:
         val, test = result.get("val") or {}, result.get("test") or {}
+        scores = ", ".join(f"{name} AUC {split['auc']:.3f}" for name, split in (("val", val), ("test", test))
+                           if isinstance(split.get("auc"), float))
         print(f"trained {MODEL_NAME} version {version} in {result.get('total_seconds')} s "
-              f"({result.get('epochs')} epochs): val AUC {val.get('auc', float('nan')):.3f}, "
-              f"test AUC {test.get('auc', float('nan')):.3f}"
+              f"({result.get('epochs')} epochs): {scores or 'no metrics'}"
               + (" - SYNTHETIC data, for demos only" if result.get("synthetic_data") else ""), file=echo, flush=True)
     return str(version)
 
