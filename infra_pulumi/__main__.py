@@ -32,19 +32,10 @@ def compose(cfg: InfraConfig, secrets: StackSecrets) -> dict[str, pulumi.Output]
     )
     fip = cluster.floating_ip_address
     domain = pulumi.Output.from_input(cfg.domain) if cfg.domain else fip.apply(lambda ip: f"{ip}.sslip.io")
-    settings = ManifestSettings(
+    settings = ManifestSettings.from_config(
+        cfg,
         domain=domain,
-        image_repository=cfg.image_repository,
-        image_tag=cfg.image_tag,
         secrets={},  # filled by Platform from secret config or pulumi-random
-        namespace=cfg.namespace,
-        model_uri=cfg.model_uri,
-        versions=cfg.versions,
-        max_scale=cfg.max_scale,
-        target_concurrency=cfg.target_concurrency,
-        tls=cfg.tls,
-        acme_email=cfg.acme_email,
-        acme_server=cfg.acme_server,
         data_node_selector={DATA_NODE_LABEL: "true"},
         storage_class="local-path",  # k3s's provisioner, rooted on the data volume on node1
     )

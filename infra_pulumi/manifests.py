@@ -151,6 +151,25 @@ class ManifestSettings:
     expose_admin: bool = True  # MinIO, MLflow, Prometheus, Grafana as LoadBalancer services (k3s servicelb)
     configure_knative: bool = True  # set Knative's domain / Kourier / scale-to-zero / TLS ConfigMaps
 
+    @classmethod
+    def from_config(cls, cfg: Any, *, domain: Any, secrets: Mapping[str, Any], **overrides: Any) -> ManifestSettings:
+        """The settings the stack config (`infra_pulumi.config`) decides; `overrides` set the rest."""
+        return cls(
+            domain=domain,
+            image_repository=cfg.image_repository,
+            image_tag=cfg.image_tag,
+            secrets=secrets,
+            namespace=cfg.namespace,
+            model_uri=cfg.model_uri,
+            versions=cfg.versions,
+            max_scale=cfg.max_scale,
+            target_concurrency=cfg.target_concurrency,
+            tls=cfg.tls,
+            acme_email=cfg.acme_email,
+            acme_server=cfg.acme_server,
+            **overrides,
+        )
+
     def image(self, name: str) -> str:
         """REPOSITORY/<name>:TAG (or @sha256:...), built from functions/Dockerfile."""
         sep = "@" if self.image_tag.startswith("sha256:") else ":"
@@ -895,18 +914,10 @@ def settings_from_args(args: argparse.Namespace) -> ManifestSettings:
     generated = {key: secrets.token_urlsafe(24) for key in SECRET_KEYS}
     generated["minio_root_user"] = "xray-" + secrets.token_hex(6)
     generated["reviewer_tokens"] = f"reviewer:{secrets.token_urlsafe(24)}"
-    return ManifestSettings(
+    return ManifestSettings.from_config(
+        cfg,
         domain=cfg.domain,
-        image_repository=cfg.image_repository,
-        image_tag=cfg.image_tag,
         secrets=generated,
-        namespace=cfg.namespace,
-        model_uri=cfg.model_uri,
-        versions=cfg.versions,
-        max_scale=cfg.max_scale,
-        target_concurrency=cfg.target_concurrency,
-        tls=cfg.tls,
-        acme_email=cfg.acme_email,
         storage_class=args.storage_class,
         expose_admin=False,  # on someone else's cluster, admin UIs stay inside (kubectl port-forward)
         configure_knative=not args.keep_knative_config,

@@ -49,3 +49,17 @@ def phantom_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training_jobs.phantom import write_phantom_npz
 
     return write_phantom_npz(tmp_path_factory.mktemp("phantom") / "phantom.npz", n_train=60, n_val=20, n_test=20)
+
+
+@pytest.fixture
+def storage(s3_server: str):
+    """A `shared.storage.Storage` on the shared local S3 server, emptied, with the design's buckets."""
+    import httpx
+
+    from shared.config import Settings
+    from shared.storage import Storage
+
+    httpx.post(f"{s3_server}/moto-api/reset")
+    store = Storage.from_settings(Settings(s3_endpoint_url=s3_server))
+    store.ensure_buckets()
+    return store

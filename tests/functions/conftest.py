@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import functions_framework
 import pytest
 
 from shared.config import PROJECT_ROOT
+from tests.functions.event_sink import EventSink
+from tests.functions.image_server import image_server
 from tests.functions.tiny_model import build_tiny_model_dir
 
 
@@ -42,3 +45,18 @@ def client_for(
         return client
 
     return make
+
+
+@pytest.fixture
+def sink() -> Iterator[EventSink]:
+    """A real local HTTP CloudEvents sink (K_SINK) that records what it is sent."""
+    server = EventSink()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadingHTTPServer]:
+    """A local HTTP server of test images (with redirects) for the {"url": ...} input form."""
+    with image_server() as running:
+        yield running

@@ -6,17 +6,9 @@ import base64
 
 import pytest
 
-from shared.config import Settings
 from shared.dead_letter import subscriber_name
 from shared.events import event_to_binary_http, object_created_event
 from shared.storage import Storage
-
-
-@pytest.fixture
-def storage(s3_server: str) -> Storage:
-    storage = Storage.from_settings(Settings.from_env({"S3_ENDPOINT_URL": s3_server}))
-    storage.ensure_buckets()
-    return storage
 
 
 def failed_event():

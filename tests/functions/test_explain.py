@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 
 import pytest
@@ -12,14 +11,7 @@ from PIL import Image
 
 from shared.security import parse_networks
 from tests.functions.bad_requests import BODY_LIMIT, assert_json_error, bad_requests
-from tests.functions.image_server import image_server
 from tests.functions.tiny_model import dicom_bytes, jpeg_bytes, png_bytes
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ThreadingHTTPServer]:
-    with image_server() as running:
-        yield running
 
 
 @pytest.fixture

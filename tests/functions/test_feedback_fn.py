@@ -9,16 +9,9 @@ from shared.config import Settings
 from shared.events import FEEDBACK_RECEIVED
 from shared.feedback import record_request
 from shared.storage import Storage
-from tests.functions.event_sink import EventSink
 
 TOKENS = "ann:tok-ann,bob:tok-bob"
 
-
-@pytest.fixture
-def sink():
-    server = EventSink()
-    yield server
-    server.close()
 
 
 @pytest.fixture

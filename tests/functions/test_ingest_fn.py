@@ -2,29 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
-import pytest
-
-from shared.config import Settings
 from shared.events import PREDICTION_CREATED, event_from_http, event_to_binary_http, object_created_event
 from shared.storage import Storage
-from tests.functions.event_sink import EventSink
 from tests.functions.tiny_model import png_bytes
-
-
-@pytest.fixture
-def storage(s3_server: str) -> Storage:
-    httpx.post(f"{s3_server}/moto-api/reset")
-    store = Storage.from_settings(Settings(s3_endpoint_url=s3_server))
-    store.ensure_buckets()
-    return store
-
-
-@pytest.fixture
-def sink():
-    server = EventSink()
-    yield server
-    server.close()
 
 
 def uploaded(storage: Storage, key: str, data: bytes):

@@ -13,16 +13,9 @@ import pytest
 from werkzeug.serving import make_server
 
 from shared.events import OBJECT_CREATED
-from tests.functions.event_sink import EventSink
 
 TOKEN = "hook-secret"
 
-
-@pytest.fixture
-def sink():
-    server = EventSink()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -5,23 +5,15 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 
 import pytest
 
 from shared.security import parse_networks
 from tests.functions.bad_requests import BODY_LIMIT, assert_json_error, bad_requests
-from tests.functions.image_server import image_server
 from tests.functions.tiny_model import dicom_bytes, jpeg_bytes, png_bytes
 
 PREDICTION_KEYS = {"request_id", "label", "probability", "threshold", "urgent", "model", "timings_ms"}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ThreadingHTTPServer]:
-    with image_server() as running:
-        yield running
 
 
 @pytest.fixture

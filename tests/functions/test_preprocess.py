@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 
 import pytest
@@ -12,14 +11,7 @@ from PIL import Image
 from shared.config import Settings
 from shared.storage import Storage
 from tests.functions.bad_requests import BODY_LIMIT, assert_json_error, bad_requests
-from tests.functions.image_server import image_server
 from tests.functions.tiny_model import dicom_bytes, png_bytes
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ThreadingHTTPServer]:
-    with image_server() as running:
-        yield running
 
 
 @pytest.fixture

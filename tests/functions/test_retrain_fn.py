@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
-from shared.config import Settings
 from shared.events import event_to_binary_http, event_to_structured_http, feedback_received_event, object_created_event
 from shared.retrain import LocalLauncher
 from shared.storage import Storage
-
-
-@pytest.fixture
-def storage(s3_server: str) -> Storage:
-    httpx.post(f"{s3_server}/moto-api/reset")
-    store = Storage.from_settings(Settings(s3_endpoint_url=s3_server))
-    store.ensure_buckets()
-    return store
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -155,20 +156,14 @@ def test_grafana_dashboard_has_the_project_panels(objects: list[dict]) -> None:
     assert any(job["job_name"] == "functions" for job in prometheus["scrape_configs"])
 
 
+def manifests_argv(out: Path, image_tag: str) -> list[str]:
+    return ["manifests", "--out", str(out), "--domain", "triage.example.org",
+            "--image-repository", "ghcr.io/example/xray-triage", "--image-tag", image_tag]
+
+
 def test_triage_manifests_writes_the_same_objects_as_yaml(tmp_path, capsys) -> None:
     out = tmp_path / "k8s"
-    argv = [
-        "manifests",
-        "--out",
-        str(out),
-        "--domain",
-        "triage.example.org",
-        "--image-repository",
-        "ghcr.io/example/xray-triage",
-        "--image-tag",
-        "0.3.1",
-        "--json",
-    ]
+    argv = manifests_argv(out, "0.3.1") + ["--json"]
     assert triage(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     written = [doc for f in sorted(out.glob("*.yaml")) for doc in yaml.safe_load_all(f.read_text())]
@@ -188,17 +183,7 @@ def test_triage_manifests_writes_the_same_objects_as_yaml(tmp_path, capsys) -> N
 
 def test_triage_manifests_rejects_an_unpinned_tag_and_writes_nothing(tmp_path, capsys) -> None:
     out = tmp_path / "k8s"
-    argv = [
-        "manifests",
-        "--out",
-        str(out),
-        "--domain",
-        "triage.example.org",
-        "--image-repository",
-        "ghcr.io/example/xray-triage",
-        "--image-tag",
-        "latest",
-    ]
+    argv = manifests_argv(out, "latest")
     assert triage(argv) == 2
     assert "xray-triage:image_tag" in capsys.readouterr().err
     assert not out.exists()

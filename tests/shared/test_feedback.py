@@ -7,7 +7,6 @@ import json
 import httpx
 import pytest
 
-from shared.config import Settings
 from shared.errors import Forbidden, InvalidField, NotFound, Unauthorized, UserError
 from shared.events import FEEDBACK_RECEIVED, EventDeliveryError, EventPublisher, event_from_http
 from shared.feedback import RequestRecorder, parse_feedback, record_request, request_index_key, submit_feedback
@@ -15,14 +14,6 @@ from shared.storage import Storage
 
 TOKENS = "ann:tok-ann,bob:tok-bob"
 
-
-@pytest.fixture
-def storage(s3_server: str) -> Storage:
-    """Empty design buckets on the shared local S3 server."""
-    httpx.post(f"{s3_server}/moto-api/reset")
-    store = Storage.from_settings(Settings(s3_endpoint_url=s3_server))
-    store.ensure_buckets()
-    return store
 
 
 class RecordingSink:

@@ -28,13 +28,6 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> TriageModel:
     return loaded
 
 
-@pytest.fixture
-def storage(s3_server: str) -> Storage:
-    httpx.post(f"{s3_server}/moto-api/reset")
-    store = Storage.from_settings(Settings(s3_endpoint_url=s3_server))
-    store.ensure_buckets()
-    return store
-
 
 class RecordingSink:
     def __init__(self, status: int = 202) -> None:

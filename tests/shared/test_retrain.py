@@ -32,14 +32,6 @@ from shared.retrain import (
 from shared.storage import Storage
 
 
-@pytest.fixture
-def storage(s3_server: str) -> Storage:
-    httpx.post(f"{s3_server}/moto-api/reset")
-    store = Storage.from_settings(Settings(s3_endpoint_url=s3_server))
-    store.ensure_buckets()
-    return store
-
-
 class RecordingRunner:
     """Stands in for the subprocess: records each training command it was asked to start."""
 
