@@ -5,7 +5,7 @@ Per object version (bucket/key/etag), in this order:
 2. read the bytes of exactly that version (If-Match on the etag; a newer version → `stale`, its own event
    will come; the object gone → an error result);
 3. de-identify DICOM before anything derived from it exists;
-4. predict + attention-rollout heatmap;
+4. predict + occlusion-sensitivity heatmap;
 5. write the heatmap PNG, the request index, publish `triage.prediction.created` (when a publisher is given),
    and the result JSON last: the result is the commit mark, so a crash anywhere before it leaves no result and
    the redelivered event redoes the work (same request id, same keys, same event id).
@@ -54,7 +54,9 @@ log = logging.getLogger(__name__)
 
 INPUT_BUCKET = "inference-inputs"
 RESULT_BUCKET = "inference-results"
-EXPLAIN_METHOD = "rollout"
+# Occlusion, not rollout: measured by deletion / insertion AUC (`triage bench`), rollout through the conv stem is
+# no more faithful than a random map, occlusion clearly is; it costs ~20 ms more per image, off the HTTP path.
+EXPLAIN_METHOD = "occlusion"
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 
 

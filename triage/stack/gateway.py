@@ -338,7 +338,7 @@ $("f").onsubmit = async (e) => {
   e.preventDefault();
   const file = $("file").files[0];
   const type = file.type || (file.name.toLowerCase().endsWith(".dcm") ? "application/dicom" : "image/png");
-  const r = await fetch("/explain", {method: "POST", headers: {"Content-Type": type}, body: file});
+  const r = await fetch("/explain?method=occlusion", {method: "POST", headers: {"Content-Type": type}, body: file});
   const j = await r.json();
   $("out").hidden = false; $("fb").textContent = "";
   if (!r.ok) { $("label").textContent = "Error"; $("detail").textContent = j.error.message; return; }
