@@ -58,6 +58,9 @@ class Settings:
     # Retraining.
     retrain_min_labels: int = 50
     retrain_backend: str = "local"  # local | kubernetes | github
+    # Set by retrain on the training job it launches: which batch of labels the job trains on.
+    retrain_batch_id: str | None = None
+    retrain_batch_uri: str | None = None  # s3://feedback/_state/batches/<id>.json: the labels to train on
     # Revision label this process serves (the gateway / Knative route splits traffic between revisions).
     revision: str = "champion"
 
@@ -83,6 +86,8 @@ class Settings:
             ort_intra_op_threads=_int(env, "ORT_INTRA_OP_THREADS", 1),
             retrain_min_labels=_int(env, "RETRAIN_MIN_LABELS", 50),
             retrain_backend=env.get("RETRAIN_BACKEND", "local"),
+            retrain_batch_id=env.get("RETRAIN_BATCH_ID") or None,
+            retrain_batch_uri=env.get("RETRAIN_BATCH_URI") or None,
             revision=env.get("REVISION", "champion"),
         )
 

@@ -102,7 +102,9 @@ class RetrainConfig:
 
     backend: str = "local"
     min_labels: int = 50
-    train_command: tuple[str, ...] = ("triage", "train", "--data", "s3://processed/")
+    # The current data set (`triage prepare --data ... --name current`) plus the batch's labelled uploads, which
+    # `triage train` reads from RETRAIN_BATCH_URI.
+    train_command: tuple[str, ...] = ("triage", "train", "--data", "s3://processed/current")
     training_image: str = "ghcr.io/xray-triage/training:latest"
     namespace: str | None = None  # kubernetes: defaults to the pod's own namespace
     service_account: str | None = None

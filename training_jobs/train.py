@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.errors import UserError
+from shared.config import Settings
+from shared.errors import NotFound, UserError
+from training_jobs.data import Splits
 from training_jobs.vit import ViT, ViTConfig
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,6 +279,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m = d.model
     parser.add_argument("--data", required=True, help="data set: MedMNIST/processed .npz, image folder, s3://bucket/prefix")
     parser.add_argument("--out", type=Path, help="model directory to write (default: runs/model-<UTC time>)")
+    parser.add_argument("--feedback-batch", metavar="S3_URI",
+                        help="add a retrain batch's radiologist-labelled uploads to train (default $RETRAIN_BATCH_URI)")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
@@ -322,6 +326,43 @@ def _options(args: argparse.Namespace, image_size: int) -> TrainOptions:
     )
 
 
+def _add_feedback(splits: Splits, batch_uri: str | None) -> Splits:
+    """The retrain batch's labelled uploads appended to train (a retrain job passes RETRAIN_BATCH_URI)."""
+    if not batch_uri:
+        return splits
+    from shared.storage import Storage
+    from training_jobs.feedback_data import load_feedback_batch, with_feedback
+
+    try:
+        examples = load_feedback_batch(Storage.from_settings(Settings.from_env()), batch_uri, splits.image_size)
+    except (NotFound, ValueError) as exc:
+        raise UserError(f"--feedback-batch {batch_uri}: {exc}") from exc
+    skipped = ", ".join(f"{n} {why}" for why, n in examples.skipped.items()) or "none"
+    print(f"feedback batch {batch_uri}: {len(examples)} labelled uploads added to train (skipped: {skipped})",
+          file=sys.stderr)
+    return with_feedback(splits, examples)
+
+
+def announce_registered(version: str, run_id: str) -> bool:
+    """Emit `triage.model.registered` to K_SINK (set on a retrain job; the canary starts from it).
+
+    The version is registered either way: a failed announcement is reported, not fatal, and the canary's
+    periodic tick still finds the `challenger` alias.
+    """
+    from shared.events import EventDeliveryError, NullPublisher, publisher_from_settings
+    from shared.retrain import emit_model_registered
+
+    settings = Settings.from_env()
+    publisher = publisher_from_settings(settings)
+    try:
+        emit_model_registered(version, run_id, publisher, batch_id=settings.retrain_batch_id)
+    except EventDeliveryError as exc:
+        print(f"WARNING: version {version} is registered but triage.model.registered was not delivered: {exc}",
+              file=sys.stderr)
+        return False
+    return not isinstance(publisher, NullPublisher)
+
+
 def run(args: argparse.Namespace) -> int:
     import mlflow
 
@@ -341,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
     splits = load_splits(args.data, image_size=args.image_size, seed=args.seed)
     if splits.train is None:
         raise UserError(f"{splits.source}: no train split")
+    splits = _add_feedback(splits, args.feedback_batch or Settings.from_env().retrain_batch_uri)
     train, val = splits.train, splits.val
     if val is None:  # e.g. a folder without val/: hold out 10 % of train
         train, val = carve_split(train, 0.1, args.seed)
@@ -416,16 +458,18 @@ def run(args: argparse.Namespace) -> int:
         mlflow.log_metrics(summary)
         mlflow.log_artifacts(str(out_dir / "plots"), "plots")
         mlflow.log_artifact(str(checkpoint), "checkpoint")
-        version = None
+        version, announced = None, False
         if args.no_register:
             for name in ("model.onnx", "model.int8.onnx", "model_card.json"):
                 mlflow.log_artifact(str(out_dir / name), "model")
         else:
             version = register_model_dir(out_dir, run_id)
+            announced = announce_registered(version, run_id)
 
     total = time.monotonic() - started
     report = {
-        "out": str(out_dir), "run_id": run_id, "version": version, "synthetic_data": splits.synthetic,
+        "out": str(out_dir), "run_id": run_id, "version": version, "announced": announced,
+        "synthetic_data": splits.synthetic,
         "params": model.num_params(), "epochs": result.epochs_run, "best_epoch": result.best_epoch,
         "stopped": result.stopped, "train_seconds": round(result.seconds, 1), "total_seconds": round(total, 1),
         "temperature": temperature, "threshold": choice.threshold, "threshold_spread": choice.spread,

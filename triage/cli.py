@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "promote": ("training_jobs.registry", "move the registry alias 'champion' to a model version"),
     "up": ("triage.stack.up", "start the local stack: S3, MLflow, functions, broker, gateway"),
     "demo": ("triage.stack.demo", "train or load a model, start the stack, triage a few uploads"),
+    "canary": ("triage.canary", "step traffic to the challenger while it stays within thresholds"),
     "loadtest": ("load_tests.loadtest", "send a bounded load to the gateway and report latencies"),
     "bench": ("load_tests.bench", "measure latency, cold start and upload-to-result; write a report"),
     "manifests": ("infra_pulumi.manifests", "write the Kubernetes / Knative manifests as plain YAML"),

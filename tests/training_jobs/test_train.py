@@ -32,10 +32,14 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_short_training_beats_chance_and_registers(phantom, workdir, capsys):
+def test_short_training_beats_chance_and_registers(phantom, workdir, capsys, monkeypatch):
+    from tests.functions.event_sink import EventSink
     from training_jobs import registry
     from triage.cli import main
 
+    sink = EventSink()  # as on a retrain job: K_SINK is the broker, RETRAIN_BATCH_ID the batch of labels
+    monkeypatch.setenv("K_SINK", sink.url)
+    monkeypatch.setenv("RETRAIN_BATCH_ID", "batch-7")
     code = main(["train", "--data", str(phantom), "--out", str(workdir / "model"), "--epochs", "2",
                  "--batch-size", "32", "--no-augment", "--json", *TINY])
     assert code == 0
@@ -62,6 +66,13 @@ def test_short_training_beats_chance_and_registers(phantom, workdir, capsys):
     logged = {a.path for a in mc.list_artifacts(report["run_id"], "model")}
     assert logged == {"model/model.onnx", "model/model.int8.onnx", "model/model_card.json"}
     assert str(mc.get_model_version_by_alias("xray-vit", "challenger").version) == "1"
+
+    # The canary starts from this announcement.
+    sink.close()
+    assert report["announced"] is True
+    [event] = sink.events
+    assert event["type"] == "triage.model.registered"
+    assert event.get_data()["version"] == "1" and event.get_data()["batch_id"] == "batch-7"
 
 
 def test_missing_data_fails_cleanly(workdir, capsys):
