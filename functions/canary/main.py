@@ -1,0 +1,45 @@
+"""canary: `triage.model.registered` starts a canary for that version; each PingSource wake-up steps it.
+
+An HTTP target that parses the CloudEvent itself (so GET /healthz and GET /metrics work too). The state lives
+in S3 (`inference-results/_canary/state.json`), since the function scales to zero between ticks. Traffic is
+split on the Knative Services (in-cluster service account) or, with CANARY_GATEWAY_URL, on the local gateway.
+Answers 200 with the decision; 502 when Prometheus, S3 or the Kubernetes API failed, so the event comes again.
+"""
+
+from __future__ import annotations
+
+import flask
+import functions_framework
+
+from shared import http
+from shared.canary import CanaryController, CanarySettings, controller_from_settings
+from shared.config import Settings
+from shared.events import MODEL_REGISTERED, event_data, read_event_request
+from shared.storage import Storage
+
+PING = "dev.knative.sources.ping"
+SETTINGS = Settings.from_env()
+CONFIG = CanarySettings.from_env()
+STORAGE = Storage.from_settings(SETTINGS)
+_CONTROLLER: list[CanaryController] = []  # built on the first event: /healthz answers before credentials are read
+
+
+def _controller() -> CanaryController:
+    if not _CONTROLLER:
+        _CONTROLLER.append(controller_from_settings(CONFIG, STORAGE, SETTINGS.mlflow_tracking_uri))
+    return _CONTROLLER[0]
+
+
+def _canary(request: flask.Request) -> flask.Response:
+    event = read_event_request(request)
+    if event["type"] == MODEL_REGISTERED:
+        data = event_data(event, "version")
+        return http.json_response(_controller().start(str(data["version"]), data.get("champion_version")))
+    if event["type"] == PING:
+        return http.json_response(_controller().tick())
+    return http.json_response({"status": "ignored", "type": event["type"]})
+
+
+@functions_framework.http
+def canary(request: flask.Request) -> flask.Response:
+    return http.serve(request, {"POST /": _canary}, function="canary")

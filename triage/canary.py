@@ -1,0 +1,164 @@
+"""Step traffic to the challenger while it stays within thresholds; promote at 100 % or roll back on a breach.
+
+Drives the local gateway (`--gateway URL`, default http://127.0.0.1:$GATEWAY_PORT) or the Knative Services
+(`--knative`, the default when KUBECONFIG or an in-cluster service account is present). Each interval it reads
+per-revision requests, 5xx rate and p99 from Prometheus (`--prometheus`, $PROMETHEUS_URL, or on Knative the
+API server's proxy to the `prometheus` service) and, with `--version`, the radiologists' feedback accuracy from
+S3. Exit status: 0 promoted (or nothing to canary), 1 rolled back or timed out, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.canary import (
+    CANARY_SERVICES,
+    HOLD,
+    PROMOTED,
+    ROLLBACK,
+    RUNNING,
+    CanaryError,
+    CanaryPolicy,
+    CanaryState,
+    Decision,
+    GatewayTraffic,
+    KnativeTraffic,
+    KubernetesAPI,
+    Observer,
+    PrometheusSource,
+    Traffic,
+    apply_decision,
+    log_decision,
+    observer,
+    parse_steps,
+    promote_in_registry,
+    start_canary,
+    tick,
+)
+from shared.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--gateway", metavar="URL", help="drive the local stack's gateway at URL")
+    mode.add_argument("--knative", action="store_true", help="patch the Knative Services (KUBECONFIG or in-cluster)")
+    parser.add_argument("--namespace", default=os.environ.get("KNATIVE_NAMESPACE", "xray-triage"))
+    parser.add_argument("--services", default=",".join(CANARY_SERVICES), help="Knative services (comma-separated)")
+    parser.add_argument("--prometheus", metavar="URL", default=os.environ.get("PROMETHEUS_URL"))
+    parser.add_argument("--window", default=None, help="PromQL range of each observation (default: the interval)")
+    parser.add_argument("--steps", default="10,25,50,100", help="percents to the challenger, ending at 100")
+    parser.add_argument("--interval", type=float, default=60.0, help="seconds between decisions")
+    parser.add_argument("--max-duration", type=float, default=3600.0, help="give up (roll back) after this many s")
+    defaults = CanaryPolicy()
+    parser.add_argument("--max-error-rate", type=float, default=defaults.max_error_rate)
+    parser.add_argument("--max-p99", type=float, default=defaults.max_p99_s, help="seconds")
+    parser.add_argument("--max-p99-ratio", type=float, default=defaults.max_p99_ratio, help="x the champion's p99")
+    parser.add_argument("--min-requests", type=int, default=defaults.min_requests, help="per step, before judging")
+    parser.add_argument("--min-feedback", type=int, default=defaults.min_feedback)
+    parser.add_argument("--max-accuracy-drop", type=float, default=defaults.max_accuracy_drop)
+    parser.add_argument("--version", help="the challenger's model version: feedback check, registry promotion")
+    parser.add_argument("--champion-version", help="the champion's model version (for the feedback check)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+
+
+def policy_from_args(args: argparse.Namespace) -> CanaryPolicy:
+    if args.interval <= 0 or args.max_duration <= 0:
+        raise UserError("--interval / --max-duration: expected positive seconds")
+    return CanaryPolicy(
+        steps=parse_steps(args.steps),
+        max_error_rate=args.max_error_rate,
+        max_p99_s=args.max_p99,
+        max_p99_ratio=args.max_p99_ratio,
+        min_requests=args.min_requests,
+        min_feedback=args.min_feedback,
+        max_accuracy_drop=args.max_accuracy_drop,
+    )
+
+
+def _backends(args: argparse.Namespace, window: str) -> tuple[Traffic, PrometheusSource, tuple[str, ...]]:
+    services = tuple(s for s in args.services.split(",") if s)
+    knative = args.knative or (not args.gateway and bool(os.environ.get("KUBECONFIG")
+                                                         or os.environ.get("KUBERNETES_SERVICE_HOST")))
+    if not knative:
+        gateway = args.gateway or f"http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8080')}"
+        prometheus = args.prometheus or "http://127.0.0.1:9090"
+        return GatewayTraffic(gateway), PrometheusSource(prometheus, flavor="gateway", window=window), services
+    api = KubernetesAPI.from_environment()
+    if args.prometheus:
+        metrics = PrometheusSource(args.prometheus, window=window)
+    else:  # through the API server: the cluster's Prometheus is not exposed to the deploy runner
+        proxy = f"{api.server}/api/v1/namespaces/{args.namespace}/services/prometheus:9090/proxy"
+        metrics = PrometheusSource(proxy, window=window, client=api.client)
+    return KnativeTraffic(api, args.namespace, services), metrics, services
+
+
+def run_canary(
+    state: CanaryState,
+    policy: CanaryPolicy,
+    observe: Observer,
+    traffic: Traffic,
+    *,
+    interval_s: float,
+    max_duration_s: float,
+    promote: Callable[[str], Any] | None = None,
+    emit: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> tuple[CanaryState, Decision]:
+    """Tick every `interval_s` until promote or rollback; past `max_duration_s` the challenger is rolled back."""
+    started = time.monotonic()
+    decision = Decision(HOLD, state.weight, "not started")
+    while True:
+        try:
+            state, decision = tick(state, policy, observe, traffic, now=clock(), promote=promote)
+        except CanaryError as exc:  # a failed scrape or patch is retried at the next interval
+            decision = Decision(HOLD, state.weight, exc.message)
+        emit(f"{clock():%H:%M:%S} {decision.outcome:8} {decision.weight:3d} %  {decision.reason}")
+        if state.status != RUNNING or not state.revisions:  # done, or no challenger revision to canary
+            return state, decision
+        if time.monotonic() - started + interval_s > max_duration_s:
+            decision = Decision(ROLLBACK, 0, f"not promoted within {max_duration_s:.0f} s")
+            try:
+                traffic.set_weight(0, state.revisions)
+            except CanaryError as exc:  # reported; the canary still ends as not promoted
+                decision = Decision(ROLLBACK, 0, f"{decision.reason}; the rollback failed: {exc.message}")
+            log_decision(state, decision, state.revisions)
+            state = apply_decision(state, policy, decision, clock())
+            emit(f"{clock():%H:%M:%S} {decision.outcome:8} {decision.weight:3d} %  {decision.reason}")
+            return state, decision
+        sleep(interval_s)
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = policy_from_args(args)
+    window = args.window or f"{max(int(args.interval), 60)}s"  # rate() needs several scrapes in its range
+    traffic, metrics, services = _backends(args, window)
+    storage = None
+    if args.version:
+        from shared.config import Settings
+        from shared.storage import Storage
+
+        storage = Storage.from_settings(Settings.from_env())
+    state, _ = start_canary(None, args.version or "latest-revision", args.champion_version, policy, datetime.now(UTC))
+    promote = None
+    if args.version and os.environ.get("MLFLOW_TRACKING_URI"):
+        def promote(version: str) -> None:
+            promote_in_registry(version, os.environ["MLFLOW_TRACKING_URI"])
+
+    print(f"canary of {state.version}: steps {list(policy.steps)} every {args.interval:g} s", file=sys.stderr)
+    state, decision = run_canary(state, policy, observer(metrics, storage, services), traffic,
+                                 interval_s=args.interval, max_duration_s=args.max_duration, promote=promote)
+    nothing = not state.revisions
+    result = {"status": "nothing_to_do" if nothing else state.status, "version": state.version,
+              "weight": state.weight, "reason": decision.reason,
+              "decisions": [h["outcome"] for h in state.history], "revisions": state.revisions}
+    if args.json:
+        print(json.dumps(result))
+    return 0 if nothing or state.status == PROMOTED else 1
