@@ -9,6 +9,7 @@ kept in S3 so the scale-to-zero function remembers it between PingSource wake-up
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -43,9 +44,11 @@ __all__ = [
     "CanaryState",
     "Decision",
     "FeedbackStats",
+    "GatewayMetricsSource",
     "GatewayTraffic",
     "KnativeTraffic",
     "KubernetesAPI",
+    "MetricsSource",
     "Observation",
     "Observer",
     "PrometheusSource",
@@ -55,6 +58,7 @@ __all__ = [
     "controller_from_settings",
     "decide",
     "feedback_accuracy",
+    "histogram_quantile",
     "load_state",
     "log_decision",
     "observer",
@@ -450,6 +454,85 @@ class PrometheusSource:
         return side(champion), side(challenger)
 
 
+class MetricsSource(Protocol):
+    """Per-side request stats: `PrometheusSource` or `GatewayMetricsSource`."""
+
+    def observe(self, services: Iterable[str], champion: Iterable[str],
+                challenger: Iterable[str]) -> tuple[RevisionStats, RevisionStats]: ...
+
+
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """Prometheus's `histogram_quantile` on cumulative bucket counts {upper bound: count}; None when empty."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):  # as Prometheus: the highest finite bound
+                return lower
+            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = bound, count
+    return lower
+
+
+class GatewayMetricsSource:
+    """The local gateway's own `/metrics`, read at each tick: the stats are the change since the previous read.
+
+    Lets `triage canary --gateway` judge steps without a Prometheus server (design §6: Prometheus is optional).
+    """
+
+    def __init__(self, url: str, *, transport: httpx.BaseTransport | None = None, timeout_s: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(transport=transport, timeout=timeout_s)
+        self._previous: dict[str, dict[str, Any]] = {}
+
+    def _read(self, services: set[str]) -> dict[str, dict[str, Any]]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            response = self._client.get(f"{self.url}/metrics")
+        except httpx.HTTPError as exc:
+            raise CanaryError(f"gateway {self.url} unreachable: {type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise CanaryError(f"gateway {self.url} answered {response.status_code} to GET /metrics")
+        totals: dict[str, dict[str, Any]] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("service") not in services:
+                    continue
+                entry = totals.setdefault(labels["revision"], {"requests": 0.0, "errors": 0.0, "buckets": {}})
+                if sample.name == "gateway_requests_total":
+                    entry["requests"] += sample.value
+                    entry["errors"] += sample.value if labels.get("code", "").startswith("5") else 0.0
+                elif sample.name == "gateway_request_duration_seconds_bucket":
+                    bound = float(labels["le"])
+                    entry["buckets"][bound] = entry["buckets"].get(bound, 0.0) + sample.value
+        return totals
+
+    def observe(self, services: Iterable[str], champion: Iterable[str],
+                challenger: Iterable[str]) -> tuple[RevisionStats, RevisionStats]:
+        current = self._read(set(services))
+        previous, self._previous = self._previous, current
+        empty: dict[str, Any] = {"requests": 0.0, "errors": 0.0, "buckets": {}}
+
+        def side(revisions: Iterable[str]) -> RevisionStats:
+            requests = errors = 0.0
+            buckets: dict[float, float] = {}
+            for revision in set(revisions):
+                now, before = current.get(revision, empty), previous.get(revision, empty)
+                requests += now["requests"] - before["requests"]
+                errors += now["errors"] - before["errors"]
+                for bound, count in now["buckets"].items():
+                    buckets[bound] = buckets.get(bound, 0.0) + count - before["buckets"].get(bound, 0.0)
+            return RevisionStats(requests, errors, histogram_quantile(0.99, buckets))
+
+        return side(champion), side(challenger)
+
+
 def feedback_accuracy(
     storage: Storage, versions: Iterable[str | None], *, max_labels: int = 5000
 ) -> dict[str, FeedbackStats]:
@@ -526,6 +609,28 @@ class GatewayTraffic:
             raise CanaryError(f"gateway {self.url} refused the split {body}: {response.text[:200]}")
 
 
+def _tls_context(cluster: Mapping[str, Any], user: Mapping[str, Any]) -> ssl.SSLContext:
+    """The TLS context of a kubeconfig cluster (CA) and user (client certificate, as k3s writes them)."""
+    tls = ssl.create_default_context()
+    if cluster.get("insecure-skip-tls-verify"):
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    elif cluster.get("certificate-authority-data"):
+        tls = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+    elif cluster.get("certificate-authority"):
+        tls = ssl.create_default_context(cafile=cluster["certificate-authority"])
+    if user.get("client-certificate-data") and user.get("client-key-data"):
+        # ssl loads a client key only from a file: a private directory (0700), removed once loaded.
+        with tempfile.TemporaryDirectory(prefix="triage-kube-") as folder:
+            cert_file, key_file = Path(folder) / "client.crt", Path(folder) / "client.key"
+            cert_file.write_bytes(base64.b64decode(user["client-certificate-data"]))
+            key_file.touch(mode=0o600)
+            key_file.write_bytes(base64.b64decode(user["client-key-data"]))
+            tls.load_cert_chain(cert_file, key_file)
+    elif user.get("client-certificate") and user.get("client-key"):
+        tls.load_cert_chain(user["client-certificate"], user["client-key"])
+    return tls
+
+
 class KubernetesAPI:
     """A small Kubernetes API client: the in-cluster service account, or a KUBECONFIG's current context."""
 
@@ -548,33 +653,14 @@ class KubernetesAPI:
         path = Path(path)
         try:
             config = yaml.safe_load(path.read_text())
-            context_name = config.get("current-context")
-            context = next(c["context"] for c in config["contexts"] if c["name"] == context_name)
+            current = config.get("current-context")
+            context = next(c["context"] for c in config["contexts"] if c["name"] == current)
             cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
             user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
-        except (OSError, yaml.YAMLError, KeyError, TypeError, StopIteration, AttributeError) as exc:
+            return cls(cluster["server"], token=user.get("token"), verify=_tls_context(cluster, user))
+        except (OSError, yaml.YAMLError, KeyError, TypeError, StopIteration, AttributeError, ValueError,
+                ssl.SSLError) as exc:
             raise UserError(f"{path}: not a usable kubeconfig ({type(exc).__name__})") from exc
-        import base64
-
-        context = ssl.create_default_context()
-        if cluster.get("insecure-skip-tls-verify"):
-            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        elif cluster.get("certificate-authority-data"):
-            context = ssl.create_default_context(
-                cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-        elif cluster.get("certificate-authority"):
-            context = ssl.create_default_context(cafile=cluster["certificate-authority"])
-        if user.get("client-certificate-data") and user.get("client-key-data"):
-            # ssl loads a client key only from a file: a private directory (0700), removed once loaded.
-            with tempfile.TemporaryDirectory(prefix="triage-kube-") as folder:
-                cert_file, key_file = Path(folder) / "client.crt", Path(folder) / "client.key"
-                cert_file.write_bytes(base64.b64decode(user["client-certificate-data"]))
-                key_file.touch(mode=0o600)
-                key_file.write_bytes(base64.b64decode(user["client-key-data"]))
-                context.load_cert_chain(cert_file, key_file)
-        elif user.get("client-certificate") and user.get("client-key"):
-            context.load_cert_chain(user["client-certificate"], user["client-key"])
-        return cls(cluster["server"], token=user.get("token"), verify=context)
 
     @classmethod
     def from_environment(cls, kubernetes_api: str | None = None) -> KubernetesAPI:
@@ -706,7 +792,7 @@ def registry_champion(tracking_uri: str | None) -> str | None:
 Observer = Callable[[CanaryState], Observation]
 
 
-def observer(metrics: PrometheusSource, storage: Storage | None, services: Iterable[str]) -> Observer:
+def observer(metrics: MetricsSource, storage: Storage | None, services: Iterable[str]) -> Observer:
     """Observation of a state from Prometheus and (when `storage` is given) the feedback in S3."""
     services = tuple(services)
 
@@ -746,7 +832,10 @@ def tick(
     if decision.outcome in (ADVANCE, ROLLBACK, PROMOTE):
         traffic.set_weight(decision.weight, state.revisions, promote=decision.outcome == PROMOTE)
     if decision.outcome == PROMOTE and promote is not None:
-        promote(state.version)
+        try:
+            promote(state.version)
+        except Exception as exc:  # not persisted as promoted: the next tick promotes again (both steps idempotent)
+            raise CanaryError(f"registry: cannot move champion to {state.version}: {type(exc).__name__}") from exc
     log_decision(state, decision, state.revisions)
     return apply_decision(state, policy, decision, now), decision
 

@@ -346,8 +346,8 @@ def _add_feedback(splits: Splits, batch_uri: str | None) -> Splits:
 def announce_registered(version: str, run_id: str) -> bool:
     """Emit `triage.model.registered` to K_SINK (set on a retrain job; the canary starts from it).
 
-    The version is registered either way: a failed announcement is reported, not fatal, and the canary's
-    periodic tick still finds the `challenger` alias.
+    The version is registered either way: a failed announcement is reported (the JSON report says
+    `announced: false`), not fatal; the canary can then be started by hand with `triage canary`.
     """
     from shared.events import EventDeliveryError, NullPublisher, publisher_from_settings
     from shared.retrain import emit_model_registered

@@ -2,9 +2,10 @@
 
 Drives the local gateway (`--gateway URL`, default http://127.0.0.1:$GATEWAY_PORT) or the Knative Services
 (`--knative`, the default when KUBECONFIG or an in-cluster service account is present). Each interval it reads
-per-revision requests, 5xx rate and p99 from Prometheus (`--prometheus`, $PROMETHEUS_URL, or on Knative the
-API server's proxy to the `prometheus` service) and, with `--version`, the radiologists' feedback accuracy from
-S3. Exit status: 0 promoted (or nothing to canary), 1 rolled back or timed out, 2 bad input.
+per-revision requests, 5xx rate and p99 from Prometheus (`--prometheus`, $PROMETHEUS_URL; on Knative by default
+the API server's proxy to the `prometheus` service; locally by default the gateway's own /metrics) and, with
+`--version`, the radiologists' feedback accuracy from S3.
+Exit status: 0 promoted (or nothing to canary), 1 rolled back or timed out, 2 bad input.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from shared.canary import (
     CanaryPolicy,
     CanaryState,
     Decision,
+    GatewayMetricsSource,
     GatewayTraffic,
     KnativeTraffic,
     KubernetesAPI,
+    MetricsSource,
     Observer,
     PrometheusSource,
     Traffic,
@@ -82,14 +85,15 @@ def policy_from_args(args: argparse.Namespace) -> CanaryPolicy:
     )
 
 
-def _backends(args: argparse.Namespace, window: str) -> tuple[Traffic, PrometheusSource, tuple[str, ...]]:
+def _backends(args: argparse.Namespace, window: str) -> tuple[Traffic, MetricsSource, tuple[str, ...]]:
     services = tuple(s for s in args.services.split(",") if s)
     knative = args.knative or (not args.gateway and bool(os.environ.get("KUBECONFIG")
                                                          or os.environ.get("KUBERNETES_SERVICE_HOST")))
     if not knative:
         gateway = args.gateway or f"http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8080')}"
-        prometheus = args.prometheus or "http://127.0.0.1:9090"
-        return GatewayTraffic(gateway), PrometheusSource(prometheus, flavor="gateway", window=window), services
+        if args.prometheus:
+            return GatewayTraffic(gateway), PrometheusSource(args.prometheus, flavor="gateway", window=window), services
+        return GatewayTraffic(gateway), GatewayMetricsSource(gateway), services  # no Prometheus needed locally
     api = KubernetesAPI.from_environment()
     if args.prometheus:
         metrics = PrometheusSource(args.prometheus, window=window)
@@ -116,12 +120,13 @@ def run_canary(
     started = time.monotonic()
     decision = Decision(HOLD, state.weight, "not started")
     while True:
+        failed = False
         try:
             state, decision = tick(state, policy, observe, traffic, now=clock(), promote=promote)
         except CanaryError as exc:  # a failed scrape or patch is retried at the next interval
-            decision = Decision(HOLD, state.weight, exc.message)
+            decision, failed = Decision(HOLD, state.weight, exc.message), True
         emit(f"{clock():%H:%M:%S} {decision.outcome:8} {decision.weight:3d} %  {decision.reason}")
-        if state.status != RUNNING or not state.revisions:  # done, or no challenger revision to canary
+        if state.status != RUNNING or (not state.revisions and not failed):  # done, or no challenger to canary
             return state, decision
         if time.monotonic() - started + interval_s > max_duration_s:
             decision = Decision(ROLLBACK, 0, f"not promoted within {max_duration_s:.0f} s")
@@ -155,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"canary of {state.version}: steps {list(policy.steps)} every {args.interval:g} s", file=sys.stderr)
     state, decision = run_canary(state, policy, observer(metrics, storage, services), traffic,
                                  interval_s=args.interval, max_duration_s=args.max_duration, promote=promote)
-    nothing = not state.revisions
+    nothing = state.status == RUNNING and not state.revisions  # no challenger revision: nothing to canary
     result = {"status": "nothing_to_do" if nothing else state.status, "version": state.version,
               "weight": state.weight, "reason": decision.reason,
               "decisions": [h["outcome"] for h in state.history], "revisions": state.revisions}

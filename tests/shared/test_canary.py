@@ -402,3 +402,42 @@ def test_promotion_moves_the_mlflow_champion_alias_without_importing_torch(tmp_p
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {
         "before": "1", "previous": "1", "after": "2", "torch": False}
+
+
+def test_histogram_quantile_interpolates_like_prometheus():
+    inf = float("inf")
+    # 100 observations: 50 <= 0.1 s, 90 <= 0.5 s, 99 <= 1 s, 1 above.
+    buckets = {0.1: 50, 0.5: 90, 1.0: 99, inf: 100}
+    assert canary.histogram_quantile(0.5, buckets) == pytest.approx(0.1)
+    assert canary.histogram_quantile(0.9, buckets) == pytest.approx(0.5)
+    assert canary.histogram_quantile(0.7, buckets) == pytest.approx(0.1 + 0.4 * (20 / 40))
+    assert canary.histogram_quantile(0.995, buckets) == 1.0  # in the +Inf bucket: the highest finite bound
+    assert canary.histogram_quantile(0.99, {0.1: 0, inf: 0}) is None
+
+
+def test_a_failed_registry_promotion_is_retried_on_the_next_tick(storage):
+    traffic, calls = RecordingTraffic(), []
+
+    def flaky_promote(version):
+        calls.append(version)
+        if len(calls) == 1:
+            raise ConnectionError("mlflow down")
+
+    controller = CanaryController(storage, CanaryPolicy(steps=(100,), min_requests=1), lambda state: HEALTHY,
+                                  traffic, promote=flaky_promote, clock=lambda: NOW)
+    controller.start("7", "6")
+    with pytest.raises(canary.CanaryError, match="cannot move champion to 7: ConnectionError"):
+        controller.tick()
+    assert canary.load_state(storage).status == "running"
+    assert controller.tick()["status"] == "promoted" and calls == ["7", "7"]
+
+
+def test_a_kubeconfig_with_a_corrupt_ca_names_the_file(tmp_path):
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps({
+        "current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "clusters": [{"name": "c", "cluster": {"server": "https://x", "certificate-authority-data": "bm90IGEgY2E="}}],
+        "users": [{"name": "u", "user": {}}],
+    }))
+    with pytest.raises(UserError, match=f"{path}: not a usable kubeconfig"):
+        KubernetesAPI.from_kubeconfig(path)

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import socket
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
-from shared.canary import CanaryPolicy, GatewayTraffic, PrometheusSource, observer, start_canary
+from shared.canary import (
+    CanaryPolicy,
+    GatewayMetricsSource,
+    GatewayTraffic,
+    PrometheusSource,
+    observer,
+    start_canary,
+)
 from tests.shared.test_canary import NOW, FakePrometheus
 from triage.canary import run_canary
 from triage.cli import main
@@ -84,3 +97,123 @@ def test_bad_options_exit_2_and_a_quiet_challenger_times_out(gateway, capsys):
         assert gateway.gateway.traffic()["predict"] == {"champion": 100, "challenger": 0}
     finally:
         prom.close()
+
+
+# ---------------------------------------------------------------- no Prometheus: real traffic, the gateway's /metrics
+
+
+class StatusUpstream:
+    """A real HTTP function stand-in that answers every POST with `status`."""
+
+    def __init__(self, status: int) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                # Headers and body leave in two writes: without TCP_NODELAY each answer waits ~40 ms for an ACK.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps({"status": status}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@contextmanager
+def real_gateway(challenger_status: int):
+    champion, challenger = StatusUpstream(200), StatusUpstream(challenger_status)
+    draws = itertools.cycle([i / 100 for i in range(100)])  # every 100 requests split exactly by the weights
+    lock = threading.Lock()
+
+    def draw() -> float:
+        with lock:
+            return next(draws)
+
+    server = GatewayServer(Gateway({"predict": Route("predict", {"champion": champion.url,
+                                                                 "challenger": challenger.url})}, draw=draw)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        champion.stop()
+        challenger.stop()
+
+
+def send(url: str, n: int) -> None:
+    with httpx.Client(base_url=url) as client:
+        for _ in range(n):
+            client.post("/predict", content=b"x")
+
+
+def test_gateway_metrics_alone_judge_each_step_of_real_traffic():
+    with real_gateway(200) as server:
+        policy = CanaryPolicy(steps=(10, 25, 50, 100), min_requests=10, max_p99_s=2.0, max_p99_ratio=None)
+        state, _ = start_canary(None, "7", None, policy, NOW)
+        splits = []
+
+        def step(_seconds: float) -> None:
+            splits.append(server.gateway.traffic()["predict"]["challenger"])
+            send(server.url, 100)
+
+        state, decision = run_canary(state, policy, observer(GatewayMetricsSource(server.url), None, ("predict",)),
+                                     GatewayTraffic(server.url), interval_s=0.01, max_duration_s=60,
+                                     emit=lambda line: None, sleep=step)
+        assert splits == [10, 25, 50, 100] and state.status == "promoted"
+        assert server.gateway.traffic()["predict"] == {"champion": 0, "challenger": 100}
+
+
+def test_cli_rolls_back_a_challenger_that_answers_5xx(capsys):
+    with real_gateway(500) as server:
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                send(server.url, 20)
+
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        try:
+            code = main(["canary", "--gateway", server.url, "--interval", "0.3", "--min-requests", "5",
+                         "--max-duration", "30", "--json"])
+        finally:
+            stop.set()
+            loader.join(timeout=10)
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert code == 1 and result["status"] == "rolled_back"
+        assert result["reason"].startswith("error rate 1.000 > 0.02")
+        assert server.gateway.traffic()["predict"] == {"champion": 100, "challenger": 0}
+
+
+def test_an_unreachable_gateway_is_retried_then_fails_not_reported_as_nothing_to_do(capsys):
+    code = main(["canary", "--gateway", "http://127.0.0.1:9", "--interval", "0.05", "--max-duration", "0.2",
+                 "--json"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 1 and any("unreachable" in line for line in out)
+    assert json.loads(out[-1])["status"] == "rolled_back"
+
+
+def test_no_challenger_revision_means_nothing_to_do(capsys):
+    server = GatewayServer(Gateway({"predict": Route("predict", {"default": "http://127.0.0.1:9"})})).start()
+    try:
+        code = main(["canary", "--gateway", server.url, "--interval", "0.05", "--json"])
+    finally:
+        server.stop()
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and result["status"] == "nothing_to_do" and result["revisions"] == {}
