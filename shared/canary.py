@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 
 from shared.errors import NotFound, TriageError, UserError
 from shared.storage import Storage
+from shared.timestamps import utc_iso
 
 __all__ = [
     "ADVANCE",
@@ -90,8 +91,6 @@ class CanaryError(TriageError):
     code = "canary_backend_failed"
 
 
-def _now_iso(now: datetime) -> str:
-    return now.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------- policy, observation, state, decision
@@ -230,7 +229,7 @@ def start_canary(
     """(state at the first step, True) for a new challenger; (existing, False) when `version` already has one."""
     if existing is not None and existing.version == str(version):
         return existing, False
-    stamp = _now_iso(now)
+    stamp = utc_iso(now)
     entry = {"time": stamp, "outcome": "start", "weight": policy.steps[0], "reason": f"challenger {version}"}
     state = CanaryState(
         version=str(version),
@@ -284,7 +283,7 @@ def decide(state: CanaryState, policy: CanaryPolicy, observation: Observation, n
 
 def apply_decision(state: CanaryState, policy: CanaryPolicy, decision: Decision, now: datetime) -> CanaryState:
     """The state after `decision`, its history extended by one entry."""
-    stamp = _now_iso(now)
+    stamp = utc_iso(now)
     step, status = state.step, state.status
     if decision.outcome == ADVANCE:
         step = policy.steps.index(decision.weight) if decision.weight in policy.steps else step + 1

@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from cloudevents.http import CloudEvent
 
 from shared.storage import Storage
+from shared.timestamps import utc_iso
 
 DEAD_LETTER_BUCKET = "dead-letter"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -56,7 +56,7 @@ def dead_letter_record(event: CloudEvent, *, error: str | None = None, subscribe
             "status": event.get("knativeerrorcode"),
             "message": error if error is not None else _error_data(event.get("knativeerrordata")),
         },
-        "stored_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "stored_at": utc_iso(),
     }
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
@@ -21,6 +21,7 @@ from cloudevents.http import CloudEvent, from_http
 
 from shared.config import Settings
 from shared.errors import TriageError, UserError
+from shared.timestamps import utc_iso
 
 __all__ = [
     "BadEvent",
@@ -93,13 +94,8 @@ def normalize_etag(etag: str | None) -> str:
 
 
 def _utc_iso(value: datetime | str | None) -> str:
-    if value is None:
-        value = datetime.now(UTC)
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return value
+    """A datetime (or now) as ISO 8601 UTC; a string is taken as already formatted."""
+    return value if isinstance(value, str) else utc_iso(value)
 
 
 def make_event(

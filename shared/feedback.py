@@ -26,6 +26,7 @@ from shared.errors import InvalidField, NotFound, UserError
 from shared.events import Publisher, feedback_received_event
 from shared.security import check_bearer
 from shared.storage import Storage
+from shared.timestamps import utc_iso
 
 __all__ = [
     "FEEDBACK_BUCKET",
@@ -72,7 +73,7 @@ def record_request(
         "urgent": prediction.get("urgent"),
         "model": prediction.get("model"),
         "result": result_uri,
-        "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "time": utc_iso(),
     }
     storage.put_json(RESULT_BUCKET, request_index_key(request_id), record)
 
@@ -201,7 +202,7 @@ def submit_feedback(
             "label": request.label,
             "reviewer": request.reviewer,
             "authenticated_as": request.authenticated_as,
-            "time": now().astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "time": utc_iso(now()),
             "predicted_label": answered.get("label"),
             "model": answered.get("model"),
             "source": answered.get("source"),

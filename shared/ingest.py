@@ -38,6 +38,7 @@ from shared.events import (
 )
 from shared.feedback import record_request
 from shared.storage import Storage
+from shared.timestamps import parse_utc, utc_iso
 
 __all__ = [
     "INPUT_BUCKET",
@@ -131,20 +132,8 @@ def object_from_event(event: CloudEvent) -> ObjectVersion:
     )
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _is_code(exc: ClientError, *codes: str) -> bool:
@@ -217,11 +206,11 @@ def _ingest(
     read = _read_version(storage, obj)
     if read == "stale":
         return IngestOutcome("stale", obj)
-    uploaded_at = _parse_time(obj.event_time)
+    uploaded_at = parse_utc(obj.event_time)
     if read == "missing":
         return _store_error(storage, model, obj, NotFound("the input object no longer exists"), uploaded_at, now)
     data, last_modified = read
-    uploaded_at = uploaded_at or _parse_time(last_modified)
+    uploaded_at = uploaded_at or parse_utc(last_modified)
     read_ms = (time.perf_counter() - t0) * 1000.0
     try:
         t1 = time.perf_counter()
@@ -255,8 +244,8 @@ def _ingest(
             "deidentify": round(deidentify_ms, 3),
             "storage_write": 0.0,
         },
-        "uploaded_at": _iso(uploaded_at) if uploaded_at else None,
-        "completed_at": _iso(completed),
+        "uploaded_at": utc_iso(uploaded_at) if uploaded_at else None,
+        "completed_at": utc_iso(completed),
         "upload_to_result_s": round(upload_to_result, 4) if upload_to_result is not None else None,
     }
     record_request(storage, result, source="ingest", result_uri=f"s3://{RESULT_BUCKET}/{result_key(obj.key)}")
@@ -294,8 +283,8 @@ def _store_error(
         "etag": obj.etag,
         "error": {"code": exc.code, "message": exc.message},
         "model": dict(getattr(model, "model_ref", {}) or {}),
-        "uploaded_at": _iso(uploaded_at) if uploaded_at else None,
-        "completed_at": _iso(now()),
+        "uploaded_at": utc_iso(uploaded_at) if uploaded_at else None,
+        "completed_at": utc_iso(now()),
     }
     storage.put_json(RESULT_BUCKET, result_key(obj.key), result)
     log.warning("input %s/%s rejected: %s", obj.bucket, obj.request_id, exc.code)

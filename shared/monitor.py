@@ -46,6 +46,7 @@ from shared.events import FEEDBACK_RECEIVED, PREDICTION_CREATED, BadEvent, Cloud
 from shared.ingest import StorageUnavailable
 from shared.modelcard import CARD_FILE, ModelCard, ModelCardError
 from shared.storage import Storage, split_s3_uri
+from shared.timestamps import parse_utc, utc_iso
 
 __all__ = [
     "LABELS_KEY",
@@ -293,18 +294,8 @@ def _update_state(
 
 
 # --- prediction drift --------------------------------------------------------------------------------------------
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _hour(value: datetime) -> str:
@@ -359,7 +350,7 @@ def record_prediction(
 ) -> str:
     """Count one prediction event in the rolling summary: `counted`, `duplicate` (id seen) or `too_old`."""
     probability, positive, urgent, version = _prediction_fields(data)  # 400 before anything is read or written
-    when = _parse_time(data.get("completed_at")) or now
+    when = parse_utc(data.get("completed_at")) or now
     cutoff = _hour(now - timedelta(days=config.window_days))
 
     def mutate(stored: dict[str, Any] | None) -> tuple[str, dict | None]:
@@ -573,15 +564,15 @@ def _joined_label(storage: Storage, request_id: str) -> tuple[str, dict[str, Any
 
 
 def _prune_labels(labels: dict[str, Any], config: MonitorConfig, now: datetime) -> dict[str, Any]:
-    cutoff = _iso(now - timedelta(days=config.window_days))
+    cutoff = utc_iso(now - timedelta(days=config.window_days))
     recent = [(rid, e) for rid, e in labels.items() if e.get("time") is None or _iso_or_none(e["time"]) >= cutoff]
     recent.sort(key=lambda item: _iso_or_none(item[1].get("time")), reverse=True)
     return dict(recent[: config.window_labels])
 
 
 def _iso_or_none(value: Any) -> str:
-    parsed = _parse_time(value)
-    return _iso(parsed) if parsed else ""
+    parsed = parse_utc(value)
+    return utc_iso(parsed) if parsed else ""
 
 
 def record_label(storage: Storage, config: MonitorConfig, request_id: str, *, now: datetime) -> str:
@@ -655,11 +646,11 @@ def write_report(storage: Storage, config: MonitorConfig, *, now: datetime, card
         for version, summary in window["by_version"].items()
     }
     report = {
-        "generated_at": _iso(now),
+        "generated_at": utc_iso(now),
         "window": {
             "days": config.window_days,
             "labels": config.window_labels,
-            "since": _iso(now - timedelta(days=config.window_days)),
+            "since": utc_iso(now - timedelta(days=config.window_days)),
         },
         "live_accuracy": live_accuracy(labels.values()),
         "predictions": window,

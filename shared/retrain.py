@@ -45,6 +45,7 @@ from shared.events import (
     model_registered_event,
 )
 from shared.storage import Storage
+from shared.timestamps import utc_iso
 
 __all__ = [
     "BACKENDS",
@@ -349,7 +350,7 @@ def launcher_from_config(config: RetrainConfig, *, transport: httpx.BaseTranspor
 
 # --- state -------------------------------------------------------------------------------------------------------
 def _now_iso(clock: Callable[[], float]) -> str:
-    return datetime.fromtimestamp(clock(), UTC).isoformat().replace("+00:00", "Z")
+    return utc_iso(datetime.fromtimestamp(clock(), UTC))
 
 
 def _is_precondition_failure(exc: Exception) -> bool:

@@ -39,3 +39,12 @@ def assert_json_error(response: Any, case: str) -> None:
     assert response.mimetype == "application/json", case
     error = response.get_json()["error"]
     assert set(error) == {"code", "message"} and error["code"] and error["message"], case
+
+
+def assert_every_bad_request_is_a_json_4xx(client: Any, server_url: Any, monkeypatch: Any) -> None:
+    """POST every bad request to a function's test client; URL cases that need it may reach the local server."""
+    from shared.security import parse_networks
+
+    for case, kwargs, allow_local in bad_requests(server_url):
+        monkeypatch.setattr(client.module, "URL_ALLOW_NETWORKS", parse_networks("127.0.0.1/32") if allow_local else ())
+        assert_json_error(client.post("/", **kwargs), case)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
 import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -21,6 +19,7 @@ from shared.canary import (
     start_canary,
 )
 from tests.shared.test_canary import NOW, FakePrometheus
+from tests.stack.upstream import Upstream
 from triage.canary import run_canary
 from triage.cli import main
 from triage.stack.gateway import Gateway, GatewayServer, Route
@@ -102,43 +101,9 @@ def test_bad_options_exit_2_and_a_quiet_challenger_times_out(gateway, capsys):
 # ---------------------------------------------------------------- no Prometheus: real traffic, the gateway's /metrics
 
 
-class StatusUpstream:
-    """A real HTTP function stand-in that answers every POST with `status`."""
-
-    def __init__(self, status: int) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self):
-                super().setup()
-                # Headers and body leave in two writes: without TCP_NODELAY each answer waits ~40 ms for an ACK.
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = json.dumps({"status": status}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @contextmanager
 def real_gateway(challenger_status: int):
-    champion, challenger = StatusUpstream(200), StatusUpstream(challenger_status)
+    champion, challenger = Upstream("champion", 200), Upstream("challenger", challenger_status)
     draws = itertools.cycle([i / 100 for i in range(100)])  # every 100 requests split exactly by the weights
     lock = threading.Lock()
 

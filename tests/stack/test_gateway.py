@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
+from tests.stack.upstream import Upstream
 from triage.stack.gateway import REVISION_HEADER, Gateway, GatewayServer, Route, TrafficError
 
 
@@ -48,36 +46,6 @@ def test_admin_split_applies_to_every_service_with_those_revisions():
     result = gateway.set_traffic({"champion": 90, "challenger": 10})
     assert result["predict"] == result["explain"] == {"champion": 90, "challenger": 10}
     assert result["feedback"] == {"default": 100}
-
-
-class Upstream:
-    """A real HTTP server that answers with its own name and echoes the path and body."""
-
-    def __init__(self, name: str) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                payload = json.dumps({"served_by": name, "path": self.path, "bytes": len(body),
-                                      "content_type": self.headers.get("Content-Type")}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def test_http_gateway_proxies_splits_and_reports_the_revision():
