@@ -246,25 +246,14 @@ def live_accuracy(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 # --- conditional JSON state --------------------------------------------------------------------------------------
-def _is_precondition_failure(exc: ClientError) -> bool:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
-
-
 def _read_state(storage: Storage, key: str) -> tuple[dict[str, Any] | None, str | None]:
     try:
-        response = storage.client.get_object(Bucket=RESULT_BUCKET, Key=key)
-    except ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404", "NotFound"):
-            return None, None
-        raise
-    try:
-        value = json.loads(response["Body"].read())
+        value, etag = storage.get_json_versioned(RESULT_BUCKET, key)
     except ValueError:
         log.warning("s3://%s/%s is not JSON; starting it afresh", RESULT_BUCKET, key)
-        value = None
-    return (value if isinstance(value, dict) else None), response["ETag"]
+        head = storage.head(RESULT_BUCKET, key)  # replaced only if still that same broken object
+        return None, f'"{head["etag"]}"' if head else None
+    return (value if isinstance(value, dict) else None), etag
 
 
 def _update_state(
@@ -276,20 +265,8 @@ def _update_state(
         result, new_state = mutate(state)
         if new_state is None:
             return result
-        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
-        try:
-            storage.client.put_object(
-                Bucket=RESULT_BUCKET,
-                Key=key,
-                Body=json.dumps(new_state, sort_keys=True).encode("utf-8"),
-                ContentType="application/json",
-                **condition,
-            )
-        except ClientError as exc:
-            if _is_precondition_failure(exc):
-                continue
-            raise
-        return result
+        if storage.put_json_if(RESULT_BUCKET, key, new_state, etag):
+            return result
     raise MonitorStateConflict(f"s3://{RESULT_BUCKET}/{key} kept changing; retry later")
 
 

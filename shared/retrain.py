@@ -353,53 +353,22 @@ def _now_iso(clock: Callable[[], float]) -> str:
     return utc_iso(datetime.fromtimestamp(clock(), UTC))
 
 
-def _is_precondition_failure(exc: Exception) -> bool:
-    response = getattr(exc, "response", None) or {}
-    code = str((response.get("Error") or {}).get("Code", ""))
-    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-    # 409 ConditionalRequestConflict: a concurrent conditional write won on AWS.
-    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
-
-
-def _is_missing(exc: Exception) -> bool:
-    response = getattr(exc, "response", None) or {}
-    return str((response.get("Error") or {}).get("Code", "")) in ("NoSuchKey", "404", "NotFound")
-
-
 class RetrainState:
     """The state object, read with its ETag and replaced only if nobody changed it meanwhile."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
 
     def read(self) -> tuple[dict[str, Any], str | None]:
-        try:
-            response = self.client.get_object(Bucket=FEEDBACK_BUCKET, Key=STATE_KEY)
-        except Exception as exc:
-            if _is_missing(exc):
-                return {"used": {}, "batches": {}}, None
-            raise
-        state = json.loads(response["Body"].read())
+        state, etag = self.storage.get_json_versioned(FEEDBACK_BUCKET, STATE_KEY)
+        state = state or {}
         state.setdefault("used", {})
         state.setdefault("batches", {})
-        return state, response["ETag"]
+        return state, etag
 
     def write(self, state: Mapping[str, Any], etag: str | None) -> bool:
         """Replace the state if it still has `etag` (create it if None); False when someone else wrote first."""
-        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
-        try:
-            self.client.put_object(
-                Bucket=FEEDBACK_BUCKET,
-                Key=STATE_KEY,
-                Body=json.dumps(state, sort_keys=True).encode("utf-8"),
-                ContentType="application/json",
-                **condition,
-            )
-        except Exception as exc:
-            if _is_precondition_failure(exc):
-                return False
-            raise
-        return True
+        return self.storage.put_json_if(FEEDBACK_BUCKET, STATE_KEY, state, etag)
 
 
 def _blocking(batch: Mapping[str, Any] | None, now: float, stale_after_s: float) -> bool:
@@ -425,10 +394,10 @@ def maybe_launch(
     """Count unused items; at the threshold reserve them as one batch (conditional write), launch, record.
 
     `new_item` (`bucket/key`) is the item the triggering event announced: it is counted even if a listing does
-    not show it yet. The state is written with the boto3 client itself: Storage has no conditional writes.
+    not show it yet. The state is replaced with a conditional write (`Storage.put_json_if`).
     """
     client = storage.client
-    state_store = RetrainState(client)
+    state_store = RetrainState(storage)
     for _attempt in range(MAX_CAS_ATTEMPTS):
         state, etag = state_store.read()
         now = clock()

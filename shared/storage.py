@@ -24,6 +24,14 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def _is_precondition_failure(exc: Exception) -> bool:
+    response = getattr(exc, "response", None) or {}
+    code = str((response.get("Error") or {}).get("Code", ""))
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    # 409 ConditionalRequestConflict: a concurrent conditional write won on AWS.
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+
+
 def _is_missing(exc: Exception) -> bool:
     response = getattr(exc, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
@@ -100,6 +108,34 @@ class Storage:
 
     def get_json(self, bucket: str, key: str) -> Any:
         return json.loads(self.get_bytes(bucket, key))
+
+    def get_json_versioned(self, bucket: str, key: str) -> tuple[Any, str | None]:
+        """(value, etag) of a JSON object, (None, None) when it does not exist: the read half of `put_json_if`."""
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if _is_missing(exc):
+                return None, None
+            raise
+        return json.loads(response["Body"].read()), response["ETag"]
+
+    def put_json_if(self, bucket: str, key: str, value: Any, etag: str | None) -> bool:
+        """Write only if the object still has `etag` (or, with None, does not exist yet): a compare-and-swap for
+        state that concurrent function instances update. False when someone else wrote first."""
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=json.dumps(value, sort_keys=True).encode("utf-8"),
+                ContentType="application/json",
+                **condition,
+            )
+        except Exception as exc:
+            if _is_precondition_failure(exc):
+                return False
+            raise
+        return True
 
     def head(self, bucket: str, key: str) -> dict[str, Any] | None:
         """{etag, size, content_type, metadata} of an object, None when it does not exist."""

@@ -136,6 +136,12 @@ def test_the_same_prediction_event_twice_counts_once(storage):
     assert state["events_counted"] == 2 and sum(state["hours"]["2026-11-26T12"]["3"]["histogram"]) == 2
 
 
+def test_a_corrupt_state_object_is_started_afresh_not_fatal(storage):
+    storage.put_bytes("inference-results", STATE_KEY, b"{not json", "application/json")
+    assert send_predictions(storage, [0.9]) == ["counted"]
+    assert storage.get_json("inference-results", STATE_KEY)["events_counted"] == 1
+
+
 def test_predictions_older_than_the_window_are_not_counted(storage):
     old = prediction(1, 0.4, when=NOW - timedelta(days=8))
     assert record_prediction(storage, CONFIG, "old-event", old, now=NOW) == "too_old"

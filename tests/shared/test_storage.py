@@ -86,3 +86,14 @@ def test_put_file_streams_a_local_file(storage: Storage, bucket: str, tmp_path: 
     storage.put_file(bucket, "raw/big.bin", path, "application/octet-stream")
     assert storage.get_bytes(bucket, "raw/big.bin") == path.read_bytes()
     assert storage.head(bucket, "raw/big.bin")["content_type"] == "application/octet-stream"
+
+
+def test_put_json_if_is_a_compare_and_swap(storage) -> None:
+    assert storage.get_json_versioned("feedback", "_state/x.json") == (None, None)
+    assert storage.put_json_if("feedback", "_state/x.json", {"n": 1}, None)  # create
+    assert not storage.put_json_if("feedback", "_state/x.json", {"n": 9}, None)  # exists already
+    value, etag = storage.get_json_versioned("feedback", "_state/x.json")
+    assert value == {"n": 1}
+    assert storage.put_json_if("feedback", "_state/x.json", {"n": 2}, etag)
+    assert not storage.put_json_if("feedback", "_state/x.json", {"n": 3}, etag)  # stale: someone wrote first
+    assert storage.get_json("feedback", "_state/x.json") == {"n": 2}
