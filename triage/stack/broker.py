@@ -322,9 +322,8 @@ class Broker:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def s3_dead_letter_sink(s3_client: Any) -> DeadLetterSink:
+def s3_dead_letter_sink(storage: Storage) -> DeadLetterSink:
     """Store each dead event as `dead-letter/<trigger>/<event id>.json`, as the dead-letter function does."""
-    storage = Storage(s3_client)
 
     def store(record: dict[str, Any]) -> None:
         store_dead_letter(storage, record)
@@ -419,8 +418,6 @@ class BrokerServer:
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    import boto3
-
     from shared.config import Settings
 
     parser = argparse.ArgumentParser(prog="python -m triage.stack.broker", description=__doc__.splitlines()[0])
@@ -431,17 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     triggers, delivery = load_config(args.config)
-    settings = Settings.from_env()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        aws_access_key_id=settings.aws_access_key_id,
-        aws_secret_access_key=settings.aws_secret_access_key,
-        region_name=settings.aws_region,
-    )
+    storage = Storage.from_settings(Settings.from_env())
     args.state_dir.mkdir(parents=True, exist_ok=True)
     broker = Broker(triggers, DeliveryQueue(args.state_dir / "broker.sqlite"), delivery=delivery,
-                    dead_letter=s3_dead_letter_sink(s3))
+                    dead_letter=s3_dead_letter_sink(storage))
     server = BrokerServer(broker, port=args.port).start(args.workers)
     log.info("broker on %s with triggers %s", server.url, [t.name for t in triggers])
     stopped = threading.Event()
