@@ -68,15 +68,16 @@ def occlusion_map(
 ) -> np.ndarray:
     """Occlusion sensitivity [S, S] in [0, 1]: how much the score drops when a patch is covered.
 
-    `model_input` is float32 [1, S, S]; each patch is filled with `baseline` (default: the image's mean, so that
-    covering does not add an out-of-range intensity edge). Overlapping windows are averaged; windows that raise
-    the score count as 0 (no evidence for the class).
+    `model_input` is float32 [1, S, S]; each patch is filled with `baseline`, by default with the same region of a
+    strongly blurred copy of the image: the patch loses its detail (an opacity, an edge) without gaining a new
+    one — a flat mean-gray patch on the dark background outside the body reads as an opacity to the model and
+    lit up the corners. Overlapping windows are averaged; windows that raise the score count as 0.
     """
     image = np.asarray(model_input, dtype=np.float32).reshape(model_input.shape[-2:])
     size_y, size_x = image.shape
     patch = max(1, min(patch, size_y, size_x))
     stride = stride or max(1, patch // 2)
-    fill = float(image.mean()) if baseline is None else baseline
+    fill = _blurred(image) if baseline is None else np.full_like(image, baseline)
     reference = float(score_fn(image[np.newaxis, np.newaxis])[0])
     windows = [(y, x) for y in _window_starts(size_y, patch, stride) for x in _window_starts(size_x, patch, stride)]
     drops = np.zeros((size_y, size_x), np.float64)
@@ -85,7 +86,7 @@ def occlusion_map(
         chunk = windows[first : first + batch_size]
         batch = np.repeat(image[np.newaxis, np.newaxis], len(chunk), axis=0)
         for index, (y, x) in enumerate(chunk):
-            batch[index, 0, y : y + patch, x : x + patch] = fill
+            batch[index, 0, y : y + patch, x : x + patch] = fill[y : y + patch, x : x + patch]
         scores = np.asarray(score_fn(batch), dtype=np.float64)
         for (y, x), score in zip(chunk, scores, strict=True):
             drops[y : y + patch, x : x + patch] += reference - score
