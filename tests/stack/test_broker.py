@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -222,3 +223,35 @@ def test_a_trigger_can_override_the_delivery_spec(tmp_path):
     broker.publish(CloudEvent({"type": "t", "source": "s"}, {}))
     broker.run_due()
     assert len(send.calls) == 1 and len(dead) == 1  # no retry for this trigger, despite the broker's 9
+
+
+def test_ping_sources_publish_on_their_schedule_until_stopped():
+    from triage.stack.broker import PING, PingSource, run_ping_sources
+
+    class Recording:
+        def __init__(self):
+            self.events = []
+
+        def publish(self, event):
+            self.events.append(event)
+            return 1
+
+    broker, stop = Recording(), threading.Event()
+    thread = threading.Thread(target=run_ping_sources,
+                              args=(broker, [PingSource("fast", 0.05), PingSource("slow", 10.0)], stop))
+    thread.start()
+    time.sleep(0.4)
+    stop.set()
+    thread.join(timeout=2)
+    assert not thread.is_alive()
+    sources = [event["source"] for event in broker.events]
+    assert 4 <= sources.count("/local/pingsources/fast") <= 9 and "/local/pingsources/slow" not in sources
+    assert {event["type"] for event in broker.events} == {PING}
+
+
+def test_the_config_file_carries_ping_sources(tmp_path):
+    from triage.stack.broker import PingSource, load_full_config
+
+    path = tmp_path / "broker.json"
+    path.write_text(json.dumps({"triggers": [], "pings": [{"name": "monitor-tick", "every_s": 60}]}))
+    assert load_full_config(path)[2] == [PingSource("monitor-tick", 60.0)]

@@ -24,7 +24,7 @@ from tests.functions.tiny_model import build_tiny_model_dir, png_bytes
 from triage.stack.gateway import REVISION_HEADER
 from triage.stack.up import Stack, StackConfig, StackPorts
 
-FUNCTIONS = ("predict", "explain", "feedback", "minio_source", "ingest")
+FUNCTIONS = ("predict", "explain", "feedback", "minio_source", "ingest", "monitor")
 
 
 def tiny_model(directory: Path, version: str, seed: int) -> Path:
@@ -73,7 +73,7 @@ def stack(tmp_path_factory, failing):
     challenger = tiny_model(root / "challenger", "8", seed=1)
     config = StackConfig(
         run_dir=root / "run", model_uri=str(champion), challenger_uri=str(challenger), functions=FUNCTIONS,
-        ports=StackPorts.free(), mlflow=False, prometheus=False, extra_env={"THREADS": "4"},
+        ports=StackPorts.free(), mlflow=False, prometheus=False, extra_env={"THREADS": "4"}, monitor_tick_s=1.0,
         extra_triggers=({"name": "always-fails", "subscriber": failing.url, "filter": {"type": "test.fails"},
                          "delivery": {"retry": 2, "backoff_delay_s": 0.1}},),
     )
@@ -274,3 +274,23 @@ def test_review_flow_explain_then_feedback_through_the_gateway(stack):
         unauthorized = client.post("/feedback", json={"request_id": body["request_id"], "label": label,
                                                       "reviewer": "radiologist"})
         assert unauthorized.status_code == 401
+
+
+def test_the_monitor_counts_each_prediction_and_reports_on_its_tick(stack):
+    s3 = stack.s3()
+    keys = [f"e2e/monitored-{i}.png" for i in range(3)]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket="inference-inputs", Key=key, Body=png_bytes(seed=20 + i), ContentType="image/png")
+    assert len(wait_for_results(s3, keys)) == 3
+    deadline = time.monotonic() + 20
+    while True:  # prediction events reach the monitor through the broker; the ping source ticks every second
+        try:
+            state = json.loads(s3.get_object(Bucket="inference-results", Key="_monitor/state.json")["Body"].read())
+            report = json.loads(s3.get_object(Bucket="inference-results", Key="_monitor/report.json")["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            state, report = {"events_counted": 0}, {}
+        if state["events_counted"] >= 3 and report.get("events_counted", 0) >= 3:
+            break
+        assert time.monotonic() < deadline, f"monitor state {state.get('events_counted')}, report {report.keys()}"
+        time.sleep(0.2)
+    assert "drift" in report and "live_accuracy" in report

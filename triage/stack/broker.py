@@ -27,6 +27,7 @@ from cloudevents.conversion import to_binary, to_json
 from cloudevents.http import CloudEvent, from_http, from_json
 
 from shared.dead_letter import dead_letter_record, store_dead_letter
+from shared.events import make_event
 from shared.storage import Storage
 
 log = logging.getLogger("triage.broker")
@@ -39,6 +40,9 @@ __all__ = [
     "SubscriberReply",
     "Trigger",
     "load_config",
+    "load_full_config",
+    "PingSource",
+    "run_ping_sources",
     "s3_dead_letter_sink",
 ]
 
@@ -333,14 +337,53 @@ def s3_dead_letter_sink(storage: Storage) -> DeadLetterSink:
 
 def load_config(path: Path) -> tuple[list[Trigger], DeliverySpec]:
     """`{"triggers": [{"name", "subscriber", "filter", "delivery"?}], "delivery": {...}}` → triggers, default spec."""
+    triggers, delivery, _pings = load_full_config(path)
+    return triggers, delivery
+
+
+def load_full_config(path: Path) -> tuple[list[Trigger], DeliverySpec, list[PingSource]]:
+    """`load_config` plus `"pings": [{"name", "every_s"}]`, the PingSource stand-ins."""
     try:
         raw = json.loads(Path(path).read_text())
         triggers = [Trigger(t["name"], t["subscriber"], dict(t.get("filter", {})),
                             DeliverySpec(**t["delivery"]) if t.get("delivery") else None) for t in raw["triggers"]]
         delivery = DeliverySpec(**raw.get("delivery", {}))
+        pings = [PingSource(p["name"], float(p["every_s"])) for p in raw.get("pings", [])]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: invalid broker config: {exc}") from exc
-    return triggers, delivery
+    return triggers, delivery, pings
+
+
+PING = "dev.knative.sources.ping"
+
+
+@dataclass(frozen=True)
+class PingSource:
+    """Knative's PingSource, locally: every `every_s` seconds a `dev.knative.sources.ping` event into the broker,
+    source `/local/pingsources/<name>`, for the triggers to route (the monitor's and the canary's ticks)."""
+
+    name: str
+    every_s: float
+
+    @property
+    def source(self) -> str:
+        return f"/local/pingsources/{self.name}"
+
+    def event(self) -> CloudEvent:
+        return make_event(PING, self.source, {})
+
+
+def run_ping_sources(broker: Broker, pings: Iterable[PingSource], stop: threading.Event,
+                     clock: Callable[[], float] = time.monotonic) -> None:
+    """Publish each source's ping when due, until `stop` is set (run it on a thread)."""
+    due = {ping.name: clock() + ping.every_s for ping in pings}
+    by_name = {ping.name: ping for ping in pings}
+    while due and not stop.is_set():
+        name = min(due, key=due.__getitem__)
+        if stop.wait(max(0.0, due[name] - clock())):
+            return
+        broker.publish(by_name[name].event())
+        due[name] = clock() + by_name[name].every_s
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -427,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    triggers, delivery = load_config(args.config)
+    triggers, delivery, pings = load_full_config(args.config)
     storage = Storage.from_settings(Settings.from_env())
     args.state_dir.mkdir(parents=True, exist_ok=True)
     broker = Broker(triggers, DeliveryQueue(args.state_dir / "broker.sqlite"), delivery=delivery,
@@ -435,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     server = BrokerServer(broker, port=args.port).start(args.workers)
     log.info("broker on %s with triggers %s", server.url, [t.name for t in triggers])
     stopped = threading.Event()
+    threading.Thread(target=run_ping_sources, args=(broker, pings, stopped), name="pings", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     stopped.wait()

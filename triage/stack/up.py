@@ -28,7 +28,7 @@ from triage.stack.s3server import s3_client
 
 __all__ = ["ALL_FUNCTIONS", "Stack", "StackConfig", "StackPorts", "add_arguments", "run"]
 
-ALL_FUNCTIONS = ("predict", "explain", "preprocess", "feedback", "minio_source", "ingest", "retrain")
+ALL_FUNCTIONS = ("predict", "explain", "preprocess", "feedback", "minio_source", "ingest", "retrain", "monitor")
 MODEL_FUNCTIONS = ("predict", "explain")  # the gateway splits these between revisions, one process each
 MODEL_NAME = "xray-vit"
 
@@ -98,6 +98,7 @@ class StackConfig:
     train_data: Path | None = None  # DATA=path.npz for the first model instead of phantoms
     force_train: bool = False  # train (and promote) a new model even when the registry has a champion
     extra_triggers: tuple[Mapping[str, Any], ...] = ()  # more broker triggers (broker config format)
+    monitor_tick_s: float = 60.0  # the monitor's PingSource (every 15 min in production)
 
 
 def _python_env() -> dict[str, str]:
@@ -244,10 +245,20 @@ class Stack:
                 {"name": "retrain-feedback", "subscriber": self._function_url("retrain"),
                  "filter": {"type": "triage.feedback.received"}},
             ]
+        pings = []
+        if "monitor" in cfg.functions:
+            monitor = self._function_url("monitor")
+            pings.append({"name": "monitor-tick", "every_s": cfg.monitor_tick_s})
+            triggers += [
+                {"name": "monitor-predictions", "subscriber": monitor, "filter": {"type": "triage.prediction.created"}},
+                {"name": "monitor-feedback", "subscriber": monitor, "filter": {"type": "triage.feedback.received"}},
+                {"name": "monitor-tick", "subscriber": monitor,
+                 "filter": {"type": "dev.knative.sources.ping", "source": "/local/pingsources/monitor-tick"}},
+            ]
         triggers += [dict(trigger) for trigger in cfg.extra_triggers]
         delivery = cfg.delivery
         config_path = cfg.run_dir / "broker.json"
-        config_path.write_text(json.dumps({"triggers": triggers, "delivery": {
+        config_path.write_text(json.dumps({"triggers": triggers, "pings": pings, "delivery": {
             "retry": delivery.retry, "backoff_policy": delivery.backoff_policy,
             "backoff_delay_s": delivery.backoff_delay_s, "timeout_s": delivery.timeout_s}}, indent=2))
         port = cfg.ports.broker
