@@ -83,14 +83,19 @@ def evaluation_plots(labels: np.ndarray, probs: np.ndarray, threshold: float, ou
     fig, ax = plt.subplots(figsize=(4, 4))
     edges = np.linspace(0, 1, 11)
     which = np.clip(np.digitize(probs, edges[1:-1]), 0, 9)
-    centers, observed = [], []
+    centers, observed, counts = [], [], []
     for b in range(10):
         mask = which == b
         if mask.any():
             centers.append(probs[mask].mean())
             observed.append(labels[mask].mean())
+            counts.append(int(mask.sum()))
     ax.plot([0, 1], [0, 1], ls="--", color="gray")
-    ax.plot(centers, observed, marker="o")
+    ax.plot(centers, observed, color="tab:blue", zorder=1)
+    # Marker area ~ images in the bin: a bin of 3 images far from the diagonal matters less than one of 300.
+    ax.scatter(centers, observed, s=[20 + 200 * c / max(counts) for c in counts], color="tab:blue", zorder=2)
+    for x, y, n in zip(centers, observed, counts, strict=True):
+        ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(4, -12), fontsize=7)
     ax.set(xlabel="predicted P(pneumonia)", ylabel="observed fraction pneumonia", title=f"calibration {title}".strip())
     save(fig, "calibration.png")
     return paths
