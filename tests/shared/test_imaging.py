@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -102,11 +101,9 @@ def test_truncated_files_are_rejected_not_padded(kind: str) -> None:
 def test_png_decompression_bomb_is_refused_before_decoding() -> None:
     bomb = _png_declaring(100_000, 100_000)
     assert len(bomb) < 200
-    start = time.perf_counter()
     with pytest.raises(PayloadTooLarge) as info:
         decode_image(bomb, "image/png")
-    assert info.value.status == 413
-    assert time.perf_counter() - start < 1.0
+    assert info.value.status == 413  # from the declared size: these few bytes hold no pixels to decode
 
 
 def test_declared_size_just_over_our_limit_is_413_even_below_pils_limit() -> None:

@@ -245,7 +245,8 @@ def test_ping_sources_publish_on_their_schedule_until_stopped():
     thread.join(timeout=2)
     assert not thread.is_alive()
     sources = [event["source"] for event in broker.events]
-    assert 4 <= sources.count("/local/pingsources/fast") <= 9 and "/local/pingsources/slow" not in sources
+    # 0.4 s at one ping per 0.05 s: about 8, fewer on a loaded machine, never more than 9; none of the slow one.
+    assert 2 <= sources.count("/local/pingsources/fast") <= 9 and "/local/pingsources/slow" not in sources
     assert {event["type"] for event in broker.events} == {PING}
 
 
