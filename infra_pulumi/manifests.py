@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from infra_pulumi.config import DEFAULT_VERSIONS
+from infra_pulumi.config import DEFAULT_VERSIONS, OPTIONAL_SECRET_KEYS
 from shared.errors import UserError
 
 BUCKETS = ("raw-data", "processed", "inference-inputs", "inference-results", "feedback", "dead-letter", "mlflow")
@@ -29,15 +29,8 @@ BUCKETS = ("raw-data", "processed", "inference-inputs", "inference-results", "fe
 NOTIFYING_BUCKETS = ("inference-inputs", "raw-data")
 SECRET_NAME = "xray-triage-secrets"
 TRAINING_ENV_SECRET = "triage-training-env"  # envFrom of the training Jobs that retrain launches
-# Keys of the one Kubernetes Secret; each is a Pulumi secret config value or generated with pulumi-random.
-SECRET_KEYS = (
-    "minio_root_user",
-    "minio_root_password",
-    "webhook_token",
-    "db_password",
-    "grafana_admin_password",
-    "reviewer_tokens",
-)
+# Keys of the one Kubernetes Secret: the stack config's optional secrets (set there, else pulumi-random).
+SECRET_KEYS = OPTIONAL_SECRET_KEYS
 DATA_NODE_LABEL = "xray-triage/data"
 DASHBOARD = Path(__file__).parent / "dashboards" / "xray-triage.json"
 PATCH_FORCE = {"pulumi.com/patchForce": "true"}  # take over Knative's own ConfigMaps on server-side apply

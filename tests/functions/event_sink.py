@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from shared.events import CloudEvent, event_from_http
+import httpx
+
+from shared.events import CloudEvent, EventPublisher, event_from_http
 
 
 class EventSink:
@@ -40,3 +42,19 @@ class EventSink:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class RecordingSink:
+    """An httpx transport that parses every POSTed CloudEvent (real binary encoding) and can be told to fail."""
+
+    def __init__(self, status: int = 202) -> None:
+        self.events: list[CloudEvent] = []
+        self.status = status
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.status < 300:
+            self.events.append(event_from_http(dict(request.headers), request.content))
+        return httpx.Response(self.status)
+
+    def publisher(self) -> EventPublisher:
+        return EventPublisher("http://broker.local/", transport=httpx.MockTransport(self))

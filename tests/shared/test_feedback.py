@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from shared.errors import Forbidden, InvalidField, NotFound, Unauthorized, UserError
-from shared.events import FEEDBACK_RECEIVED, EventDeliveryError, EventPublisher, event_from_http
+from shared.events import FEEDBACK_RECEIVED, EventDeliveryError
 from shared.feedback import RequestRecorder, parse_feedback, record_request, request_index_key, submit_feedback
 from shared.storage import Storage
+from tests.functions.event_sink import RecordingSink
 
 TOKENS = "ann:tok-ann,bob:tok-bob"
 
 
 
-class RecordingSink:
-    """A sink that parses every POSTed CloudEvent (real binary encoding) and can be told to fail."""
-
-    def __init__(self) -> None:
-        self.events: list = []
-        self.status = 202
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if self.status < 300:
-            self.events.append(event_from_http(dict(request.headers), request.content))
-        return httpx.Response(self.status)
-
-    def publisher(self) -> EventPublisher:
-        return EventPublisher("http://broker.local/", transport=httpx.MockTransport(self))
 
 
 def body(**fields: object) -> bytes:

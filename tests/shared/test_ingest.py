@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import boto3
-import httpx
 import pytest
 from botocore.config import Config
 from prometheus_client import REGISTRY
 
 from shared.config import Settings
-from shared.events import PREDICTION_CREATED, EventDeliveryError, EventPublisher, event_from_http
+from shared.events import PREDICTION_CREATED, EventDeliveryError
 from shared.ingest import ObjectVersion, StorageUnavailable, ingest_object
 from shared.runtime import TriageModel
 from shared.storage import Storage
+from tests.functions.event_sink import RecordingSink
 from tests.functions.tiny_model import build_tiny_model_dir, dicom_bytes, png_bytes
 
 UPLOADED = "2026-11-26T10:00:00Z"
@@ -29,18 +29,6 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> TriageModel:
 
 
 
-class RecordingSink:
-    def __init__(self, status: int = 202) -> None:
-        self.events: list = []
-        self.status = status
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if self.status < 300:
-            self.events.append(event_from_http(dict(request.headers), request.content))
-        return httpx.Response(self.status)
-
-    def publisher(self) -> EventPublisher:
-        return EventPublisher("http://broker.local/", transport=httpx.MockTransport(self))
 
 
 def upload(storage: Storage, key: str, data: bytes) -> ObjectVersion:
