@@ -73,12 +73,12 @@ def bare_onnx(onnx_path: Path, png: bytes, image_size: int, runs: int = 500) -> 
 
 def cold_start(stack: Any, png: bytes, repeats: int = 3) -> dict[str, Any]:
     """A fresh predict process: Popen → first 200 on POST / (polled every 10 ms), and → /healthz ready."""
-    from triage.stack.up import StackPorts
+    from triage.stack.processes import unused_port_block
 
     spec = stack.function_spec("predict")
     samples = []
     for _ in range(repeats):
-        port = StackPorts.free().function_base
+        port = unused_port_block(1)[0]
         argv = [*spec.argv[:-1], str(port)]
         started = time.perf_counter()
         process = subprocess.Popen(argv, env={**os.environ, **spec.env}, cwd=spec.cwd, stdout=subprocess.DEVNULL,

@@ -110,17 +110,15 @@ def test_metrics_has_latency_predictions_model_cold_start_and_upload_to_result(c
 def test_a_real_functions_framework_process_loads_after_the_fork_and_serves(tiny_model_dir, tmp_path) -> None:
     """gunicorn builds the app in its master and forks a worker: the session must be created in the worker."""
     import os
-    import socket
     import subprocess
     import sys
     import urllib.error
     import urllib.request
 
     from shared.config import PROJECT_ROOT
+    from triage.stack.processes import unused_port_block
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = unused_port_block(1)[0]
     env = {
         **os.environ,
         "MODEL_URI": str(tiny_model_dir),

@@ -10,13 +10,19 @@ import time
 import pytest
 
 from shared.errors import UserError
-from triage.stack.processes import ChildFailed, ProcessSpec, Supervisor, check_ports_free
+from triage.stack.processes import (
+    ChildFailed,
+    ProcessSpec,
+    Supervisor,
+    check_ports_free,
+    ephemeral_port_range,
+    port_is_free,
+    unused_port_block,
+)
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return unused_port_block(1)[0]
 
 
 def alive(pid: int) -> bool:
@@ -27,6 +33,15 @@ def alive(pid: int) -> bool:
     # A zombie still answers kill(0); it has stopped running all the same.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_test_ports_are_a_free_block_outside_the_ephemeral_range():
+    # Client connections take ephemeral ports at any moment: a stack's ports there failed CI once.
+    low, high = ephemeral_port_range()
+    block = unused_port_block(15)
+    assert block == list(range(block[0], block[0] + 15))
+    assert all(not low <= port <= high for port in block)
+    assert all(port_is_free(port) for port in block)
 
 
 def test_port_in_use_is_a_clear_error_naming_port_and_variable():

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import errno
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -59,6 +60,32 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
                 return False
             raise
     return True
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (Linux; the IANA range elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def unused_port_block(size: int, attempts: int = 200) -> list[int]:
+    """`size` consecutive free ports below the ephemeral range.
+
+    Ports the OS hands out for port 0 come from the ephemeral range, where any client connection of the
+    same machine can take one a moment later; a block below it stays free unless someone listens there.
+    """
+    low, _ = ephemeral_port_range()
+    top = low - size if low - size > 20000 else 65535 - size
+    floor = 20000 if low - size > 20000 else 1024
+    for _ in range(attempts):
+        start = random.randrange(floor, top)
+        ports = list(range(start, start + size))
+        if all(port_is_free(port) for port in ports):
+            return ports
+    raise UserError(f"no {size} consecutive free ports found on 127.0.0.1")
 
 
 def check_ports_free(specs: Iterable[ProcessSpec]) -> None:

@@ -57,22 +57,12 @@ class StackPorts:
 
     @classmethod
     def free(cls) -> StackPorts:
-        """Ports the OS has just handed out (for tests; another process could take one in between)."""
-        import socket
+        """Unused ports for tests, outside the kernel's ephemeral range (another process could still take one)."""
+        from triage.stack.processes import unused_port_block
 
-        def one() -> int:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                return probe.getsockname()[1]
-
-        from triage.stack.processes import port_is_free
-
-        base = one()
-        # The functions take base .. base+8: the whole range must be free, not just its first port.
-        while base > 65000 or not all(port_is_free(base + i) for i in range(1, 9)):
-            base = one()
-        return cls(s3=one(), s3_notify=one(), mlflow=one(), gateway=one(), broker=one(), prometheus=one(),
-                   function_base=base)
+        # One block: the functions take function_base .. +8 after the six single ports.
+        block = unused_port_block(6 + 9)
+        return cls(*block[:6], function_base=block[6])
 
 
 PORT_ENV = {"s3": "S3_PORT", "s3_notify": "S3_NOTIFY_PORT", "mlflow": "MLFLOW_PORT", "gateway": "GATEWAY_PORT",
