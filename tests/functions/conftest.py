@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from shared.config import PROJECT_ROOT
 from tests.functions.event_sink import EventSink
 from tests.functions.image_server import image_server
 from tests.functions.tiny_model import build_tiny_model_dir
+from tests.local_http import LocalServer
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def sink() -> Iterator[EventSink]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ThreadingHTTPServer]:
+def server() -> Iterator[LocalServer]:
     """A local HTTP server of test images (with redirects) for the {"url": ...} input form."""
     with image_server() as running:
         yield running

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import httpx
 
 from shared.events import CloudEvent, EventPublisher, event_from_http
+from tests.local_http import LocalServer, QuietHandler
 
 
-class EventSink:
+class EventSink(LocalServer):
     """Accepts CloudEvents (binary or structured) with `status` (202 by default) and keeps the accepted ones."""
 
     def __init__(self) -> None:
@@ -18,30 +16,14 @@ class EventSink:
         self.status = 202
         sink = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 - the http.server API
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.body()
                 if sink.status < 300:
                     sink.events.append(event_from_http(dict(self.headers.items()), body))
-                self.send_response(sink.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.reply(sink.status)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
 
 
 class RecordingSink:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.functions.tiny_model import png_bytes
+from tests.local_http import LocalServer, QuietHandler
 
 ROUTES_REDIRECT = {
     "/to-metadata": "http://169.254.169.254/latest/meta-data/",
@@ -20,11 +19,8 @@ ROUTES_REDIRECT = {
 }
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     protocol_version = "HTTP/1.0"  # answers end with the connection: bodies without length are allowed
-
-    def log_message(self, *args: object) -> None:  # keep pytest output clean
-        pass
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
         self.server.paths.append(self.path)  # type: ignore[attr-defined]
@@ -33,12 +29,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Location", ROUTES_REDIRECT[self.path])
             self.end_headers()
         elif self.path == "/image.png":
-            body = png_bytes()
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, png_bytes(), "image/png")
         elif self.path == "/endless":  # no Content-Length: only the streaming cap can stop it
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
@@ -58,29 +49,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.end_headers()
         elif self.path == "/text":
-            body = b"not an image"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, b"not an image", "text/plain")
         else:
-            self.send_response(404)
-            self.end_headers()
+            self.reply(404)
 
 
 @contextmanager
-def image_server() -> Iterator[ThreadingHTTPServer]:
-    """Yields the server; `server.url(path)` builds a URL, `server.paths` lists the paths requested."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.paths = []  # type: ignore[attr-defined]
-    server.url = lambda path: f"http://127.0.0.1:{server.server_address[1]}{path}"  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+def image_server() -> Iterator[LocalServer]:
+    """Yields the server: `server.url + path` is a URL, `server.paths` lists the paths requested."""
+    with LocalServer(_Handler) as server:
+        server.paths = server.httpd.paths = []  # type: ignore[attr-defined]
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-from http.server import ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -15,6 +14,7 @@ from tests.functions.bad_requests import (
     assert_every_bad_request_is_a_json_4xx,
 )
 from tests.functions.tiny_model import dicom_bytes, jpeg_bytes, png_bytes
+from tests.local_http import LocalServer
 
 
 @pytest.fixture
@@ -45,13 +45,13 @@ def test_accept_png_answers_the_overlay_image(client) -> None:
     assert response.headers["X-Label"] in ("normal", "pneumonia")
 
 
-def test_each_input_form_gets_a_heatmap(client, server: ThreadingHTTPServer, monkeypatch) -> None:
+def test_each_input_form_gets_a_heatmap(client, server: LocalServer, monkeypatch) -> None:
     multipart = {"file": (io.BytesIO(png_bytes()), "x.png", "image/png")}
     assert heatmap_size(client.post("/", data=jpeg_bytes(32), content_type="image/jpeg")) == (32, 32)
     assert heatmap_size(client.post("/", data=dicom_bytes(), content_type="application/dicom")) == (28, 28)
     assert heatmap_size(client.post("/", data=multipart, content_type="multipart/form-data")) == (28, 28)
     monkeypatch.setattr(client.module, "URL_ALLOW_NETWORKS", parse_networks("127.0.0.1/32"))
-    assert heatmap_size(client.post("/", json={"url": server.url("/image.png")})) == (28, 28)
+    assert heatmap_size(client.post("/", json={"url": server.url + "/image.png"})) == (28, 28)
 
 
 def test_an_unknown_method_is_a_422_naming_it(client) -> None:
@@ -60,7 +60,7 @@ def test_an_unknown_method_is_a_422_naming_it(client) -> None:
 
 
 def test_every_bad_input_is_a_4xx_json_error_and_the_process_keeps_serving(
-    client, server: ThreadingHTTPServer, monkeypatch
+    client, server: LocalServer, monkeypatch
 ) -> None:
     assert_every_bad_request_is_a_json_4xx(client, server.url, monkeypatch)
     assert heatmap_size(client.post("/", data=png_bytes(), content_type="image/png")) == (28, 28)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -15,6 +14,7 @@ from tests.functions.bad_requests import (
     assert_every_bad_request_is_a_json_4xx,
 )
 from tests.functions.tiny_model import dicom_bytes, jpeg_bytes, png_bytes
+from tests.local_http import LocalServer
 
 PREDICTION_KEYS = {"request_id", "label", "probability", "threshold", "urgent", "model", "timings_ms"}
 
@@ -34,7 +34,7 @@ def assert_prediction(response, case: str) -> dict:
     return body
 
 
-def test_each_input_form_gets_a_prediction(client, server: ThreadingHTTPServer, monkeypatch) -> None:
+def test_each_input_form_gets_a_prediction(client, server: LocalServer, monkeypatch) -> None:
     png = png_bytes()
     probabilities = {}
     for case, kwargs in [
@@ -49,7 +49,7 @@ def test_each_input_form_gets_a_prediction(client, server: ThreadingHTTPServer, 
     ]:
         probabilities[case] = assert_prediction(client.post("/", **kwargs), case)["probability"]
     monkeypatch.setattr(client.module, "URL_ALLOW_NETWORKS", parse_networks("127.0.0.1/32"))
-    probabilities["url"] = assert_prediction(client.post("/", json={"url": server.url("/image.png")}), "url")[
+    probabilities["url"] = assert_prediction(client.post("/", json={"url": server.url + "/image.png"}), "url")[
         "probability"
     ]
     # the same image through every envelope is the same prediction
@@ -62,7 +62,7 @@ def test_the_callers_request_id_is_kept(client) -> None:
 
 
 def test_every_bad_input_is_a_4xx_json_error_and_the_process_keeps_serving(
-    client, server: ThreadingHTTPServer, monkeypatch
+    client, server: LocalServer, monkeypatch
 ) -> None:
     assert_every_bad_request_is_a_json_4xx(client, server.url, monkeypatch)
     assert_prediction(client.post("/", data=png_bytes(), content_type="image/png"), "after the bad inputs")

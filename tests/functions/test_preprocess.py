@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from http.server import ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -15,6 +14,7 @@ from tests.functions.bad_requests import (
     assert_every_bad_request_is_a_json_4xx,
 )
 from tests.functions.tiny_model import dicom_bytes, png_bytes
+from tests.local_http import LocalServer
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_stored_dicom_has_no_patient_identifiers(client_for, s3_server: str) -> 
 
 
 def test_every_bad_input_is_a_4xx_json_error_and_the_process_keeps_serving(
-    client, server: ThreadingHTTPServer, monkeypatch
+    client, server: LocalServer, monkeypatch
 ) -> None:
     assert_every_bad_request_is_a_json_4xx(client, server.url, monkeypatch)
     assert client.post("/", data=png_bytes(), content_type="image/png").status_code == 200

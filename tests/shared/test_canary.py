@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -32,6 +30,7 @@ from shared.canary import (
     start_canary,
 )
 from shared.errors import UserError
+from tests.local_http import LocalServer, QuietHandler
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 POLICY = CanaryPolicy(steps=(10, 25, 50, 100), max_error_rate=0.02, max_p99_s=1.0, max_p99_ratio=2.0,
@@ -137,14 +136,14 @@ def test_settings_from_env_and_state_round_trip():
 # ---------------------------------------------------------------- Prometheus source
 
 
-class FakePrometheus:
+class FakePrometheus(LocalServer):
     """A real HTTP server answering /api/v1/query with canned vectors, picked by a substring of the query."""
 
     def __init__(self, answers: dict[str, dict[str, str]]) -> None:
         self.queries: list[str] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)["query"][0]
@@ -156,23 +155,9 @@ class FakePrometheus:
                     result = [{"metric": {"revision": rev}, "value": [1.0, value]}
                               for rev, value in answers.get(kind, {}).items()]
                     body, status = {"status": "success", "data": {"resultType": "vector", "result": result}}, 200
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply(status, json.dumps(body).encode(), "application/json")
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def test_prometheus_source_sums_each_side_and_takes_the_worst_p99():

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 
 import pytest
 
 from shared import security
 from shared.errors import Forbidden, PayloadTooLarge, Unauthorized
 from tests.functions.image_server import image_server
+from tests.local_http import LocalServer
 
 LOCAL = security.parse_networks("127.0.0.1/32")
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ThreadingHTTPServer]:
+def server() -> Iterator[LocalServer]:
     with image_server() as running:
         yield running
 
@@ -53,45 +53,45 @@ def test_only_http_and_https_urls_with_a_host_are_fetched(url: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "169.254.169.254", "10.0.0.1"])
-def test_internal_hosts_are_refused_before_connecting(host: str, server: ThreadingHTTPServer) -> None:
+def test_internal_hosts_are_refused_before_connecting(host: str, server: LocalServer) -> None:
     before = len(server.paths)
     with pytest.raises(security.UrlRefused, match="non-public"):
-        security.fetch_url(f"http://{host}:{server.server_address[1]}/image.png", max_bytes=10_000, timeout_s=1)
+        security.fetch_url(f"http://{host}:{server.port}/image.png", max_bytes=10_000, timeout_s=1)
     assert len(server.paths) == before
 
 
-def test_an_explicitly_allowed_network_is_fetched(server: ThreadingHTTPServer) -> None:
-    data, content_type = security.fetch_url(server.url("/image.png"), max_bytes=100_000, allow_networks=LOCAL)
+def test_an_explicitly_allowed_network_is_fetched(server: LocalServer) -> None:
+    data, content_type = security.fetch_url(server.url + "/image.png", max_bytes=100_000, allow_networks=LOCAL)
     assert data.startswith(b"\x89PNG") and content_type == "image/png"
 
 
-def test_redirects_are_followed_within_the_limit(server: ThreadingHTTPServer) -> None:
-    data, _ = security.fetch_url(server.url("/hop1"), max_bytes=100_000, allow_networks=LOCAL)
+def test_redirects_are_followed_within_the_limit(server: LocalServer) -> None:
+    data, _ = security.fetch_url(server.url + "/hop1", max_bytes=100_000, allow_networks=LOCAL)
     assert data.startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize(
     ("path", "message"), [("/to-metadata", "non-public"), ("/to-file", "http"), ("/loop", "redirects")]
 )
-def test_redirects_are_checked_at_every_hop(server: ThreadingHTTPServer, path: str, message: str) -> None:
+def test_redirects_are_checked_at_every_hop(server: LocalServer, path: str, message: str) -> None:
     with pytest.raises(security.UrlRefused, match=message):
-        security.fetch_url(server.url(path), max_bytes=100_000, timeout_s=2, allow_networks=LOCAL)
+        security.fetch_url(server.url + path, max_bytes=100_000, timeout_s=2, allow_networks=LOCAL)
 
 
 @pytest.mark.parametrize("path", ["/endless", "/declared-huge"])
-def test_bodies_over_the_cap_are_cut_off(server: ThreadingHTTPServer, path: str) -> None:
+def test_bodies_over_the_cap_are_cut_off(server: LocalServer, path: str) -> None:
     with pytest.raises(PayloadTooLarge):
-        security.fetch_url(server.url(path), max_bytes=200_000, allow_networks=LOCAL)
+        security.fetch_url(server.url + path, max_bytes=200_000, allow_networks=LOCAL)
 
 
-def test_a_slow_server_times_out(server: ThreadingHTTPServer) -> None:
+def test_a_slow_server_times_out(server: LocalServer) -> None:
     with pytest.raises(security.UrlRefused, match="timed out"):
-        security.fetch_url(server.url("/slow"), max_bytes=1000, timeout_s=0.5, allow_networks=LOCAL)
+        security.fetch_url(server.url + "/slow", max_bytes=1000, timeout_s=0.5, allow_networks=LOCAL)
 
 
-def test_an_error_status_is_refused(server: ThreadingHTTPServer) -> None:
+def test_an_error_status_is_refused(server: LocalServer) -> None:
     with pytest.raises(security.UrlRefused, match="404"):
-        security.fetch_url(server.url("/missing"), max_bytes=1000, allow_networks=LOCAL)
+        security.fetch_url(server.url + "/missing", max_bytes=1000, allow_networks=LOCAL)
 
 
 def test_bearer_token_names_the_reviewer() -> None:

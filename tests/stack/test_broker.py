@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from cloudevents.http import CloudEvent
 
+from tests.local_http import LocalServer, QuietHandler
 from triage.stack.broker import (
     Broker,
     BrokerServer,
@@ -177,23 +177,15 @@ def test_http_broker_accepts_binary_and_structured_events_and_delivers(tmp_path)
     received = []
     done = threading.Event()
 
-    class Subscriber(BaseHTTPRequestHandler):
+    class Subscriber(QuietHandler):
         def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.headers["ce-type"], self.headers.get("ce-bucket"), json.loads(body)))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            received.append((self.headers["ce-type"], self.headers.get("ce-bucket"), json.loads(self.body())))
+            self.reply(200)
             if len(received) == 2:
                 done.set()
 
-        def log_message(self, *args):
-            pass
-
-    sub = ThreadingHTTPServer(("127.0.0.1", 0), Subscriber)
-    threading.Thread(target=sub.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{sub.server_address[1]}"
-    trigger = Trigger("ingest", url, {"type": "io.minio.object.created", "bucket": "inference-inputs"})
+    sub = LocalServer(Subscriber)
+    trigger = Trigger("ingest", sub.url, {"type": "io.minio.object.created", "bucket": "inference-inputs"})
     server = BrokerServer(Broker([trigger], DeliveryQueue(tmp_path / "q.sqlite"))).start(workers=2)
     try:
         binary = {"ce-specversion": "1.0", "ce-id": "1", "ce-type": "io.minio.object.created", "ce-source": "minio:x",
@@ -212,7 +204,7 @@ def test_http_broker_accepts_binary_and_structured_events_and_delivers(tmp_path)
         assert "broker_deliveries" in httpx.get(server.url + "/metrics").text
     finally:
         server.stop()
-        sub.shutdown()
+        sub.close()
 
 
 def test_a_trigger_can_override_the_delivery_spec(tmp_path):

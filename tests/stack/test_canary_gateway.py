@@ -117,8 +117,8 @@ def real_gateway(challenger_status: int):
         yield server
     finally:
         server.stop()
-        champion.stop()
-        challenger.stop()
+        champion.close()
+        challenger.close()
 
 
 def send(url: str, n: int) -> None:

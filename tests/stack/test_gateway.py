@@ -77,5 +77,5 @@ def test_http_gateway_proxies_splits_and_reports_the_revision():
             assert 'gateway_requests_total{code="200",revision="challenger",service="predict"}' in metrics
     finally:
         server.stop()
-        champion.stop()
-        challenger.stop()
+        champion.close()
+        challenger.close()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from shared.s3_events import check_webhook_auth, parse_notification
+from tests.local_http import LocalServer, QuietHandler
 from triage.stack.s3server import (
     WebhookRelay,
     configure_notifications,
@@ -19,7 +19,7 @@ from triage.stack.s3server import (
 )
 
 
-class Adapter:
+class Adapter(LocalServer):
     """Stands in for minio-source: checks the token with the adapter's own code, records created objects."""
 
     def __init__(self, token: str, fail_first: int = 0) -> None:
@@ -28,9 +28,9 @@ class Adapter:
         self.arrived = threading.Event()
         adapter = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
+                body = self.body()
                 status = 200
                 if adapter.fail_left > 0:
                     adapter.fail_left -= 1
@@ -39,20 +39,9 @@ class Adapter:
                     check_webhook_auth(self.headers.get("Authorization"), token)
                     adapter.records += parse_notification(body).records
                     adapter.arrived.set()
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.reply(status)
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 INPUTS, RESULTS, RAW = "s3srv-inputs", "s3srv-results", "s3srv-raw"
@@ -92,7 +81,7 @@ def test_upload_reaches_the_adapter_as_minio_webhook_even_when_it_was_down(s3_ur
         assert record.event_name == "s3:ObjectCreated:Put"
     finally:
         relay.stop()
-        adapter.stop()
+        adapter.close()
 
 
 def test_relay_outbox_survives_a_restart(tmp_path):
@@ -111,7 +100,7 @@ def test_relay_outbox_survives_a_restart(tmp_path):
         assert [r.key for r in adapter.records] == ["a.npz"]
     finally:
         relay.stop()
-        adapter.stop()
+        adapter.close()
 
 
 def test_snapshot_and_restore_keep_objects_with_content_type_and_metadata(s3_url, tmp_path):

@@ -10,9 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ import pytest
 from shared.errors import UserError
 from shared.events import event_to_binary_http, object_created_event
 from tests.functions.tiny_model import build_tiny_model_dir, png_bytes
+from tests.local_http import LocalServer, QuietHandler
 from triage.stack.gateway import REVISION_HEADER
 from triage.stack.up import Stack, StackConfig, StackPorts
 
@@ -36,34 +35,26 @@ def tiny_model(directory: Path, version: str, seed: int) -> Path:
     return directory
 
 
-class FailingSubscriber:
+class FailingSubscriber(LocalServer):
     """A subscriber that always answers 500, counting the attempts."""
 
     def __init__(self) -> None:
         self.attempts = 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.body()
                 outer.attempts += 1
-                self.send_response(500)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.reply(500)
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
 
 @pytest.fixture(scope="module")
 def failing():
-    subscriber = FailingSubscriber()
-    yield subscriber
-    subscriber.httpd.shutdown()
+    with FailingSubscriber() as subscriber:
+        yield subscriber
 
 
 @pytest.fixture(scope="module")
