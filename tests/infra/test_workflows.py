@@ -45,11 +45,14 @@ def test_the_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
-def test_ci_runs_make_test_with_ci_true() -> None:
+def test_ci_runs_the_projects_ci_script_on_debian_12_with_ci_true() -> None:
     doc = load("ci.yml")
-    assert "make test" in run_steps(doc, "test")
-    assert doc["jobs"]["test"]["env"]["CI"] == "true"
-    assert "cloud-init" in run_steps(doc, "test")
+    job = doc["jobs"]["test"]
+    assert run_steps(doc, "test").strip() == ".ci/run"
+    assert job["env"]["CI"] == "true"
+    assert job["container"] == "python:3.11-bookworm"  # Debian 12 + Python 3.11, as the brief's CI machine
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install" in ci_run and ci_run.rstrip().endswith("make test")
 
 
 def test_deploy_builds_every_function_image_then_pulumi_up_then_canary() -> None:

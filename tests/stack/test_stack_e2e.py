@@ -18,6 +18,7 @@ import pytest
 
 from shared.errors import UserError
 from shared.events import event_to_binary_http, object_created_event
+from tests.browser import headless_chromium
 from tests.functions.tiny_model import build_tiny_model_dir, png_bytes
 from tests.local_http import LocalServer, QuietHandler
 from triage.stack.gateway import REVISION_HEADER
@@ -265,6 +266,55 @@ def test_review_flow_explain_then_feedback_through_the_gateway(stack):
         unauthorized = client.post("/feedback", json={"request_id": body["request_id"], "label": label,
                                                       "reviewer": "radiologist"})
         assert unauthorized.status_code == 401
+
+
+def test_review_page_in_a_browser_triages_an_upload_and_saves_the_correction(stack, tmp_path):
+    """The radiologist's page in headless Chromium: upload, read label and heatmap, correct, and the label is stored."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = tmp_path / "chest.png"
+    image.write_bytes(png_bytes(40, width=56, seed=5))
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    with headless_chromium() as browser:
+        wait = WebDriverWait(browser, 30)
+        browser.get(stack.urls["gateway"] + "/review")
+
+        def triage(path: Path) -> None:
+            browser.execute_script('document.getElementById("label").textContent = ""')
+            browser.find_element(By.ID, "file").send_keys(str(path))
+            browser.find_element(By.CSS_SELECTOR, "#f button").click()
+            wait.until(lambda b: b.find_element(By.ID, "label").text)
+
+        triage(not_an_image)
+        assert browser.find_element(By.ID, "label").text == "Error"
+        assert "image" in browser.find_element(By.ID, "detail").text.lower()
+
+        triage(image)
+        label = browser.find_element(By.ID, "label").text
+        predicted = label.split()[0]
+        assert predicted in ("pneumonia", "normal") and label.endswith("%)")
+        assert "model xray-vit v" in browser.find_element(By.ID, "detail").text
+        wait.until(lambda b: b.execute_script('return document.getElementById("heat").complete'))
+        # The heatmap overlay is drawn at the upload's size, and the browser could decode it.
+        assert browser.execute_script('const h = document.getElementById("heat"); return [h.naturalWidth, '
+                                      'h.naturalHeight]') == [56, 40]
+        request_id = browser.execute_script("return last.request_id")
+
+        browser.find_element(By.ID, "token").send_keys(stack.reviewer_token)
+        corrected = "normal" if predicted == "pneumonia" else "pneumonia"
+        deadline = time.monotonic() + 10
+        while True:  # the request index is written off the latency path: a click right away may find it missing
+            browser.execute_script('document.getElementById("fb").textContent = ""')
+            browser.find_element(By.ID, "correct").click()
+            feedback = wait.until(lambda b: b.find_element(By.ID, "fb").text)
+            if not feedback.startswith("Error") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert feedback == f"Saved: {corrected}"
+    stored = json.loads(stack.s3().get_object(Bucket="feedback", Key=f"{request_id}.json")["Body"].read())
+    assert stored["label"] == corrected and stored["reviewer"] == "radiologist"
 
 
 def test_the_monitor_counts_each_prediction_and_reports_on_its_tick(stack):

@@ -318,6 +318,7 @@ REVIEW_PAGE = """<!doctype html>
 <style>
 body{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;padding:0 1rem}
 .row{display:flex;gap:1rem;flex-wrap:wrap;align-items:flex-start}
+.row>div:last-child{flex:1;min-width:16rem}
 img{max-width:24rem;image-rendering:pixelated;border:1px solid #ccc;width:24rem}
 .urgent{color:#b00;font-weight:bold} label{display:block;margin:.3rem 0}
 </style></head><body>
@@ -345,7 +346,7 @@ $("f").onsubmit = async (e) => {
   last = j;
   $("label").textContent = j.label + " (" + (100 * j.probability).toFixed(1) + " %)";
   $("label").className = j.urgent ? "urgent" : "";
-  $("detail").textContent = "threshold " + j.threshold + ", model " + j.model.name + " v" + j.model.version
+  $("detail").textContent = "threshold " + j.threshold.toFixed(3) + ", model " + j.model.name + " v" + j.model.version
     + ", revision " + r.headers.get("X-Triage-Revision") + (j.urgent ? " - URGENT" : "");
   $("heat").src = "data:image/png;base64," + j.heatmap_png;
 };
