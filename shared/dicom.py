@@ -304,11 +304,11 @@ def decode_dicom(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
-    except NotImplementedError as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ImageError(f"DICOM transfer syntax {syntax} cannot be decoded here ({exc})") from exc
     except Exception as exc:  # pydicom raises many types for broken pixel data (ValueError, KeyError, ...)
-        raise ImageError(f"DICOM pixel data cannot be decoded: {exc}") from exc
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        named = f"{syntax.name} ({syntax})" if syntax is not None else "unknown transfer syntax"
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__  # one line: plugins answer in several
+        raise ImageError(f"DICOM pixel data in {named} cannot be decoded: {reason}") from exc
     if frames > 1:
         arr = arr[0]
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,73 @@ def test_dicom_without_preamble_needs_the_content_type(tmp_path: Path, phantom: 
     np.testing.assert_allclose(decode_image(data, "application/dicom"), phantom, atol=0.002)
     with pytest.raises(ImageError):
         decode_image(data)  # without the type, headerless bytes are just bytes
+
+
+# What PACS and modalities send besides uncompressed pixels, each re-encoded here by GDCM (lossless).
+LOSSLESS_SYNTAXES = {
+    "jpeg-lossless-sv1": "JPEGLosslessProcess14_1",
+    "jpeg-lossless": "JPEGLosslessProcess14",
+    "jpeg-ls-lossless": "JPEGLSLossless",
+    "jpeg2000-lossless": "JPEG2000Lossless",
+    "rle": "RLELossless",
+}
+
+
+def _compressed(source: Path, syntax: str) -> bytes:
+    """The DICOM file at `source` re-encoded by GDCM in `syntax` (a gdcm.TransferSyntax name)."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read(), source
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+    change.SetInput(reader.GetImage())
+    assert change.Change(), syntax
+    target = source.with_suffix(f".{syntax}.dcm")
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    writer.SetFileName(str(target))
+    assert writer.Write(), target
+    return target.read_bytes()
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+@pytest.mark.parametrize("name", list(LOSSLESS_SYNTAXES))
+def test_compressed_transfer_syntaxes_decode_to_the_same_pixels(
+    tmp_path: Path, phantom: np.ndarray, name: str, bits: int
+) -> None:
+    spec = PhantomDicomSpec(bits=bits, photometric="MONOCHROME1" if bits == 16 else "MONOCHROME2")
+    source = write_phantom_dicom(tmp_path / "plain.dcm", phantom, spec)
+    data = _compressed(source, LOSSLESS_SYNTAXES[name])
+    assert pydicom.dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID.is_compressed
+    np.testing.assert_array_equal(decode_image(data), decode_image(source.read_bytes()))
+
+
+def test_a_compressed_dicom_is_deidentified_without_touching_its_pixels(tmp_path: Path, phantom: np.ndarray) -> None:
+    source = write_phantom_dicom(tmp_path / "plain.dcm", phantom, PhantomDicomSpec(bits=12))
+    original = _compressed(source, "JPEGLosslessProcess14_1")
+    cleaned = deidentify_bytes(original)
+    assert FAKE_PATIENT["PatientName"].encode() not in cleaned and FAKE_PATIENT["PatientID"].encode() not in cleaned
+    assert read_dataset(cleaned).file_meta.TransferSyntaxUID == read_dataset(original).file_meta.TransferSyntaxUID
+    np.testing.assert_array_equal(decode_image(cleaned), decode_image(original))
+
+
+def test_an_undecodable_compression_is_one_clear_line_naming_the_transfer_syntax(
+    tmp_path: Path, phantom: np.ndarray
+) -> None:
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGExtended12Bit
+
+    ds = pydicom.dcmread(write_phantom_dicom(tmp_path / "plain.dcm", phantom, PhantomDicomSpec(bits=12)))
+    ds.file_meta.TransferSyntaxUID = JPEGExtended12Bit
+    ds.PixelData = encapsulate([b"\xff\xd8 not a jpeg stream \xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    named = re.escape(f"{JPEGExtended12Bit.name} ({JPEGExtended12Bit})")
+    with pytest.raises(ImageError, match=named) as error:
+        decode_image(_save(ds))
+    assert "\n" not in str(error.value)
 
 
 def test_bad_dicoms_give_clear_errors(tmp_path: Path, phantom: np.ndarray) -> None:
