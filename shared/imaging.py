@@ -16,6 +16,7 @@ __all__ = [
     "batch_to_model_input",
     "decode_image",
     "encode_png",
+    "mean_intensity",
     "sniff_format",
     "to_model_input",
 ]
@@ -147,6 +148,18 @@ def batch_to_model_input(images: np.ndarray, size: int) -> np.ndarray:
     for i in range(arr.shape[0]):
         out[i] = to_model_input(unit[i], size)
     return out
+
+
+def mean_intensity(model_inputs: np.ndarray) -> np.ndarray:
+    """Mean brightness in [0, 1] (0 = black) of each model input [N, 1, S, S]: the input-drift statistic.
+
+    Taken from the model input on both sides (training's val split, serving's requests), so a change of
+    exposure, windowing or MONOCHROME1 handling shows however the images arrive.
+    """
+    arr = np.asarray(model_inputs, dtype=np.float64)
+    if arr.ndim != 4:
+        raise ValueError(f"expected model inputs of shape [N, 1, S, S], got {arr.shape}")
+    return np.clip(arr.mean(axis=(1, 2, 3)) * STD + MEAN, 0.0, 1.0)
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import metrics
@@ -37,6 +38,7 @@ from shared.events import (
     prediction_created_event,
 )
 from shared.feedback import record_request
+from shared.imaging import mean_intensity
 from shared.storage import Storage
 from shared.timestamps import parse_utc, utc_iso
 
@@ -238,6 +240,8 @@ def _ingest(
         "size": obj.size if obj.size is not None else len(data),
         "revision": getattr(model.settings, "revision", None),
         "heatmap": {"bucket": RESULT_BUCKET, "key": heatmap_key(obj.key), "method": EXPLAIN_METHOD},
+        # What the monitor's input-drift statistic needs (never the pixels themselves).
+        "input": {"mean_intensity": round(float(mean_intensity(prepared.model_input[np.newaxis])[0]), 4)},
         "timings_ms": {
             **prediction["timings_ms"],
             "storage_read": round(read_ms, 3),

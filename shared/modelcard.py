@@ -53,7 +53,8 @@ class ModelCard:
     version: str | None = None
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     threshold_spread: dict[str, float] | None = None
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Per split: scalar metrics, and on val the monitor's reference histograms (lists of counts).
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     int8: dict[str, float] = field(default_factory=dict)
     data_hash: str = ""
     git_commit: str = ""

@@ -74,6 +74,17 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, n_b
     }
 
 
+def drift_reference(probs: np.ndarray, x: np.ndarray) -> dict[str, list[int]]:
+    """What the monitor compares live traffic with: this split's probability and input-intensity histograms."""
+    from shared.imaging import mean_intensity
+    from shared.monitor import INTENSITY_BINS, MonitorConfig, histogram
+
+    return {
+        "probability_histogram": histogram(np.asarray(probs).ravel(), MonitorConfig.bins),
+        "intensity_histogram": histogram(mean_intensity(x), INTENSITY_BINS),
+    }
+
+
 def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The scalar metrics (for MLflow and the model card)."""
     keys = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece", "threshold", "n")
@@ -93,6 +104,7 @@ def evaluate_model(model_path: Path, x: np.ndarray, y: np.ndarray, *, card: Mode
     card = card or ModelCard.load(model_path.parent)
     probs = predict_probabilities(model_path, x, card.temperature)
     metrics = compute_metrics(y, probs, card.threshold)
+    metrics.update(drift_reference(probs, x))
     if out_dir is not None:
         from training_jobs import plots
 

@@ -435,6 +435,8 @@ def run(args: argparse.Namespace) -> int:
                                         out_dir=out_dir / "plots" / name, split=name)
                    for name, split in evaluated.items()}
         card = replace(card, metrics={**card.metrics, **{k: flat_metrics(v) for k, v in metrics.items()}})
+        # The monitor's drift references: live predictions and inputs are compared with the val split's.
+        card.metrics["val"].update({k: metrics["val"][k] for k in ("probability_histogram", "intensity_histogram")})
         card.save(out_dir)
         # The checkpoint rebuilds the model and, for `triage export --checkpoint`, its card's numbers.
         checkpoint = save_checkpoint(

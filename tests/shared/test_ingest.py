@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from shared.config import Settings
 from shared.events import PREDICTION_CREATED, EventDeliveryError
+from shared.imaging import decode_image
 from shared.ingest import ObjectVersion, StorageUnavailable, ingest_object
 from shared.runtime import TriageModel
 from shared.storage import Storage
@@ -63,6 +64,10 @@ def test_an_upload_gives_a_result_naming_the_model_a_heatmap_and_the_upload_to_r
     assert index["label"] == result["label"] and index["source"] == "ingest"
     # Without a publisher the prediction event is handed back for a Knative reply.
     assert outcome.event["type"] == PREDICTION_CREATED and outcome.event.get_data()["key"] == "ward3/chest.png"
+    # The monitor's input-drift statistic: the mean brightness of what the model saw, in [0, 1].
+    expected = decode_image(png_bytes(28)).mean()
+    assert result["input"]["mean_intensity"] == pytest.approx(expected, abs=1e-3)
+    assert outcome.event.get_data()["input"] == result["input"]
 
 
 def test_the_same_event_twice_writes_one_result_and_emits_one_event(storage, model):

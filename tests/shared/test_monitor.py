@@ -33,9 +33,11 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CONFIG = MonitorConfig(reference_size=20, min_predictions=20)
 
 
-def prediction(n: int, probability: float, *, version: str = "3", urgent: bool = False, when: datetime = NOW) -> dict:
-    """An ingest result as `triage.prediction.created` carries it."""
+def prediction(n: int, probability: float, *, version: str = "3", urgent: bool = False, when: datetime = NOW,
+               intensity: float | None = None) -> dict:
+    """An ingest result as `triage.prediction.created` carries it (`intensity`: its input's mean intensity)."""
     return {
+        **({"input": {"mean_intensity": intensity}} if intensity is not None else {}),
         "request_id": f"req{n}",
         "bucket": "inference-inputs",
         "key": f"scan{n}.png",
@@ -50,10 +52,12 @@ def prediction(n: int, probability: float, *, version: str = "3", urgent: bool =
     }
 
 
-def send_predictions(storage: Storage, probabilities: list[float], *, start: int = 0, version: str = "3") -> list[str]:
+def send_predictions(storage: Storage, probabilities: list[float], *, start: int = 0, version: str = "3",
+                     intensities: list[float] | None = None) -> list[str]:
     outcomes = []
     for offset, p in enumerate(probabilities):
-        event = prediction_created_event(prediction(start + offset, p, version=version))
+        intensity = intensities[offset] if intensities else None
+        event = prediction_created_event(prediction(start + offset, p, version=version, intensity=intensity))
         outcomes.append(record_prediction(storage, CONFIG, event["id"], event.get_data(), now=NOW))
     return outcomes
 
@@ -195,6 +199,7 @@ def test_no_drift_while_predictions_look_like_the_first_window(storage):
     assert report["drift"] is False and detail["status"] == "stable"
     assert detail["psi_probability"] == pytest.approx(0.0, abs=1e-9)
     assert detail["reference"]["histogram_source"] == "first_window"
+    assert detail["psi_intensity"] is None  # these events carry no input intensity: not judged, not an error
     assert report["predictions"]["n"] == 40 and report["predictions"]["positive_rate"] == 0.5
     assert storage.get_json("inference-results", REPORT_KEY) == report
 
@@ -221,7 +226,44 @@ def test_no_verdict_before_enough_predictions(storage):
     send_predictions(storage, [0.9] * 5)
     report = write_report(storage, CONFIG, now=NOW, card=None)
     assert report["drift"] is False and report["drift_by_version"]["3"]["status"] == "insufficient_data"
-    assert report["input_drift"]["status"] == "not_measured"
+
+
+def test_brighter_inputs_are_input_drift_even_while_the_predictions_look_the_same(storage):
+    probabilities = spread(20, 0.0, 1.0)
+    send_predictions(storage, probabilities, intensities=spread(20, 0.40, 0.60))  # the first window
+    send_predictions(storage, probabilities, start=100, intensities=spread(20, 0.42, 0.58))
+    detail = write_report(storage, CONFIG, now=NOW, card=None)["drift_by_version"]["3"]
+    assert detail["status"] == "stable" and detail["psi_intensity"] < CONFIG.psi_threshold
+    assert detail["reference"]["intensity_source"] == "first_window"
+    # A new exposure setting (or a MONOCHROME1 image shown inverted): the same answers, brighter inputs.
+    send_predictions(storage, probabilities * 2, start=200, intensities=spread(40, 0.75, 0.95))
+    detail = write_report(storage, CONFIG, now=NOW, card=None)["drift_by_version"]["3"]
+    assert detail["drift"] is True and detail["psi_probability"] == pytest.approx(0.0, abs=1e-9)
+    assert detail["psi_intensity"] > CONFIG.psi_threshold and detail["ks_intensity"] > CONFIG.ks_threshold
+    assert [reason.split()[0] for reason in detail["reasons"]] == ["psi_intensity", "ks_intensity"]
+
+
+def test_the_model_cards_val_intensities_are_the_input_reference(storage):
+    reference = [0] * 10
+    reference[4] = reference[5] = 50  # val inputs: mean intensity 0.4-0.6
+    card = card_with_val(accuracy=0.9, sensitivity=0.9, specificity=0.9, intensity_histogram=reference)
+    assert card_reference(card, 10)["intensity_histogram"] == reference
+    assert card_reference(card_with_val(intensity_histogram=[1, 2]), 10)["intensity_histogram"] is None  # bins
+    send_predictions(storage, [0.9, 0.1] * 15, intensities=spread(30, 0.41, 0.59))
+    detail = write_report(storage, CONFIG, now=NOW, card=card)["drift_by_version"]["3"]
+    assert detail["reference"]["intensity_source"] == "model_card" and detail["psi_intensity"] < 0.1
+    send_predictions(storage, [0.9, 0.1] * 30, start=100, intensities=spread(60, 0.15, 0.3))  # darker
+    detail = write_report(storage, CONFIG, now=NOW, card=card)["drift_by_version"]["3"]
+    assert detail["drift"] is True and detail["psi_intensity"] > CONFIG.psi_threshold
+
+
+def test_an_intensity_outside_the_unit_range_is_a_bad_event(storage):
+    for bad in (1.5, -0.1, "0.5", True):
+        event = prediction_created_event(prediction(1, 0.7))
+        data = {**event.get_data(), "input": {"mean_intensity": bad}}
+        with pytest.raises(BadEvent, match="mean_intensity"):
+            record_prediction(storage, CONFIG, event["id"], data, now=NOW)
+    assert storage.get_json_versioned("inference-results", STATE_KEY)[0] is None
 
 
 def card_with_val(**val: float) -> ModelCard:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from shared.modelcard import ModelCard
+from shared.monitor import MonitorConfig, card_reference
 
 torch.set_num_threads(1)
 TINY = ["--patch", "4", "--dim", "48", "--depth", "2", "--heads", "2", "--threads", "1"]
@@ -56,6 +57,9 @@ def test_short_training_beats_chance_and_registers(phantom, workdir, capsys, mon
     assert card.synthetic_data and card.version == report["version"] == "1"
     assert card.threshold == pytest.approx(report["threshold"]) and card.metrics["val"]["auc"] == report["val"]["auc"]
     assert (workdir / "model" / "model.int8.onnx").is_file() and (workdir / "model" / "checkpoint.pt").is_file()
+    # The monitor's drift references come with the model: val probabilities and input intensities.
+    reference = card_reference(card, MonitorConfig.bins)
+    assert sum(reference["histogram"]) == sum(reference["intensity_histogram"]) == report["val"]["n"]
 
     mc = registry.client()
     run = mc.get_run(report["run_id"])
