@@ -299,6 +299,17 @@ def _hour(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H")
 
 
+@dataclass(frozen=True)
+class PredictionFields:
+    """What the monitor counts of one `triage.prediction.created` event."""
+
+    probability: float
+    positive: bool
+    urgent: bool
+    version: str
+    intensity: float | None  # the input's mean intensity in [0, 1]; None from an ingest that sent none
+
+
 def _empty_summary(bins: int) -> dict[str, Any]:
     return {"histogram": [0] * bins, "n": 0, "positive": 0, "urgent": 0,
             "intensity": [0] * INTENSITY_BINS, "intensity_n": 0}
@@ -332,17 +343,6 @@ def _usable_state(state: dict[str, Any] | None, config: MonitorConfig) -> dict[s
             log.warning("monitor state has other bins or no summary; starting it afresh")
         return _fresh_state(config)
     return state
-
-
-@dataclass(frozen=True)
-class PredictionFields:
-    """What the monitor counts of one `triage.prediction.created` event."""
-
-    probability: float
-    positive: bool
-    urgent: bool
-    version: str
-    intensity: float | None  # the input's mean intensity in [0, 1]; None from an ingest that sent none
 
 
 def _unit_number(value: Any) -> bool:
