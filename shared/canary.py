@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -325,7 +326,7 @@ class CanarySettings:
     """The canary function's environment, read once."""
 
     policy: CanaryPolicy = CanaryPolicy()
-    prometheus_url: str = "http://prometheus:9090"
+    prometheus_url: str | None = "http://prometheus:9090"  # None: the local gateway's own /metrics
     window: str = "5m"
     namespace: str = "xray-triage"
     kubernetes_api: str | None = None  # None: in-cluster (KUBERNETES_SERVICE_HOST) or KUBECONFIG
@@ -351,7 +352,8 @@ class CanarySettings:
         services = tuple(s for s in (env.get("CANARY_SERVICES") or ",".join(CANARY_SERVICES)).split(",") if s)
         return cls(
             policy=policy,
-            prometheus_url=env.get("PROMETHEUS_URL") or f"http://prometheus.{namespace}.svc.cluster.local:9090",
+            prometheus_url=env.get("PROMETHEUS_URL") or (
+                None if env.get("CANARY_GATEWAY_URL") else f"http://prometheus.{namespace}.svc.cluster.local:9090"),
             window=env.get("CANARY_WINDOW") or "5m",
             namespace=namespace,
             kubernetes_api=env.get("KUBERNETES_API") or None,
@@ -571,41 +573,55 @@ class Traffic(Protocol):
 
 
 class GatewayTraffic:
-    """The local stack's gateway: `PUT /admin/traffic` {"champion": 100 - w, "challenger": w}."""
+    """The local stack's gateway: `PUT /admin/revisions` makes the challenger, `PUT /admin/traffic` splits.
 
-    def __init__(self, url: str, *, service: str | None = None, transport: httpx.BaseTransport | None = None,
-                 timeout_s: float = 10.0) -> None:
+    With `model_uri` (e.g. "models:/xray-vit/{version}") `prepare` starts a revision `v<version>` serving it, as
+    Knative makes one from a changed template; without, the gateway's running revisions are canaried as they are.
+    The challenger is each service's latest revision, the champion the other one with the most traffic.
+    """
+
+    def __init__(self, url: str, *, service: str | None = None, model_uri: str | None = None,
+                 transport: httpx.BaseTransport | None = None, timeout_s: float = 10.0,
+                 prepare_timeout_s: float = 300.0) -> None:
         self.url = url.rstrip("/")
         self.service = service
+        self.model_uri = model_uri
+        self.prepare_timeout_s = prepare_timeout_s  # a revision is ready once its processes loaded the model
         self._client = httpx.Client(transport=transport, timeout=timeout_s)
 
-    def current(self) -> dict[str, dict[str, int]]:
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = self._client.get(f"{self.url}/admin/traffic")
+            response = self._client.request(method, f"{self.url}{path}", **kwargs)
         except httpx.HTTPError as exc:
             raise CanaryError(f"gateway {self.url} unreachable: {type(exc).__name__}") from exc
         if response.status_code != 200:
-            raise CanaryError(f"gateway {self.url} answered {response.status_code} to GET /admin/traffic")
+            raise CanaryError(f"gateway {self.url} answered {response.status_code} to {method} {path}: "
+                              f"{response.text[:200]}")
         return response.json()
 
+    def current(self) -> dict[str, dict[str, int]]:
+        return self._call("GET", "/admin/traffic")
+
     def prepare(self, version: str) -> None:
-        """Nothing to create: the local stack runs its challenger process from the start."""
+        if self.model_uri:
+            body = {"name": f"v{version}", "model_uri": self.model_uri.format(version=version)}
+            self._call("PUT", "/admin/revisions", json=body, timeout=self.prepare_timeout_s)
 
     def revisions(self) -> dict[str, dict[str, str]]:
-        return {name: {"champion": "champion", "challenger": "challenger"}
-                for name, split in self.current().items()
-                if {"champion", "challenger"} <= set(split) and (self.service in (None, name))}
+        found: dict[str, dict[str, str]] = {}
+        for name, route in self._call("GET", "/admin/revisions").items():
+            traffic: dict[str, int] = route["traffic"]
+            # A gateway started with --challenger names it so; later revisions are each service's latest.
+            challenger = route.get("latest") or ("challenger" if "challenger" in traffic else None)
+            others = sorted((-percent, rev != "champion", rev) for rev, percent in traffic.items() if rev != challenger)
+            if challenger in traffic and others and self.service in (None, name):
+                found[name] = {"champion": others[0][2], "challenger": challenger}
+        return found
 
     def set_weight(self, weight: int, revisions: Mapping[str, Mapping[str, str]], *, promote: bool = False) -> None:
-        body: dict[str, Any] = {"champion": 100 - weight, "challenger": weight}
-        if self.service:
-            body["service"] = self.service
-        try:
-            response = self._client.put(f"{self.url}/admin/traffic", json=body)
-        except httpx.HTTPError as exc:
-            raise CanaryError(f"gateway {self.url} unreachable: {type(exc).__name__}") from exc
-        if response.status_code != 200:
-            raise CanaryError(f"gateway {self.url} refused the split {body}: {response.text[:200]}")
+        for service, pair in revisions.items():
+            self._call("PUT", "/admin/traffic", json={"service": service, pair["champion"]: 100 - weight,
+                                                      pair["challenger"]: weight})
 
 
 def _tls_context(cluster: Mapping[str, Any], user: Mapping[str, Any]) -> ssl.SSLContext:
@@ -853,9 +869,15 @@ class CanaryController:
         self.traffic = traffic
         self.promote = promote
         self.clock = clock
+        # One decision at a time: a slow tick must not race the next ping on the state or the metric deltas.
+        self._busy = threading.Lock()
 
     def start(self, version: str, champion_version: str | None = None) -> dict[str, Any]:
         """A canary at the first step for `version`; a redelivered event for the same version changes nothing."""
+        with self._busy:
+            return self._start(version, champion_version)
+
+    def _start(self, version: str, champion_version: str | None) -> dict[str, Any]:
         existing = load_state(self.storage)
         if existing is not None and existing.version == str(version):
             return {"status": "unchanged", "version": existing.version, "weight": existing.weight}
@@ -871,6 +893,15 @@ class CanaryController:
         return {"status": "started", "version": state.version, **decision.to_json()}
 
     def tick(self) -> dict[str, Any]:
+        """One step decision; a ping that arrives while one is being made is skipped (the next one comes)."""
+        if not self._busy.acquire(blocking=False):
+            return {"status": "busy"}
+        try:
+            return self._tick()
+        finally:
+            self._busy.release()
+
+    def _tick(self) -> dict[str, Any]:
         state = load_state(self.storage)
         if state is None or state.status != RUNNING:
             return {"status": "idle", "version": state.version if state else None}
@@ -884,10 +915,16 @@ def controller_from_settings(config: CanarySettings, storage: Storage,
                              mlflow_tracking_uri: str | None = None) -> CanaryController:
     """The function's controller: Prometheus + S3 feedback, Knative (or the local gateway), MLflow promotion."""
     flavor = "gateway" if config.gateway_url else "knative"
-    metrics = PrometheusSource(config.prometheus_url, flavor=flavor, window=config.window)
+    metrics: MetricsSource
+    if config.prometheus_url:
+        metrics = PrometheusSource(config.prometheus_url, flavor=flavor, window=config.window)
+    elif config.gateway_url:
+        metrics = GatewayMetricsSource(config.gateway_url)
+    else:
+        raise UserError("PROMETHEUS_URL or CANARY_GATEWAY_URL must be set for the canary to observe anything")
     traffic: Traffic
     if config.gateway_url:
-        traffic = GatewayTraffic(config.gateway_url)
+        traffic = GatewayTraffic(config.gateway_url, model_uri=config.model_uri)
     else:
         traffic = KnativeTraffic(KubernetesAPI.from_environment(config.kubernetes_api), config.namespace,
                                  config.services, model_uri=config.model_uri)

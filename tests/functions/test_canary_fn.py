@@ -35,7 +35,8 @@ def test_registered_model_starts_at_the_first_step_and_pings_advance_it(client_f
                            "p99": {"champion": "0.05", "challenger": "0.06"}})
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
-        client = client_for("canary", CANARY_GATEWAY_URL=gateway.url, PROMETHEUS_URL=prom.url,
+        # No CANARY_MODEL_URI: the gateway's running challenger is canaried as it is (no revision to start).
+        client = client_for("canary", CANARY_GATEWAY_URL=gateway.url, PROMETHEUS_URL=prom.url, CANARY_MODEL_URI="",
                             CANARY_STEPS="10,50,100", CANARY_MIN_REQUESTS="20")
         assert client.get("/healthz").status_code == 200
         headers, body = event_to_binary_http(model_registered_event("7", "run-1"))
@@ -66,7 +67,8 @@ def test_registered_model_starts_at_the_first_step_and_pings_advance_it(client_f
 
 def test_bad_events_and_unreachable_backends_are_clear_errors(client_for, storage, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    client = client_for("canary", CANARY_GATEWAY_URL="http://127.0.0.1:9", PROMETHEUS_URL="http://127.0.0.1:9")
+    client = client_for("canary", CANARY_GATEWAY_URL="http://127.0.0.1:9", PROMETHEUS_URL="http://127.0.0.1:9",
+                        CANARY_MODEL_URI="")
     bad = client.post("/", data=b"not an event", headers={"Content-Type": "application/json"})
     assert bad.status_code == 400 and bad.json["error"]["code"] == "bad_event"
     headers, body = event_to_binary_http(make_event("triage.model.registered", "triage/retrain", {"name": "x"}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -125,6 +126,9 @@ def test_settings_from_env_and_state_round_trip():
     assert settings.policy.steps == (5, 50, 100) and settings.policy.max_p99_s is None
     assert settings.policy.min_requests == 3 and settings.namespace == "ns"
     assert settings.prometheus_url == "http://prometheus.ns.svc.cluster.local:9090"
+    local = CanarySettings.from_env({"CANARY_GATEWAY_URL": "http://127.0.0.1:8080"})
+    assert local.prometheus_url is None and local.model_uri == "models:/xray-vit/{version}"  # the gateway's metrics
+    assert CanarySettings.from_env({"CANARY_MODEL_URI": ""}).model_uri is None  # canary the running revisions as is
     with pytest.raises(UserError, match="steps"):
         CanarySettings.from_env({"CANARY_STEPS": "ten,100"})
     state = started()
@@ -415,6 +419,27 @@ def test_a_failed_registry_promotion_is_retried_on_the_next_tick(storage):
         controller.tick()
     assert canary.load_state(storage).status == "running"
     assert controller.tick()["status"] == "promoted" and calls == ["7", "7"]
+
+
+def test_a_ping_during_a_slow_decision_is_skipped_not_run_alongside(storage):
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_observe(state):
+        entered.set()
+        assert release.wait(10)
+        return HEALTHY
+
+    controller = CanaryController(storage, CanaryPolicy(steps=(50, 100), min_requests=1), slow_observe,
+                                  RecordingTraffic(), clock=lambda: NOW)
+    controller.start("7", "6")
+    first: dict = {}
+    worker = threading.Thread(target=lambda: first.update(controller.tick()))
+    worker.start()
+    assert entered.wait(10)
+    assert controller.tick() == {"status": "busy"}  # the state and the metric deltas stay one decision's
+    release.set()
+    worker.join(10)
+    assert first["outcome"] == ADVANCE and canary.load_state(storage).weight == 100
 
 
 def test_a_kubeconfig_with_a_corrupt_ca_names_the_file(tmp_path):

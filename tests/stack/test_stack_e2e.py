@@ -5,6 +5,7 @@ One stack for the module, a tiny random-weight model (versions 7 and 8 as champi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,10 @@ from tests.local_http import LocalServer, QuietHandler
 from triage.stack.gateway import REVISION_HEADER
 from triage.stack.up import Stack, StackConfig, StackPorts
 
-FUNCTIONS = ("predict", "explain", "feedback", "minio_source", "ingest", "monitor")
+FUNCTIONS = ("predict", "explain", "feedback", "minio_source", "ingest", "monitor", "canary")
+# The canary judges steps on the gateway's own metrics; latency bounds are loose (a loaded CI machine is no breach).
+CANARY_ENV = {"CANARY_STEPS": "50,100", "CANARY_MIN_REQUESTS": "3", "CANARY_MIN_FEEDBACK": "1000",
+              "CANARY_MAX_P99_S": "60", "CANARY_MAX_P99_RATIO": "1000"}
 
 
 def tiny_model(directory: Path, version: str, seed: int) -> Path:
@@ -63,9 +67,12 @@ def stack(tmp_path_factory, failing):
     root = tmp_path_factory.mktemp("stack")
     champion = tiny_model(root / "champion", "7", seed=0)
     challenger = tiny_model(root / "challenger", "8", seed=1)
+    # Without a registry the canary's new revisions serve models/<version> folders.
+    extra_env = {"THREADS": "4", "CANARY_MODEL_URI": str(root / "models" / "{version}"), **CANARY_ENV}
     config = StackConfig(
         run_dir=root / "run", model_uri=str(champion), challenger_uri=str(challenger), functions=FUNCTIONS,
-        ports=StackPorts.free(), mlflow=False, prometheus=False, extra_env={"THREADS": "4"}, monitor_tick_s=1.0,
+        ports=StackPorts.free(), mlflow=False, prometheus=False, extra_env=extra_env, monitor_tick_s=1.0,
+        canary_tick_s=1.0,
         extra_triggers=({"name": "always-fails", "subscriber": failing.url, "filter": {"type": "test.fails"},
                          "delivery": {"retry": 2, "backoff_delay_s": 0.1}},),
     )
@@ -335,3 +342,33 @@ def test_the_monitor_counts_each_prediction_and_reports_on_its_tick(stack):
         assert time.monotonic() < deadline, f"monitor state {state.get('events_counted')}, report {report.keys()}"
         time.sleep(0.2)
     assert "drift" in report and "live_accuracy" in report
+
+
+def test_a_registered_model_goes_through_the_canary_to_all_traffic(stack):
+    """Last in this module (it leaves v9 serving): registered → a new revision → 50 % → 100 % → promoted."""
+    tiny_model(Path(stack.config.run_dir).parent / "models" / "9", "9", seed=2)
+    event = {"specversion": "1.0", "id": "registered-9", "type": "triage.model.registered", "source": "triage/retrain",
+             "datacontenttype": "application/json", "data": {"name": "xray-vit", "version": "9"}}
+    response = httpx.post(stack.urls["broker"], json=event, headers={"content-type": "application/cloudevents+json"})
+    assert response.status_code == 202
+    s3, state = stack.s3(), {}
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=stack.urls["gateway"], timeout=30) as client:
+        while state.get("status") != "promoted":  # live traffic for the canary to judge, between its ticks
+            for seed in range(4):
+                assert client.post("/predict", content=png_bytes(seed=seed),
+                                   headers={"Content-Type": "image/png"}).status_code == 200
+            with contextlib.suppress(s3.exceptions.NoSuchKey):
+                state = json.loads(s3.get_object(Bucket="inference-results", Key="_canary/state.json")["Body"].read())
+            assert state.get("status") in (None, "running", "promoted"), state
+            assert time.monotonic() < deadline, f"canary still at {state.get('weight')} % after 120 s: {state}"
+        assert [step["weight"] for step in state["history"]][:2] == [50, 50]  # routed, then judged on its data
+        served = [client.post("/predict", content=png_bytes(seed=1), headers={"Content-Type": "image/png"})
+                  for _ in range(10)]
+        assert {(r.headers[REVISION_HEADER], r.json()["model"]["version"]) for r in served} == {("v9", "9")}
+        traffic = client.get("/admin/revisions").json()
+    assert traffic["ingest"]["traffic"]["v9"] == 100 and traffic["explain"]["latest"] == "v9"
+    # Bucket uploads follow the same split: ingest's events go through the gateway.
+    s3.put_object(Bucket="inference-inputs", Key="e2e/after-canary.png", Body=png_bytes(seed=9),
+                  ContentType="image/png")
+    assert wait_for_results(s3, ["e2e/after-canary.png"])["e2e/after-canary.png"]["model"]["version"] == "9"

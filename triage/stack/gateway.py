@@ -4,8 +4,11 @@
 (`champion`, `challenger`) with traffic percents summing to 100, like a Knative Service's `traffic` block.
 `PUT /admin/traffic` with `{"champion": 90, "challenger": 10}` changes the split of every service that has
 those revisions (what `triage canary` drives); the response header `X-Triage-Revision` names the revision
-that served. `/review` is a minimal page for a radiologist: upload, see prediction and heatmap, confirm or
-correct.
+that served. `PUT /admin/revisions` with `{"name": "v8", "model_uri": ...}` starts a new revision of every
+routed model function at 0 % (what a new Knative revision is; the canary function's prepare step), and
+`GET /admin/revisions` names each service's latest one. `/ingest` is routed too: the broker delivers
+bucket events through the gateway, so ingest follows the same split as on Knative. `/review` is a minimal
+page for a radiologist: upload, see prediction and heatmap, confirm or correct.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import http.client
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -27,12 +31,16 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from triage.stack.processes import ChildFailed
+from triage.stack.revisions import RevisionLauncher, load_launch_config
+
 log = logging.getLogger("triage.gateway")
 
-__all__ = ["Gateway", "GatewayServer", "Route", "TrafficError", "REVISION_HEADER"]
+__all__ = ["Gateway", "GatewayServer", "RevisionConflict", "Route", "TrafficError", "REVISION_HEADER"]
 
 REVISION_HEADER = "X-Triage-Revision"
-SERVICE_PATHS = ("predict", "explain", "feedback")
+SERVICE_PATHS = ("predict", "explain", "feedback", "ingest")
+REVISION_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")  # a DNS label, as Knative's names
 # Hop-by-hop headers are the proxy's own business (RFC 9110 §7.6.1), never forwarded.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length"}
@@ -42,6 +50,14 @@ class TrafficError(ValueError):
     """A traffic split that Knative would reject (unknown revision, negative percent, sum != 100)."""
 
 
+class RevisionConflict(TrafficError):
+    """A revision of that name exists and serves another model."""
+
+
+class RevisionsUnavailable(RuntimeError):
+    """This gateway was started without a launcher, or the revision's processes failed to start."""
+
+
 @dataclass
 class Route:
     """One service: revision name → base URL, and revision name → percent of requests."""
@@ -49,6 +65,7 @@ class Route:
     service: str
     revisions: dict[str, str]
     traffic: dict[str, int] = field(default_factory=dict)
+    latest: str | None = None  # the most recently created revision (Knative's latestReadyRevisionName)
 
     def __post_init__(self) -> None:
         if not self.traffic:
@@ -80,10 +97,14 @@ class Route:
 class Gateway:
     """Routes and the traffic admin, independent of HTTP (unit tests call `choose` directly)."""
 
-    def __init__(self, routes: Mapping[str, Route], *, draw: Callable[[], float] = random.random) -> None:
+    def __init__(self, routes: Mapping[str, Route], *, draw: Callable[[], float] = random.random,
+                 launcher: RevisionLauncher | None = None) -> None:
         self.routes = dict(routes)
         self._draw = draw
         self._lock = threading.Lock()
+        self.launcher = launcher
+        self.model_uris: dict[str, str] = {}  # revision → MODEL_URI, for the revisions this gateway started
+        self._launch_lock = threading.Lock()  # one launch at a time; routing goes on meanwhile
         self.registry = CollectorRegistry()
         self.requests = Counter("gateway_requests_total", "Requests through the gateway",
                                 ["service", "revision", "code"], registry=self.registry)
@@ -115,6 +136,63 @@ class Gateway:
 
     def traffic(self) -> dict[str, dict[str, int]]:
         return {name: dict(route.traffic) for name, route in self.routes.items()}
+
+    def revisions(self) -> dict[str, dict[str, Any]]:
+        """Per service: traffic, the latest revision, and the MODEL_URI of each revision this gateway started."""
+        with self._lock:
+            return {
+                name: {"traffic": dict(route.traffic), "latest": route.latest,
+                       "model_uris": {rev: uri for rev, uri in self.model_uris.items() if rev in route.revisions}}
+                for name, route in self.routes.items()
+            }
+
+    def create_revision(self, name: str, model_uri: str) -> dict[str, dict[str, Any]]:
+        """A new revision `name` of every service the launcher knows, serving `model_uri`, at 0 %; idempotent."""
+        if self.launcher is None:
+            raise RevisionsUnavailable("this gateway starts no revisions (it was started without --launch)")
+        if not REVISION_NAME.match(name) or not model_uri:
+            raise TrafficError(f"revision name {name!r} must be a DNS label, and model_uri must be given")
+        with self._launch_lock:
+            with self._lock:
+                known = self.model_uris.get(name)
+                if known is None and any(name in route.revisions for route in self.routes.values()):
+                    known = "(a revision the stack started)"
+            if known == model_uri:
+                return self.revisions()
+            if known is not None:
+                raise RevisionConflict(f"revision {name} exists and serves {known}")
+            self._retire_idle()
+            try:
+                urls = self.launcher.launch(name, model_uri)
+            except (ChildFailed, OSError) as exc:
+                raise RevisionsUnavailable(f"revision {name} did not start: {str(exc).splitlines()[0]}") from exc
+            with self._lock:
+                for service, url in urls.items():
+                    route = self.routes.get(service)
+                    if route is not None:
+                        route.revisions[name] = url
+                        route.traffic[name] = 0
+                        route.latest = name
+                self.model_uris[name] = model_uri
+            log.info("revision %s started for %s (MODEL_URI %s)", name, ", ".join(urls), model_uri)
+            return self.revisions()
+
+    def _retire_idle(self) -> None:
+        """Stop the revisions this gateway started that no longer take traffic anywhere (they hold port slots)."""
+        with self._lock:
+            idle = [name for name in self.model_uris
+                    if all(route.traffic.get(name, 0) == 0 for route in self.routes.values())]
+            for name in idle:
+                for route in self.routes.values():
+                    route.revisions.pop(name, None)
+                    route.traffic.pop(name, None)
+                    if route.latest == name:
+                        route.latest = None
+                del self.model_uris[name]
+        for name in idle:
+            assert self.launcher is not None
+            self.launcher.stop(name)
+            log.info("revision %s retired (0 %% everywhere)", name)
 
 
 class _Upstreams(threading.local):
@@ -207,11 +285,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, REVIEW_PAGE.encode(), "text/html; charset=utf-8")
         elif path == "/admin/traffic":
             self._json(200, self.gateway.traffic())
+        elif path == "/admin/revisions":
+            self._json(200, self.gateway.revisions())
         else:
             self._proxy()
 
     def do_PUT(self) -> None:  # noqa: N802
-        if self.path.split("?", 1)[0] != "/admin/traffic":
+        path = self.path.split("?", 1)[0]
+        if path == "/admin/revisions":
+            self._put_revision()
+            return
+        if path != "/admin/traffic":
             self._error(404, "not_found", f"no route PUT {self.path}")
             return
         try:
@@ -225,6 +309,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "bad_json", f"invalid JSON: {exc}")
         except TrafficError as exc:
             self._error(422, "invalid_field", str(exc))
+
+    def _put_revision(self) -> None:
+        try:
+            payload = json.loads(self._body() or b"null")
+            if not isinstance(payload, dict) or not isinstance(payload.get("name"), str) \
+                    or not isinstance(payload.get("model_uri"), str):
+                raise TrafficError('body must be a JSON object like {"name": "v8", "model_uri": "models:/xray-vit/8"}')
+            self._json(200, self.gateway.create_revision(payload["name"], payload["model_uri"]))
+        except json.JSONDecodeError as exc:
+            self._error(400, "bad_json", f"invalid JSON: {exc}")
+        except RevisionConflict as exc:
+            self._error(409, "conflict", str(exc))
+        except TrafficError as exc:
+            self._error(422, "invalid_field", str(exc))
+        except RevisionsUnavailable as exc:
+            self._error(503, "revisions_unavailable", str(exc))
 
     def do_POST(self) -> None:  # noqa: N802
         self._proxy()
@@ -300,16 +400,33 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m triage.stack.gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=Path, required=True, help="JSON file: service → revisions and traffic")
+    parser.add_argument("--launch", type=Path, help="JSON file: how to start revisions (PUT /admin/revisions)")
+    parser.add_argument("--run-dir", type=Path, default=Path(".triage"), help="where revision logs go (logs/)")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = GatewayServer(Gateway(load_routes(args.routes)), port=args.port).start()
-    log.info("gateway on %s, traffic %s", server.url, server.gateway.traffic())
-    stopped = threading.Event()
+    launcher, initial = None, {}
+    if args.launch:
+        templates, initial = load_launch_config(args.launch)
+        launcher = RevisionLauncher(templates, args.run_dir)
+    gateway = Gateway(load_routes(args.routes), launcher=launcher)
+    stopped = threading.Event()  # handlers first: a stop while revisions start must still stop their processes
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    try:  # before the port opens: the stack waits for /healthz, so it waits for these too
+        for name, model_uri in initial.items():
+            gateway.create_revision(name, model_uri)
+    except RevisionsUnavailable as exc:
+        log.error("%s", exc)
+        if launcher is not None:
+            launcher.stop_all()
+        return 1
+    server = GatewayServer(gateway, port=args.port).start()
+    log.info("gateway on %s, traffic %s", server.url, server.gateway.traffic())
     stopped.wait()
     server.stop()
+    if launcher is not None:
+        launcher.stop_all()
     return 0
 
 

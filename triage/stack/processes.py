@@ -214,6 +214,13 @@ class Supervisor:
         child.stop(self.grace_s)
         self.start(child.spec, wait=wait)
 
+    def stop(self, name: str) -> None:
+        """Stop one child (SIGTERM, then SIGKILL after the grace period); unknown names are ignored."""
+        with self._lock:
+            child = self.children.pop(name, None)
+        if child is not None:
+            child.stop(self.grace_s)
+
     def pids(self) -> dict[str, int]:
         return {name: child.popen.pid for name, child in self.children.items()}
 
@@ -225,6 +232,9 @@ class Supervisor:
         with self._lock:
             children = list(self.children.items())[::-1]
             self.children.clear()
+        for _name, child in children:  # all at once: stopping takes the slowest child's time, not the sum
+            if child.alive():
+                child.signal_group(signal.SIGTERM)
         for name, child in children:
             try:
                 child.stop(self.grace_s)

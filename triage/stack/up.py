@@ -28,8 +28,11 @@ from triage.stack.s3server import s3_client
 
 __all__ = ["ALL_FUNCTIONS", "Stack", "StackConfig", "StackPorts", "add_arguments", "run"]
 
-ALL_FUNCTIONS = ("predict", "explain", "preprocess", "feedback", "minio_source", "ingest", "retrain", "monitor")
-MODEL_FUNCTIONS = ("predict", "explain")  # the gateway splits these between revisions, one process each
+ALL_FUNCTIONS = ("predict", "explain", "preprocess", "feedback", "minio_source", "ingest", "retrain", "monitor",
+                 "canary")
+# The gateway splits these between revisions, one process each; the revisions it starts take these slots.
+MODEL_FUNCTIONS = ("predict", "explain", "ingest")
+REVISION_SLOTS = 2  # a champion at 100 % plus two more: the running canary's and the one it replaces
 MODEL_NAME = "xray-vit"
 
 
@@ -89,6 +92,7 @@ class StackConfig:
     force_train: bool = False  # train (and promote) a new model even when the registry has a champion
     extra_triggers: tuple[Mapping[str, Any], ...] = ()  # more broker triggers (broker config format)
     monitor_tick_s: float = 60.0  # the monitor's PingSource (every 15 min in production)
+    canary_tick_s: float = 60.0  # the canary's PingSource: one step decision per tick
 
 
 def _python_env() -> dict[str, str]:
@@ -125,7 +129,7 @@ class Stack:
         }
         if self.config.mlflow:
             self.urls["mlflow"] = f"http://127.0.0.1:{ports.mlflow}"
-        self.function_urls: dict[str, str] = {}  # process name (e.g. predict, predict-challenger) → URL
+        self.function_urls: dict[str, str] = {}  # process name (e.g. predict) → URL of the champion revision
         self.model_uri: str | None = None
         self.challenger_uri: str | None = None
         self.started_at: dict[str, float] = {}
@@ -171,9 +175,12 @@ class Stack:
             "REVIEWER_TOKENS": cfg.reviewer_tokens or "",
             "WORKERS": "1",
             "THREADS": os.environ.get("THREADS", "8"),
+            # The canary function steps the gateway's split, as it patches Knative Services in production.
+            "CANARY_GATEWAY_URL": self.urls["gateway"],
         }
+        # The stack's own registry, or none: a tracking URI in the caller's environment must not leak in.
+        env["MLFLOW_TRACKING_URI"] = self.urls.get("mlflow", "")
         if "mlflow" in self.urls:
-            env["MLFLOW_TRACKING_URI"] = self.urls["mlflow"]
             env["MLFLOW_S3_ENDPOINT_URL"] = self.urls["s3"]
         return {**env, **cfg.extra_env}
 
@@ -195,6 +202,8 @@ class Stack:
             *([ProcessSpec("prometheus", [], port=ports.prometheus, port_env="PROMETHEUS_PORT")]
               if cfg.prometheus else []),
             *specs,
+            *[ProcessSpec(name, [], port=self._function_port(name), port_env="FUNCTION_BASE_PORT")
+              for name in self._slot_names()],
         ])
         self._say(f"run dir {cfg.run_dir} (logs in {cfg.run_dir / 'logs'})")
         self._start_s3()
@@ -225,8 +234,8 @@ class Stack:
     def _start_broker(self) -> None:
         cfg = self.config
         triggers = []
-        if "ingest" in cfg.functions:
-            triggers.append({"name": "ingest", "subscriber": self._function_url("ingest"),
+        if "ingest" in cfg.functions:  # through the gateway: ingest's revisions split the events like Knative's
+            triggers.append({"name": "ingest", "subscriber": self.urls["gateway"] + "/ingest",
                              "filter": {"type": "io.minio.object.created", "bucket": "inference-inputs"}})
         if "retrain" in cfg.functions:
             triggers += [
@@ -245,6 +254,14 @@ class Stack:
                 {"name": "monitor-tick", "subscriber": monitor,
                  "filter": {"type": "dev.knative.sources.ping", "source": "/local/pingsources/monitor-tick"}},
             ]
+        if "canary" in cfg.functions:
+            canary = self._function_url("canary")
+            pings.append({"name": "canary-tick", "every_s": cfg.canary_tick_s})
+            triggers += [
+                {"name": "canary-registered", "subscriber": canary, "filter": {"type": "triage.model.registered"}},
+                {"name": "canary-tick", "subscriber": canary,
+                 "filter": {"type": "dev.knative.sources.ping", "source": "/local/pingsources/canary-tick"}},
+            ]
         triggers += [dict(trigger) for trigger in cfg.extra_triggers]
         delivery = cfg.delivery
         config_path = cfg.run_dir / "broker.json"
@@ -259,35 +276,36 @@ class Stack:
             cwd=PROJECT_ROOT))
 
     def _function_names(self) -> list[str]:
-        names = list(self.config.functions)
-        if self.config.challenger_uri or self.challenger_uri:
-            names += [f"{name}-challenger" for name in MODEL_FUNCTIONS if name in self.config.functions]
-        return names
+        return list(self.config.functions)
+
+    def _slot_names(self) -> list[str]:
+        """Ports the gateway's revisions may take, as process names (`predict-slot0`, ...)."""
+        return [f"{name}-slot{i}" for name in MODEL_FUNCTIONS if name in self.config.functions
+                for i in range(REVISION_SLOTS)]
 
     def _function_url(self, process_name: str) -> str:
         return f"http://127.0.0.1:{self._function_port(process_name)}"
 
     def _function_port(self, process_name: str) -> int:
-        order = list(ALL_FUNCTIONS) + [f"{name}-challenger" for name in MODEL_FUNCTIONS]
+        order = list(ALL_FUNCTIONS) + [f"{name}-slot{i}" for name in MODEL_FUNCTIONS for i in range(REVISION_SLOTS)]
         return self.config.ports.function_base + order.index(process_name)
 
-    def function_spec(self, process_name: str) -> ProcessSpec:
-        """How to run one function process (`predict`, or `predict-challenger` for the challenger revision)."""
-        target, _, revision = process_name.partition("-")
-        revision = revision or "champion"
-        port = self._function_port(process_name)
-        env = self.env()
-        env["REVISION"] = revision
-        model = self.challenger_uri if revision == "challenger" else self.model_uri
-        if model:
-            env["MODEL_URI"] = model
+    @staticmethod
+    def function_argv(target: str, port: int | str) -> list[str]:
         binary = Path(sys.executable).with_name("functions-framework")
-        argv = [str(binary) if binary.exists() else "functions-framework", "--target", target,
+        return [str(binary) if binary.exists() else "functions-framework", "--target", target,
                 "--source", str(PROJECT_ROOT / "functions" / target / "main.py"), "--host", "127.0.0.1",
                 "--port", str(port)]
-        return ProcessSpec(process_name, argv, env=env, port=port, port_env="FUNCTION_BASE_PORT",
-                           health_url=f"http://127.0.0.1:{port}/healthz", ready_timeout_s=self.config.ready_timeout_s,
-                           cwd=PROJECT_ROOT)
+
+    def function_spec(self, process_name: str) -> ProcessSpec:
+        """How to run one function process of the champion revision (the gateway starts the other revisions)."""
+        port = self._function_port(process_name)
+        env = {**self.env(), "REVISION": "champion"}
+        if self.model_uri:
+            env["MODEL_URI"] = self.model_uri
+        return ProcessSpec(process_name, self.function_argv(process_name, port), env=env, port=port,
+                           port_env="FUNCTION_BASE_PORT", health_url=f"http://127.0.0.1:{port}/healthz",
+                           ready_timeout_s=self.config.ready_timeout_s, cwd=PROJECT_ROOT)
 
     def _function_specs(self) -> list[ProcessSpec]:
         return [self.function_spec(name) for name in self._function_names()]
@@ -304,25 +322,32 @@ class Stack:
             self._say(f"  {spec.name} ready in {seconds:.1f} s on {self.function_urls[spec.name]}")
 
     def _start_gateway(self) -> None:
-        routes: dict[str, Any] = {}
-        for service in ("predict", "explain"):
-            if service in self.config.functions:
-                revisions = {"champion": self.function_urls[service]}
-                if f"{service}-challenger" in self.function_urls:
-                    revisions["challenger"] = self.function_urls[f"{service}-challenger"]
-                routes[service] = {"revisions": revisions, "traffic": {"champion": 100}}
+        routed = [service for service in MODEL_FUNCTIONS if service in self.config.functions]
+        routes: dict[str, Any] = {service: {"revisions": {"champion": self.function_urls[service]},
+                                            "traffic": {"champion": 100}} for service in routed}
         if "feedback" in self.config.functions:
             routes["feedback"] = {"revisions": {"default": self.function_urls["feedback"]}}
         path = self.config.run_dir / "gateway.json"
         path.write_text(json.dumps(routes, indent=2))
+        # How the gateway starts further revisions (no secrets here: they reach them through its environment).
+        launch = {
+            "templates": {service: {"argv": self.function_argv(service, "{port}"), "cwd": str(PROJECT_ROOT),
+                                    "ports": [self._function_port(f"{service}-slot{i}") for i in range(REVISION_SLOTS)]}
+                          for service in routed},
+            "initial": {"challenger": self.challenger_uri} if self.challenger_uri else {},
+        }
+        launch_path = self.config.run_dir / "gateway-revisions.json"
+        launch_path.write_text(json.dumps(launch, indent=2))
         port = self.config.ports.gateway
         self.supervisor.start(ProcessSpec(
-            "gateway", self._py("triage.stack.gateway", "--port", str(port), "--routes", str(path)),
+            "gateway", self._py("triage.stack.gateway", "--port", str(port), "--routes", str(path),
+                                "--launch", str(launch_path), "--run-dir", str(self.config.run_dir)),
             env=self.env(), port=port, port_env="GATEWAY_PORT", health_url=f"http://127.0.0.1:{port}/healthz",
-            cwd=PROJECT_ROOT))
+            ready_timeout_s=self.config.ready_timeout_s + (60 if self.challenger_uri else 0), cwd=PROJECT_ROOT))
 
     def _start_prometheus(self) -> None:
         targets = {name: url.removeprefix("http://") for name, url in self.function_urls.items()}
+        targets.update({name: f"127.0.0.1:{self._function_port(name)}" for name in self._slot_names()})
         targets.update({"gateway": f"127.0.0.1:{self.config.ports.gateway}",
                         "broker": f"127.0.0.1:{self.config.ports.broker}"})
         spec = prometheus_spec(self.config.run_dir, self.config.ports.prometheus, targets)
