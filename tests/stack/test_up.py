@@ -38,3 +38,13 @@ def test_without_registry_a_model_is_required(tmp_path):
                          prometheus=False)
     with pytest.raises(UserError, match="no model: pass --model"), Stack(config, echo=None):
         pass
+
+
+def test_free_ports_cover_every_function_and_revision_slot():
+    from triage.stack.processes import port_is_free
+    from triage.stack.up import FUNCTION_PORT_ORDER
+
+    ports = StackPorts.free()
+    taken = [ports.s3, ports.s3_notify, ports.mlflow, ports.gateway, ports.broker, ports.prometheus]
+    taken += [ports.function_base + i for i in range(len(FUNCTION_PORT_ORDER))]
+    assert len(set(taken)) == len(taken) and all(port_is_free(port) for port in taken)

@@ -291,32 +291,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._proxy()
 
     def do_PUT(self) -> None:  # noqa: N802
-        path = self.path.split("?", 1)[0]
-        if path == "/admin/revisions":
-            self._put_revision()
-            return
-        if path != "/admin/traffic":
+        actions = {"/admin/traffic": self._set_traffic, "/admin/revisions": self._create_revision}
+        action = actions.get(self.path.split("?", 1)[0])
+        if action is None:
             self._error(404, "not_found", f"no route PUT {self.path}")
             return
         try:
-            payload = json.loads(self._body() or b"null")
-            if not isinstance(payload, dict):
-                raise TrafficError('body must be a JSON object like {"champion": 90, "challenger": 10}')
-            service = payload.pop("service", None)
-            traffic = payload.get("traffic", payload)
-            self._json(200, self.gateway.set_traffic(traffic, service))
-        except json.JSONDecodeError as exc:
-            self._error(400, "bad_json", f"invalid JSON: {exc}")
-        except TrafficError as exc:
-            self._error(422, "invalid_field", str(exc))
-
-    def _put_revision(self) -> None:
-        try:
-            payload = json.loads(self._body() or b"null")
-            if not isinstance(payload, dict) or not isinstance(payload.get("name"), str) \
-                    or not isinstance(payload.get("model_uri"), str):
-                raise TrafficError('body must be a JSON object like {"name": "v8", "model_uri": "models:/xray-vit/8"}')
-            self._json(200, self.gateway.create_revision(payload["name"], payload["model_uri"]))
+            self._json(200, action(json.loads(self._body() or b"null")))
         except json.JSONDecodeError as exc:
             self._error(400, "bad_json", f"invalid JSON: {exc}")
         except RevisionConflict as exc:
@@ -325,6 +306,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(422, "invalid_field", str(exc))
         except RevisionsUnavailable as exc:
             self._error(503, "revisions_unavailable", str(exc))
+
+    def _set_traffic(self, payload: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict):
+            raise TrafficError('body must be a JSON object like {"champion": 90, "challenger": 10}')
+        service = payload.pop("service", None)
+        return self.gateway.set_traffic(payload.get("traffic", payload), service)
+
+    def _create_revision(self, payload: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("name"), str) \
+                or not isinstance(payload.get("model_uri"), str):
+            raise TrafficError('body must be a JSON object like {"name": "v8", "model_uri": "models:/xray-vit/8"}')
+        return self.gateway.create_revision(payload["name"], payload["model_uri"])
 
     def do_POST(self) -> None:  # noqa: N802
         self._proxy()

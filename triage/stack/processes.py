@@ -78,8 +78,7 @@ def unused_port_block(size: int, attempts: int = 200) -> list[int]:
     same machine can take one a moment later; a block below it stays free unless someone listens there.
     """
     low, _ = ephemeral_port_range()
-    top = low - size if low - size > 20000 else 65535 - size
-    floor = 20000 if low - size > 20000 else 1024
+    floor, top = (20000, low - size) if low - size > 20000 else (1024, 65535 - size)
     for _ in range(attempts):
         start = random.randrange(floor, top)
         ports = list(range(start, start + size))

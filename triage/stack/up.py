@@ -33,6 +33,8 @@ ALL_FUNCTIONS = ("predict", "explain", "preprocess", "feedback", "minio_source",
 # The gateway splits these between revisions, one process each; the revisions it starts take these slots.
 MODEL_FUNCTIONS = ("predict", "explain", "ingest")
 REVISION_SLOTS = 2  # a champion at 100 % plus two more: the running canary's and the one it replaces
+# Ports from FUNCTION_BASE_PORT on, in this order: the champion's functions, then the revision slots.
+FUNCTION_PORT_ORDER = (*ALL_FUNCTIONS, *(f"{name}-slot{i}" for name in MODEL_FUNCTIONS for i in range(REVISION_SLOTS)))
 MODEL_NAME = "xray-vit"
 
 
@@ -63,8 +65,8 @@ class StackPorts:
         """Unused ports for tests, outside the kernel's ephemeral range (another process could still take one)."""
         from triage.stack.processes import unused_port_block
 
-        # One block: the functions take function_base .. +8 after the six single ports.
-        block = unused_port_block(6 + 9)
+        # One block: the six single ports, then every port counted from function_base.
+        block = unused_port_block(6 + len(FUNCTION_PORT_ORDER))
         return cls(*block[:6], function_base=block[6])
 
 
@@ -287,8 +289,7 @@ class Stack:
         return f"http://127.0.0.1:{self._function_port(process_name)}"
 
     def _function_port(self, process_name: str) -> int:
-        order = list(ALL_FUNCTIONS) + [f"{name}-slot{i}" for name in MODEL_FUNCTIONS for i in range(REVISION_SLOTS)]
-        return self.config.ports.function_base + order.index(process_name)
+        return self.config.ports.function_base + FUNCTION_PORT_ORDER.index(process_name)
 
     @staticmethod
     def function_argv(target: str, port: int | str) -> list[str]:
