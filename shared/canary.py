@@ -26,6 +26,7 @@ import httpx
 import yaml
 from prometheus_client import Counter, Gauge
 
+from shared.config import CANARY_SERVICES, CanaryPolicy, CanarySettings, parse_steps
 from shared.errors import NotFound, TriageError, UserError
 from shared.storage import Storage
 from shared.timestamps import utc_iso
@@ -79,7 +80,6 @@ RUNNING, PROMOTED, ROLLED_BACK = "running", "promoted", "rolled_back"
 RESULT_BUCKET = "inference-results"
 FEEDBACK_BUCKET = "feedback"
 STATE_KEY = "_canary/state.json"
-CANARY_SERVICES = ("predict", "explain", "ingest")
 
 WEIGHT = Gauge("triage_canary_weight_percent", "Percent of traffic the canary sends to the challenger.", ["service"])
 DECISIONS = Counter("triage_canary_decisions_total", "Canary decisions, by outcome.", ["outcome"])
@@ -95,50 +95,6 @@ class CanaryError(TriageError):
 
 
 # ---------------------------------------------------------------- policy, observation, state, decision
-
-
-@dataclass(frozen=True)
-class CanaryPolicy:
-    """Traffic steps (percent to the challenger, ending at 100) and the thresholds every step must meet.
-
-    `max_p99_ratio` compares the challenger's p99 with the champion's; the feedback check applies once the
-    challenger has `min_feedback` labels: its accuracy may fall at most `max_accuracy_drop` below the champion's
-    (and never under `min_accuracy` when set).
-    """
-
-    steps: tuple[int, ...] = (10, 25, 50, 100)
-    max_error_rate: float = 0.02
-    max_p99_s: float | None = 1.0
-    max_p99_ratio: float | None = 2.0
-    min_requests: int = 20
-    min_feedback: int = 20
-    max_accuracy_drop: float = 0.05
-    min_accuracy: float | None = None
-
-    def __post_init__(self) -> None:
-        steps = self.steps
-        if not steps or any(not isinstance(s, int) or not 0 < s <= 100 for s in steps):
-            raise UserError(f"steps: expected whole percents in 1..100, got {list(steps)}")
-        if list(steps) != sorted(set(steps)) or steps[-1] != 100:
-            raise UserError(f"steps: expected strictly increasing percents ending at 100, got {list(steps)}")
-        if not 0 <= self.max_error_rate <= 1:
-            raise UserError(f"max_error_rate: expected a fraction in [0, 1], got {self.max_error_rate}")
-        for name in ("max_p99_s", "max_p99_ratio"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UserError(f"{name}: expected a positive number, got {value}")
-        if self.min_requests < 1 or self.min_feedback < 1:
-            raise UserError("min_requests / min_feedback: expected at least 1")
-        if not 0 <= self.max_accuracy_drop <= 1 or (self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1):
-            raise UserError("max_accuracy_drop / min_accuracy: expected fractions in [0, 1]")
-
-
-def parse_steps(text: str) -> tuple[int, ...]:
-    """"10,25,50,100" → (10, 25, 50, 100); UserError naming the value otherwise."""
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise UserError(f"steps: expected comma-separated whole percents like 10,25,50,100, got {text!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -307,60 +263,6 @@ def log_decision(state: CanaryState, decision: Decision, services: Iterable[str]
 
 
 # ---------------------------------------------------------------- settings
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    if raw.lower() == "none":
-        return None
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
-
-
-@dataclass(frozen=True)
-class CanarySettings:
-    """The canary function's environment, read once."""
-
-    policy: CanaryPolicy = CanaryPolicy()
-    prometheus_url: str | None = "http://prometheus:9090"  # None: the local gateway's own /metrics
-    window: str = "5m"
-    namespace: str = "xray-triage"
-    kubernetes_api: str | None = None  # None: in-cluster (KUBERNETES_SERVICE_HOST) or KUBECONFIG
-    services: tuple[str, ...] = CANARY_SERVICES
-    gateway_url: str | None = None  # set: drive the local gateway instead of Knative
-    model_uri: str | None = "models:/xray-vit/{version}"  # the challenger revisions' MODEL_URI; "" leaves it
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> CanarySettings:
-        env = os.environ if env is None else env
-        base = CanaryPolicy()
-        policy = CanaryPolicy(
-            steps=parse_steps(env.get("CANARY_STEPS") or "10,25,50,100"),
-            max_error_rate=float(_env_float(env, "CANARY_MAX_ERROR_RATE", base.max_error_rate) or 0.0),
-            max_p99_s=_env_float(env, "CANARY_MAX_P99_S", base.max_p99_s),
-            max_p99_ratio=_env_float(env, "CANARY_MAX_P99_RATIO", base.max_p99_ratio),
-            min_requests=int(_env_float(env, "CANARY_MIN_REQUESTS", base.min_requests) or 0),
-            min_feedback=int(_env_float(env, "CANARY_MIN_FEEDBACK", base.min_feedback) or 0),
-            max_accuracy_drop=float(_env_float(env, "CANARY_MAX_ACCURACY_DROP", base.max_accuracy_drop) or 0.0),
-            min_accuracy=_env_float(env, "CANARY_MIN_ACCURACY", None),
-        )
-        namespace = env.get("KNATIVE_NAMESPACE") or "xray-triage"
-        services = tuple(s for s in (env.get("CANARY_SERVICES") or ",".join(CANARY_SERVICES)).split(",") if s)
-        return cls(
-            policy=policy,
-            prometheus_url=env.get("PROMETHEUS_URL") or (
-                None if env.get("CANARY_GATEWAY_URL") else f"http://prometheus.{namespace}.svc.cluster.local:9090"),
-            window=env.get("CANARY_WINDOW") or "5m",
-            namespace=namespace,
-            kubernetes_api=env.get("KUBERNETES_API") or None,
-            services=services,
-            gateway_url=env.get("CANARY_GATEWAY_URL") or None,
-            model_uri=env.get("CANARY_MODEL_URI", "models:/xray-vit/{version}") or None,
-        )
 
 
 # ---------------------------------------------------------------- state in S3

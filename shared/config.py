@@ -1,36 +1,82 @@
-"""Settings of one deployable, read once from the environment into a frozen object and passed down."""
+"""Settings of every serving deployable, read once from the environment into frozen objects and passed down.
+
+`Settings` is what every function reads; `CanarySettings`, `MonitorConfig` and `RetrainConfig` are the event
+functions' own. Every number goes through `env_number` (one parser, one error type: `ConfigError`, a UserError
+naming the variable). Nothing outside this module (and `triage/config.py` for the CLI and the local stack) reads
+`os.environ`. Bucket and key names live in `shared.names`.
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BUCKETS = ("raw-data", "processed", "inference-inputs", "inference-results", "feedback", "dead-letter")
+from shared.errors import UserError
+from shared.names import BUCKETS
+
+__all__ = [
+    "BUCKETS",
+    "CANARY_SERVICES",
+    "PROJECT_ROOT",
+    "RETRAIN_BACKENDS",
+    "CanaryPolicy",
+    "CanarySettings",
+    "ConfigError",
+    "MonitorConfig",
+    "RetrainConfig",
+    "Settings",
+    "default_tracking_uri",
+    "env_number",
+    "parse_steps",
+]
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CANARY_SERVICES = ("predict", "explain", "ingest")  # the services a model version is a revision of
+RETRAIN_BACKENDS = ("local", "kubernetes", "github")
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+class ConfigError(UserError, ValueError):
+    """An environment variable (or option) with a value that cannot be used; the message names it."""
+
+    code = "bad_setting"
+
+
+def env_number(env: Mapping[str, str], name: str, default: float | None, *, whole: bool = False,
+               none_ok: bool = False, unit: str = "number") -> float | None:
+    """The number in `env[name]`, `default` when unset or empty; "none" → None where `none_ok`.
+
+    ConfigError naming the variable for anything else that is not a (whole) number.
+    """
     raw = env.get(name)
-    if raw in (None, ""):
+    if raw is None or raw.strip() == "":
         return default
+    if none_ok and raw.strip().lower() == "none":
+        return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
+        raise ConfigError(f"environment variable {name}={raw!r} is not a {unit}") from exc
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"environment variable {name}={raw!r} is not a finite {unit}")
+    if whole and value != int(value):
+        raise ConfigError(f"environment variable {name}={raw!r} is not a whole number")
+    return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _float(env, name, default)
-    if value != int(value):
-        raise ValueError(f"environment variable {name}={value!r} is not a whole number")
-    return int(value)
+def _whole(env: Mapping[str, str], name: str, default: int) -> int:
+    return int(env_number(env, name, default, whole=True))  # type: ignore[arg-type]
+
+
+def _real(env: Mapping[str, str], name: str, default: float, unit: str = "number") -> float:
+    return float(env_number(env, name, default, unit=unit))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every environment variable the functions and the local stack read, in one place."""
+    """Every environment variable the functions read, in one place."""
 
     # S3 (moto server locally, MinIO in production); credentials default to MinIO's.
     s3_endpoint_url: str | None = None
@@ -63,10 +109,15 @@ class Settings:
     retrain_batch_uri: str | None = None  # s3://feedback/_state/batches/<id>.json: the labels to train on
     # Revision label this process serves (the gateway / Knative route splits traffic between revisions).
     revision: str = "champion"
+    # Kubernetes API (canary, retrain): a kubeconfig file, else the in-cluster service account's host and port.
+    kubeconfig: str | None = None
+    kubernetes_service_host: str | None = None
+    kubernetes_service_port: str = "443"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        kubeconfig = env.get("KUBECONFIG") or None
         return cls(
             s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
             aws_access_key_id=env.get("AWS_ACCESS_KEY_ID", "minioadmin"),
@@ -79,19 +130,207 @@ class Settings:
             k_sink=env.get("K_SINK") or None,
             webhook_token=env.get("WEBHOOK_TOKEN") or None,
             reviewer_tokens=env.get("REVIEWER_TOKENS") or None,
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", 20 * 1024 * 1024),
-            max_pixels=_int(env, "MAX_PIXELS", 50_000_000),
-            url_fetch_timeout_s=_float(env, "URL_FETCH_TIMEOUT_S", 5.0),
+            max_body_bytes=_whole(env, "MAX_BODY_BYTES", 20 * 1024 * 1024),
+            max_pixels=_whole(env, "MAX_PIXELS", 50_000_000),
+            url_fetch_timeout_s=_real(env, "URL_FETCH_TIMEOUT_S", 5.0, "number of seconds"),
             url_allow_networks=env.get("URL_ALLOW_NETWORKS", ""),
-            ort_intra_op_threads=_int(env, "ORT_INTRA_OP_THREADS", 1),
-            retrain_min_labels=_int(env, "RETRAIN_MIN_LABELS", 50),
+            ort_intra_op_threads=_whole(env, "ORT_INTRA_OP_THREADS", 1),
+            retrain_min_labels=_whole(env, "RETRAIN_MIN_LABELS", 50),
             retrain_backend=env.get("RETRAIN_BACKEND", "local"),
             retrain_batch_id=env.get("RETRAIN_BATCH_ID") or None,
             retrain_batch_uri=env.get("RETRAIN_BATCH_URI") or None,
             revision=env.get("REVISION", "champion"),
+            kubeconfig=kubeconfig.split(os.pathsep)[0] if kubeconfig else None,
+            kubernetes_service_host=env.get("KUBERNETES_SERVICE_HOST") or None,
+            kubernetes_service_port=env.get("KUBERNETES_SERVICE_PORT") or "443",
         )
 
 
 def default_tracking_uri() -> str:
     """MLflow tracking URI: $MLFLOW_TRACKING_URI, else a local store inside the project's working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns.db'}"
+
+
+# --- canary (design §9) ------------------------------------------------------------------------------------------
+def parse_steps(text: str) -> tuple[int, ...]:
+    """"10,25,50,100" → (10, 25, 50, 100); UserError naming the value otherwise."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"steps: expected comma-separated whole percents like 10,25,50,100, got {text!r}") from exc
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    """Traffic steps (percent to the challenger, ending at 100) and the thresholds every step must meet.
+
+    `max_p99_ratio` compares the challenger's p99 with the champion's; the feedback check applies once the
+    challenger has `min_feedback` labels: its accuracy may fall at most `max_accuracy_drop` below the champion's
+    (and never under `min_accuracy` when set). These are the canary's thresholds: change them here (or with the
+    CANARY_* variables / `triage canary` options).
+    """
+
+    steps: tuple[int, ...] = (10, 25, 50, 100)
+    max_error_rate: float = 0.02
+    max_p99_s: float | None = 1.0
+    max_p99_ratio: float | None = 2.0
+    min_requests: int = 20
+    min_feedback: int = 20
+    max_accuracy_drop: float = 0.05
+    min_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        steps = self.steps
+        if not steps or any(not isinstance(s, int) or not 0 < s <= 100 for s in steps):
+            raise ConfigError(f"steps: expected whole percents in 1..100, got {list(steps)}")
+        if list(steps) != sorted(set(steps)) or steps[-1] != 100:
+            raise ConfigError(f"steps: expected strictly increasing percents ending at 100, got {list(steps)}")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ConfigError(f"max_error_rate: expected a fraction in [0, 1], got {self.max_error_rate}")
+        for name in ("max_p99_s", "max_p99_ratio"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name}: expected a positive number, got {value}")
+        if self.min_requests < 1 or self.min_feedback < 1:
+            raise ConfigError("min_requests / min_feedback: expected at least 1")
+        if not 0 <= self.max_accuracy_drop <= 1 or (self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1):
+            raise ConfigError("max_accuracy_drop / min_accuracy: expected fractions in [0, 1]")
+
+
+@dataclass(frozen=True)
+class CanarySettings:
+    """The canary function's environment, read once."""
+
+    policy: CanaryPolicy = CanaryPolicy()
+    prometheus_url: str | None = "http://prometheus:9090"  # None: the local gateway's own /metrics
+    window: str = "5m"
+    namespace: str = "xray-triage"
+    kubernetes_api: str | None = None  # None: in-cluster (KUBERNETES_SERVICE_HOST) or KUBECONFIG
+    services: tuple[str, ...] = CANARY_SERVICES
+    gateway_url: str | None = None  # set: drive the local gateway instead of Knative
+    model_uri: str | None = "models:/xray-vit/{version}"  # the challenger revisions' MODEL_URI; "" leaves it
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CanarySettings:
+        env = os.environ if env is None else env
+        base = CanaryPolicy()
+        policy = CanaryPolicy(
+            steps=parse_steps(env.get("CANARY_STEPS") or "10,25,50,100"),
+            max_error_rate=_real(env, "CANARY_MAX_ERROR_RATE", base.max_error_rate),
+            max_p99_s=env_number(env, "CANARY_MAX_P99_S", base.max_p99_s, none_ok=True),
+            max_p99_ratio=env_number(env, "CANARY_MAX_P99_RATIO", base.max_p99_ratio, none_ok=True),
+            min_requests=_whole(env, "CANARY_MIN_REQUESTS", base.min_requests),
+            min_feedback=_whole(env, "CANARY_MIN_FEEDBACK", base.min_feedback),
+            max_accuracy_drop=_real(env, "CANARY_MAX_ACCURACY_DROP", base.max_accuracy_drop),
+            min_accuracy=env_number(env, "CANARY_MIN_ACCURACY", None, none_ok=True),
+        )
+        namespace = env.get("KNATIVE_NAMESPACE") or "xray-triage"
+        services = tuple(s for s in (env.get("CANARY_SERVICES") or ",".join(CANARY_SERVICES)).split(",") if s)
+        return cls(
+            policy=policy,
+            prometheus_url=env.get("PROMETHEUS_URL") or (
+                None if env.get("CANARY_GATEWAY_URL") else f"http://prometheus.{namespace}.svc.cluster.local:9090"),
+            window=env.get("CANARY_WINDOW") or "5m",
+            namespace=namespace,
+            kubernetes_api=env.get("KUBERNETES_API") or None,
+            services=services,
+            gateway_url=env.get("CANARY_GATEWAY_URL") or None,
+            model_uri=env.get("CANARY_MODEL_URI", "models:/xray-vit/{version}") or None,
+        )
+
+
+# --- monitor -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The monitor's window and thresholds, read once (`from_env`) and passed down."""
+
+    window_days: float = 7.0  # predictions and labels older than this leave the window
+    window_labels: int = 500  # live accuracy over at most the latest N labels
+    bins: int = 10  # equal-width probability bins over [0, 1]
+    reference_size: int = 200  # predictions forming the first-window reference (when the card has none)
+    # Fewer predictions in the window: no drift verdict. PSI is biased upwards in small samples: windows drawn
+    # from PneumoniaMNIST's own train split exceed 0.2 (10 bins) in 32 % of draws of 50 inputs, 4 % of 100, 0 of 200.
+    min_predictions: int = 200
+    psi_threshold: float = 0.2  # PSI above this is drift (0.1-0.25 is the usual "moderate" band)
+    ks_threshold: float = 0.2  # KS distance of the binned CDFs above this is drift
+    model_uri: str | None = None  # where the model card (the validation reference) is read from
+
+    def __post_init__(self) -> None:
+        checks = {
+            "MONITOR_WINDOW_DAYS": self.window_days > 0,
+            "MONITOR_WINDOW_LABELS": self.window_labels >= 1,
+            "MONITOR_BINS": 2 <= self.bins <= 100,
+            "MONITOR_REFERENCE_SIZE": self.reference_size >= 1,
+            "MONITOR_MIN_PREDICTIONS": self.min_predictions >= 1,
+            "MONITOR_PSI_THRESHOLD": self.psi_threshold > 0,
+            "MONITOR_KS_THRESHOLD": 0 < self.ks_threshold <= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"environment variable {name}: value out of range")
+
+    @classmethod
+    def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> MonitorConfig:
+        env = os.environ if env is None else env
+        return cls(
+            window_days=_real(env, "MONITOR_WINDOW_DAYS", cls.window_days),
+            window_labels=_whole(env, "MONITOR_WINDOW_LABELS", cls.window_labels),
+            bins=_whole(env, "MONITOR_BINS", cls.bins),
+            reference_size=_whole(env, "MONITOR_REFERENCE_SIZE", cls.reference_size),
+            min_predictions=_whole(env, "MONITOR_MIN_PREDICTIONS", cls.min_predictions),
+            psi_threshold=_real(env, "MONITOR_PSI_THRESHOLD", cls.psi_threshold),
+            ks_threshold=_real(env, "MONITOR_KS_THRESHOLD", cls.ks_threshold),
+            model_uri=settings.model_uri,
+        )
+
+
+# --- retrain -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetrainConfig:
+    """What retraining needs beyond Settings (read once, from the environment, in `from_env`)."""
+
+    backend: str = "local"
+    min_labels: int = 50
+    # The current data set (`triage prepare --data ... --name current`) plus the batch's labelled uploads, which
+    # `triage train` reads from RETRAIN_BATCH_URI.
+    train_command: tuple[str, ...] = ("triage", "train", "--data", "s3://processed/current")
+    training_image: str = "ghcr.io/xray-triage/training:latest"
+    namespace: str | None = None  # kubernetes: defaults to the pod's own namespace
+    service_account: str | None = None
+    env_secret: str | None = "triage-training-env"  # kubernetes Secret with S3 / MLflow credentials, optional
+    kubernetes_api: str = "https://kubernetes.default.svc"
+    github_repository: str | None = None  # owner/name
+    github_token: str | None = field(default=None, repr=False)
+    github_api: str = "https://api.github.com"
+    stale_after_s: float = 900.0
+    job_env: Mapping[str, str] = field(default_factory=dict)  # passed to the job (endpoints, never secrets)
+
+    def __post_init__(self) -> None:
+        if self.backend not in RETRAIN_BACKENDS:
+            raise ConfigError(f"RETRAIN_BACKEND={self.backend!r} is not one of {', '.join(RETRAIN_BACKENDS)}")
+        if self.min_labels < 1:
+            raise ConfigError(f"RETRAIN_MIN_LABELS={self.min_labels} must be at least 1")
+
+    @classmethod
+    def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> RetrainConfig:
+        env = os.environ if env is None else env
+        job_env = {
+            "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+            "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+            "K_SINK": settings.k_sink,
+        }
+        return cls(
+            backend=settings.retrain_backend,
+            min_labels=settings.retrain_min_labels,
+            train_command=tuple(shlex.split(env["TRAIN_COMMAND"])) if env.get("TRAIN_COMMAND") else cls.train_command,
+            training_image=env.get("TRAINING_IMAGE") or cls.training_image,
+            namespace=env.get("TRAINING_NAMESPACE") or None,
+            service_account=env.get("TRAINING_SERVICE_ACCOUNT") or None,
+            env_secret=env.get("TRAINING_ENV_SECRET", cls.env_secret) or None,
+            kubernetes_api=env.get("KUBERNETES_API") or cls.kubernetes_api,
+            github_repository=env.get("GITHUB_REPOSITORY") or None,
+            github_token=env.get("GITHUB_TOKEN") or None,
+            github_api=env.get("GITHUB_API_URL") or cls.github_api,
+            stale_after_s=_real(env, "RETRAIN_STALE_AFTER_S", cls.stale_after_s, "number of seconds"),
+            job_env={name: value for name, value in job_env.items() if value},
+        )

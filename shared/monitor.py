@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,8 +41,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Gauge
 
 from shared import metrics
-from shared.config import Settings
-from shared.errors import NotFound, TriageError, UserError
+from shared.config import MonitorConfig
+from shared.errors import NotFound, TriageError
 from shared.events import FEEDBACK_RECEIVED, PREDICTION_CREATED, BadEvent, CloudEvent, event_data
 from shared.ingest import StorageUnavailable
 from shared.modelcard import CARD_FILE, ModelCard, ModelCardError
@@ -130,63 +129,6 @@ class MonitorStateConflict(TriageError):
 
 
 # --- settings ----------------------------------------------------------------------------------------------------
-def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise UserError(f"environment variable {name}={raw!r} is not a number") from exc
-    if whole and value != int(value):
-        raise UserError(f"environment variable {name}={raw!r} is not a whole number")
-    return value
-
-
-@dataclass(frozen=True)
-class MonitorConfig:
-    """The monitor's window and thresholds, read once (`from_env`) and passed down."""
-
-    window_days: float = 7.0  # predictions and labels older than this leave the window
-    window_labels: int = 500  # live accuracy over at most the latest N labels
-    bins: int = 10  # equal-width probability bins over [0, 1]
-    reference_size: int = 200  # predictions forming the first-window reference (when the card has none)
-    # Fewer predictions in the window: no drift verdict. PSI is biased upwards in small samples: windows drawn
-    # from PneumoniaMNIST's own train split exceed 0.2 (10 bins) in 32 % of draws of 50 inputs, 4 % of 100, 0 of 200.
-    min_predictions: int = 200
-    psi_threshold: float = 0.2  # PSI above this is drift (0.1-0.25 is the usual "moderate" band)
-    ks_threshold: float = 0.2  # KS distance of the binned CDFs above this is drift
-    model_uri: str | None = None  # where the model card (the validation reference) is read from
-
-    def __post_init__(self) -> None:
-        checks = {
-            "MONITOR_WINDOW_DAYS": self.window_days > 0,
-            "MONITOR_WINDOW_LABELS": self.window_labels >= 1,
-            "MONITOR_BINS": 2 <= self.bins <= 100,
-            "MONITOR_REFERENCE_SIZE": self.reference_size >= 1,
-            "MONITOR_MIN_PREDICTIONS": self.min_predictions >= 1,
-            "MONITOR_PSI_THRESHOLD": self.psi_threshold > 0,
-            "MONITOR_KS_THRESHOLD": 0 < self.ks_threshold <= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise UserError(f"environment variable {name}: value out of range")
-
-    @classmethod
-    def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> MonitorConfig:
-        env = os.environ if env is None else env
-        return cls(
-            window_days=_env_number(env, "MONITOR_WINDOW_DAYS", cls.window_days),
-            window_labels=int(_env_number(env, "MONITOR_WINDOW_LABELS", cls.window_labels, whole=True)),
-            bins=int(_env_number(env, "MONITOR_BINS", cls.bins, whole=True)),
-            reference_size=int(_env_number(env, "MONITOR_REFERENCE_SIZE", cls.reference_size, whole=True)),
-            min_predictions=int(_env_number(env, "MONITOR_MIN_PREDICTIONS", cls.min_predictions, whole=True)),
-            psi_threshold=_env_number(env, "MONITOR_PSI_THRESHOLD", cls.psi_threshold),
-            ks_threshold=_env_number(env, "MONITOR_KS_THRESHOLD", cls.ks_threshold),
-            model_uri=settings.model_uri,
-        )
-
-
 # --- statistics --------------------------------------------------------------------------------------------------
 def histogram_bin(probability: float, bins: int) -> int:
     """Index of the equal-width bin of [0, 1] holding `probability` (1.0 falls in the last bin)."""

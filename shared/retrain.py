@@ -21,20 +21,20 @@ import hashlib
 import json
 import logging
 import os
-import shlex
 import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
-from shared.config import Settings
+from shared.config import RETRAIN_BACKENDS as BACKENDS
+from shared.config import RetrainConfig
 from shared.errors import TriageError, UserError
 from shared.events import (
     FEEDBACK_RECEIVED,
@@ -67,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("local", "kubernetes", "github")
 FEEDBACK_BUCKET = "feedback"
 RAW_BUCKET = "raw-data"
 STATE_PREFIX = "_state/"
@@ -88,64 +87,6 @@ class StateConflict(TriageError):
 
     status = 503
     code = "retrain_state_conflict"
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    try:
-        return float(env.get(name) or default)
-    except ValueError as exc:
-        raise UserError(f"environment variable {name}={env.get(name)!r} is not a number of seconds") from exc
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """What retraining needs beyond Settings (read once, from the environment, in `from_env`)."""
-
-    backend: str = "local"
-    min_labels: int = 50
-    # The current data set (`triage prepare --data ... --name current`) plus the batch's labelled uploads, which
-    # `triage train` reads from RETRAIN_BATCH_URI.
-    train_command: tuple[str, ...] = ("triage", "train", "--data", "s3://processed/current")
-    training_image: str = "ghcr.io/xray-triage/training:latest"
-    namespace: str | None = None  # kubernetes: defaults to the pod's own namespace
-    service_account: str | None = None
-    env_secret: str | None = "triage-training-env"  # kubernetes Secret with S3 / MLflow credentials, optional
-    kubernetes_api: str = "https://kubernetes.default.svc"
-    github_repository: str | None = None  # owner/name
-    github_token: str | None = field(default=None, repr=False)
-    github_api: str = "https://api.github.com"
-    stale_after_s: float = 900.0
-    job_env: Mapping[str, str] = field(default_factory=dict)  # passed to the job (endpoints, never secrets)
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise UserError(f"RETRAIN_BACKEND={self.backend!r} is not one of {', '.join(BACKENDS)}")
-        if self.min_labels < 1:
-            raise UserError(f"RETRAIN_MIN_LABELS={self.min_labels} must be at least 1")
-
-    @classmethod
-    def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> RetrainConfig:
-        env = os.environ if env is None else env
-        job_env = {
-            "S3_ENDPOINT_URL": settings.s3_endpoint_url,
-            "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-            "K_SINK": settings.k_sink,
-        }
-        return cls(
-            backend=settings.retrain_backend,
-            min_labels=settings.retrain_min_labels,
-            train_command=tuple(shlex.split(env["TRAIN_COMMAND"])) if env.get("TRAIN_COMMAND") else cls.train_command,
-            training_image=env.get("TRAINING_IMAGE") or cls.training_image,
-            namespace=env.get("TRAINING_NAMESPACE") or None,
-            service_account=env.get("TRAINING_SERVICE_ACCOUNT") or None,
-            env_secret=env.get("TRAINING_ENV_SECRET", cls.env_secret) or None,
-            kubernetes_api=env.get("KUBERNETES_API") or cls.kubernetes_api,
-            github_repository=env.get("GITHUB_REPOSITORY") or None,
-            github_token=env.get("GITHUB_TOKEN") or None,
-            github_api=env.get("GITHUB_API_URL") or cls.github_api,
-            stale_after_s=_seconds(env, "RETRAIN_STALE_AFTER_S", cls.stale_after_s),
-            job_env={name: value for name, value in job_env.items() if value},
-        )
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,45 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from shared.config import BUCKETS, Settings
-from shared.errors import NotFound
+from shared.config import Settings
+from shared.errors import NotFound, TriageError
+from shared.names import BUCKETS
 
-__all__ = ["Storage", "split_s3_uri"]
+__all__ = ["MAX_CAS_ATTEMPTS", "Stale", "StateConflict", "Storage", "StoredObject", "split_s3_uri"]
+
+log = logging.getLogger(__name__)
+MAX_CAS_ATTEMPTS = 8
+
+
+class StateConflict(TriageError):
+    """A state object kept changing under us (many concurrent writers): 503, so the event is retried."""
+
+    status = 503
+    code = "state_conflict"
+
+
+class Stale(TriageError):
+    """The object no longer has the asked etag (it was replaced since the event that named it)."""
+
+    status = 409
+    code = "stale_object"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object version as read: its bytes and what S3 says of it."""
+
+    data: bytes
+    etag: str
+    last_modified: datetime | None
+    content_type: str | None
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -93,6 +124,20 @@ class Storage:
         extra = {"ContentType": content_type} if content_type else None
         self.client.upload_file(str(path), bucket, key, ExtraArgs=extra)
 
+    def get_object(self, bucket: str, key: str, *, if_match: str | None = None) -> StoredObject:
+        """The object (only the version with etag `if_match` when given: `Stale` otherwise); NotFound if absent."""
+        extra = {"IfMatch": f'"{if_match.strip(chr(34))}"'} if if_match else {}
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key, **extra)
+        except Exception as exc:
+            if _is_missing(exc):
+                raise NotFound(f"s3://{bucket}/{key} does not exist") from exc
+            if if_match and _is_precondition_failure(exc):
+                raise Stale(f"s3://{bucket}/{key} was replaced") from exc
+            raise
+        return StoredObject(response["Body"].read(), str(response.get("ETag", "")).strip('"'),
+                            response.get("LastModified"), response.get("ContentType"))
+
     def get_bytes(self, bucket: str, key: str) -> bytes:
         try:
             response = self.client.get_object(Bucket=bucket, Key=key)
@@ -136,6 +181,33 @@ class Storage:
                 return False
             raise
         return True
+
+    def update_json(
+        self,
+        bucket: str,
+        key: str,
+        mutate: Callable[[Any | None], tuple[Any, Any | None]],
+        *,
+        conflict: type[TriageError] = StateConflict,
+        attempts: int = MAX_CAS_ATTEMPTS,
+    ) -> Any:
+        """The one compare-and-swap for JSON state that concurrent instances update.
+
+        Reads the value (None when absent or not JSON), calls `mutate(value)` → (result, new value or None for
+        "no write"), writes it only if nobody wrote since (`put_json_if`), re-reads and retries when someone did.
+        Returns `result`; raises `conflict` after `attempts` lost races.
+        """
+        for _attempt in range(attempts):
+            try:
+                value, etag = self.get_json_versioned(bucket, key)
+            except ValueError:
+                log.warning("a state object in bucket %s is not JSON; starting it afresh", bucket)
+                head = self.head(bucket, key)  # replaced only if still that same broken object
+                value, etag = None, (f'"{head["etag"]}"' if head else None)
+            result, new_value = mutate(value)
+            if new_value is None or self.put_json_if(bucket, key, new_value, etag):
+                return result
+        raise conflict(f"s3://{bucket}/{key} kept changing; retry later")
 
     def head(self, bucket: str, key: str) -> dict[str, Any] | None:
         """{etag, size, content_type, metadata} of an object, None when it does not exist."""

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import BUCKETS, Settings
+from shared.config import Settings
+from shared.names import BUCKETS
 from shared.errors import NotFound
 from shared.storage import Storage, split_s3_uri
 

@@ -31,7 +31,7 @@ from urllib.parse import quote
 import boto3
 import httpx
 
-from shared.config import BUCKETS
+from shared.names import BUCKETS
 from triage.stack.broker import DeliveryQueue
 
 log = logging.getLogger("triage.s3server")
