@@ -39,7 +39,7 @@ from shared.events import (
 )
 from shared.feedback import record_request
 from shared.imaging import mean_intensity
-from shared.storage import Storage
+from shared.storage import Storage, StorageUnavailable
 from shared.timestamps import parse_utc, utc_iso
 
 __all__ = [
@@ -61,13 +61,6 @@ RESULT_BUCKET = "inference-results"
 # no more faithful than a random map, occlusion clearly is; it costs ~20 ms more per image, off the HTTP path.
 EXPLAIN_METHOD = "occlusion"
 _DICOM_SUFFIXES = (".dcm", ".dicom")
-
-
-class StorageUnavailable(TriageError):
-    """S3 could not be reached or failed: our side, so 503 and the event is delivered again."""
-
-    status = 503
-    code = "storage_unavailable"
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,8 @@ from shared import metrics
 from shared.config import MonitorConfig
 from shared.errors import NotFound, TriageError
 from shared.events import FEEDBACK_RECEIVED, PREDICTION_CREATED, BadEvent, CloudEvent, event_data
-from shared.ingest import StorageUnavailable
 from shared.modelcard import CARD_FILE, ModelCard, ModelCardError
-from shared.storage import Storage, split_s3_uri
+from shared.storage import Storage, StorageUnavailable, split_s3_uri
 from shared.timestamps import parse_utc, utc_iso
 
 __all__ = [

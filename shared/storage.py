@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.errors import NotFound, TriageError
 from shared.names import BUCKETS
 
-__all__ = ["MAX_CAS_ATTEMPTS", "Stale", "StateConflict", "Storage", "StoredObject", "split_s3_uri"]
+__all__ = ["MAX_CAS_ATTEMPTS", "Stale", "StateConflict", "Storage", "StorageUnavailable", "StoredObject", "split_s3_uri"]
 
 log = logging.getLogger(__name__)
 MAX_CAS_ATTEMPTS = 8
@@ -26,6 +26,13 @@ class StateConflict(TriageError):
 
     status = 503
     code = "state_conflict"
+
+
+class StorageUnavailable(TriageError):
+    """S3 could not be reached or failed: our side, so 503 and the event is delivered again."""
+
+    status = 503
+    code = "storage_unavailable"
 
 
 class Stale(TriageError):

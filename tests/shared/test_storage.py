@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from shared.names import BUCKETS
 from shared.errors import NotFound
+from shared.names import BUCKETS
 from shared.storage import Storage, split_s3_uri
 
 
