@@ -15,7 +15,9 @@ from shared.config import Settings
 from shared.errors import NotFound, TriageError
 from shared.names import BUCKETS
 
-__all__ = ["MAX_CAS_ATTEMPTS", "Stale", "StateConflict", "Storage", "StorageUnavailable", "StoredObject", "split_s3_uri"]
+__all__ = [
+    "MAX_CAS_ATTEMPTS", "Stale", "StateConflict", "Storage", "StorageUnavailable", "StoredObject", "split_s3_uri",
+]
 
 log = logging.getLogger(__name__)
 MAX_CAS_ATTEMPTS = 8
