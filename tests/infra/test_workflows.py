@@ -84,3 +84,33 @@ def test_dockerfile_is_hadolint_clean_and_selects_the_function() -> None:
     assert "ARG FUNCTION" in text and "functions/$FUNCTION_TARGET/main.py" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+
+
+# A third-party action is code that runs with the repository's secrets: pinned to a full commit SHA (a tag can be
+# moved), with the release it is in a comment for the people who update it.
+PINNED_USE = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}\s+#\s*v\d+(\.\d+){0,2}\b")
+
+
+def unpinned_actions(text: str) -> list[str]:
+    """The `uses:` lines of a workflow that are not `owner/repo@<40-hex sha>  # vX.Y.Z` (local ./ actions aside)."""
+    bad = []
+    for line in text.splitlines():
+        match = re.match(r"^\s*(?:-\s*)?uses:\s*(.+)$", line)
+        if match and not match.group(1).startswith("./") and not PINNED_USE.match(match.group(1).strip()):
+            bad.append(line.strip())
+    return bad
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "deploy.yml", "continuous-training.yml"])
+def test_every_third_party_action_is_pinned_to_a_commit_sha_with_its_version(name: str) -> None:
+    text = (WORKFLOWS / name).read_text()
+    assert "uses:" in text
+    assert unpinned_actions(text) == []
+
+
+def test_the_pin_check_refuses_tags_branches_short_shas_and_missing_versions() -> None:
+    sha = "11d5960a326750d5838078e36cf38b85af677262"
+    assert unpinned_actions(f"    - uses: actions/checkout@{sha}  # v4.4.0\n    - uses: ./local-action\n") == []
+    for use in ("actions/checkout@v4", "actions/checkout@main", f"actions/checkout@{sha[:7]}  # v4",
+                f"actions/checkout@{sha}", f"actions/checkout@{sha}  # latest"):
+        assert unpinned_actions(f"      - uses: {use}\n") == [f"- uses: {use}"]
