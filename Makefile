@@ -28,8 +28,9 @@ lint: $(STAMP)  ## ruff
 test: $(STAMP) lint  ## the whole test suite (CI runs this)
 	$(BIN)/pytest -q
 
-bench: $(STAMP)  ## latency, cold start, upload-to-result, explanation faithfulness -> reports/bench/
-	$(BIN)/triage bench --out reports/bench
+bench: $(STAMP)  ## latency, cold start, upload-to-result, explanation faithfulness -> reports/bench/ (DATA=file.npz)
+	$(if $(DATA),,$(BIN)/triage phantom --out reports/bench/images.npz --n-train 2 --n-val 2 --n-test 32 --seed 777)
+	$(BIN)/triage bench --out reports/bench $(if $(DATA),--data $(DATA),--images reports/bench/images.npz)
 
 bench-quality: $(STAMP)  ## default training on PneumoniaMNIST 28x28 (../shared/data) -> reports/quality/
 	test -f $(SHARED_DATA) || { echo "bench-quality needs $(SHARED_DATA)"; exit 2; }

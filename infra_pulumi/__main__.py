@@ -6,10 +6,14 @@ import pulumi
 
 from infra_pulumi.cluster import Cluster, ClusterArgs
 from infra_pulumi.config import InfraConfig, StackSecrets, from_pulumi
-from infra_pulumi.functions import Functions, FunctionsArgs
+from infra_pulumi.functions import Functions
+from infra_pulumi.kubernetes_objects import KubernetesObjectsArgs
 from infra_pulumi.manifests import DATA_NODE_LABEL, ManifestSettings
+from infra_pulumi.monitoring import Monitoring
 from infra_pulumi.network import Network, NetworkArgs
+from infra_pulumi.object_store import ObjectStore
 from infra_pulumi.platform import Platform, PlatformArgs
+from infra_pulumi.registry import Registry
 from infra_pulumi.security import Security, SecurityArgs
 
 
@@ -42,8 +46,15 @@ def compose(cfg: InfraConfig, secrets: StackSecrets) -> dict[str, pulumi.Output]
     platform = Platform(
         "platform", PlatformArgs(kubeconfig=cluster.kubeconfig, settings=settings, provided_secrets=secrets.provided)
     )
+
+    def on_platform(*depends_on: pulumi.Resource) -> KubernetesObjectsArgs:
+        return KubernetesObjectsArgs(provider=platform.provider, settings=platform.settings, depends_on=depends_on)
+
+    object_store = ObjectStore("object-store", on_platform(*platform.ready))
+    registry = Registry("registry", on_platform(*platform.ready))
+    monitoring = Monitoring("monitoring", on_platform(*platform.ready))
     functions = Functions(
-        "functions", FunctionsArgs(provider=platform.provider, settings=settings, depends_on=[platform.objects])
+        "functions", on_platform(*platform.ready, object_store.objects, registry.objects, monitoring.objects)
     )
 
     def at(port: int) -> pulumi.Output[str]:

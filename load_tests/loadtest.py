@@ -1,13 +1,13 @@
 """Send a bounded load to the local gateway (or one function) and report latencies.
 
 Only loopback targets are accepted: this is a measuring tool for the local stack, not a traffic generator.
+The request body is a file (`--image`) or the first image of a folder or .npz (`--images`, see `images`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import ipaddress
 import json
 import threading
@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from load_tests.images import MEDIA_TYPES, load_images
 from shared.errors import UserError
 
-__all__ = ["LoadResult", "add_arguments", "check_loopback", "percentiles", "run", "run_load", "sample_png"]
+__all__ = ["LoadResult", "add_arguments", "check_loopback", "percentiles", "run", "run_load"]
 
 MAX_REQUESTS = 20_000
 MAX_CONCURRENCY = 64
@@ -78,18 +79,6 @@ def check_loopback(url: str) -> str:
     return url
 
 
-def sample_png(seed: int = 0, size: int = 28) -> bytes:
-    """A phantom chest image as PNG (the load's body when no --image is given)."""
-    from PIL import Image
-
-    from training_jobs.phantom import make_phantoms
-
-    images, _ = make_phantoms(2, size, seed, 0.5)
-    buffer = io.BytesIO()
-    Image.fromarray(images[1]).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def run_load(url: str, body: bytes, *, requests: int, concurrency: int, content_type: str = "image/png",
              warmup: int = 10, timeout_s: float = 30.0) -> LoadResult:
     """`requests` POSTs split over `concurrency` threads, each with its own keep-alive connection."""
@@ -139,18 +128,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8080/predict", help="target (loopback only)")
     parser.add_argument("--requests", type=int, default=200, help=f"total requests (max {MAX_REQUESTS})")
     parser.add_argument("--concurrency", type=int, default=1, help=f"parallel clients (max {MAX_CONCURRENCY})")
-    parser.add_argument("--image", type=Path, help="request body (default: a phantom PNG)")
-    parser.add_argument("--content-type", default="image/png")
+    body = parser.add_mutually_exclusive_group(required=True)
+    body.add_argument("--image", type=Path, help="the request body: one PNG, JPEG or DICOM file")
+    body.add_argument("--images", type=Path, help="the request body: the first image of a folder of PNG / JPEG / "
+                      "DICOM files or of an .npz (`triage phantom --out images.npz` writes one)")
+    parser.add_argument("--content-type", help="default: from the file's extension, else image/png")
     parser.add_argument("--warmup", type=int, default=10, help="requests before measuring")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.image is not None and not args.image.is_file():
-        raise UserError(f"--image {args.image}: no such file")
-    body = args.image.read_bytes() if args.image else sample_png()
+    if args.image is not None:
+        if not args.image.is_file():
+            raise UserError(f"--image {args.image}: no such file")
+        body, media = args.image.read_bytes(), MEDIA_TYPES.get(args.image.suffix.lower(), "image/png")
+    else:
+        first = load_images(args.images, 1)[0]
+        body, media = first.data, first.content_type
     result = run_load(args.url, body, requests=args.requests, concurrency=args.concurrency,
-                      content_type=args.content_type, warmup=args.warmup)
+                      content_type=args.content_type or media, warmup=args.warmup)
     summary = {"url": args.url, **result.summary()}
     print(f"{summary['ok']}/{summary['requests']} ok at concurrency {args.concurrency}: "
           f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, {summary['throughput_rps']} req/s"

@@ -20,6 +20,7 @@ from shared.names import BUCKETS
 __all__ = [
     "BUCKETS",
     "CANARY_SERVICES",
+    "DEFAULT_MAX_PIXELS",
     "PROJECT_ROOT",
     "RETRAIN_BACKENDS",
     "CanaryPolicy",
@@ -36,6 +37,7 @@ __all__ = [
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CANARY_SERVICES = ("predict", "explain", "ingest")  # the services a model version is a revision of
 RETRAIN_BACKENDS = ("local", "kubernetes", "github")
+DEFAULT_MAX_PIXELS = 50_000_000  # declared pixels above this are refused (413) before any is decoded
 
 
 class ConfigError(UserError, ValueError):
@@ -95,7 +97,7 @@ class Settings:
     reviewer_tokens: str | None = field(default=None, repr=False)
     # Limits.
     max_body_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 50_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     url_fetch_timeout_s: float = 5.0
     # Networks a {"url"} input may point into despite the SSRF guard ("127.0.0.1/32,::1"): local stack and tests only.
     url_allow_networks: str = ""
@@ -131,7 +133,7 @@ class Settings:
             webhook_token=env.get("WEBHOOK_TOKEN") or None,
             reviewer_tokens=env.get("REVIEWER_TOKENS") or None,
             max_body_bytes=_whole(env, "MAX_BODY_BYTES", 20 * 1024 * 1024),
-            max_pixels=_whole(env, "MAX_PIXELS", 50_000_000),
+            max_pixels=_whole(env, "MAX_PIXELS", DEFAULT_MAX_PIXELS),
             url_fetch_timeout_s=_real(env, "URL_FETCH_TIMEOUT_S", 5.0, "number of seconds"),
             url_allow_networks=env.get("URL_ALLOW_NETWORKS", ""),
             ort_intra_op_threads=_whole(env, "ORT_INTRA_OP_THREADS", 1),

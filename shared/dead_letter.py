@@ -16,10 +16,12 @@ from urllib.parse import urlsplit
 
 from cloudevents.http import CloudEvent
 
+from shared.names import DEAD_LETTER_BUCKET
 from shared.storage import Storage
 from shared.timestamps import utc_iso
 
-DEAD_LETTER_BUCKET = "dead-letter"
+__all__ = ["dead_letter_record", "store_dead_letter", "subscriber_name"]
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from shared.config import DEFAULT_MAX_PIXELS
 from shared.errors import ImageError, PayloadTooLarge
 
-__all__ = ["BASIC_PROFILE", "decode_dicom", "deidentify", "deidentify_bytes", "read_dataset"]
+__all__ = ["BASIC_PROFILE", "decode_dicom", "deidentify", "deidentify_bytes", "is_dicom", "read_dataset"]
 
-DEFAULT_MAX_PIXELS = 50_000_000
 
 # DICOM PS3.15 Annex E basic application level confidentiality profile, the attributes a chest radiograph
 # can carry: (tag, keyword, action). X = remove, Z = keep empty (type 2 attributes stay present, so the file
@@ -240,6 +240,11 @@ _REPEATING_GROUPS = ((0x5000, 0x50FF), (0x6000, 0x60FF))
 _UID_ROOT = "2.25."
 
 
+def is_dicom(data: bytes) -> bool:
+    """True for a DICOM file with its 128-byte preamble and the `DICM` magic (PS3.10); bare data sets say False."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
 def read_dataset(data: bytes, *, force: bool = False) -> Any:
     """Parse DICOM bytes into a pydicom Dataset; ImageError naming what is wrong."""
     import pydicom
@@ -284,7 +289,7 @@ def decode_dicom(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    has_preamble = is_dicom(data)
     ds = read_dataset(data, force=not has_preamble)
     if "PixelData" not in ds:
         raise ImageError("DICOM has no pixel data (PixelData element missing)")
@@ -385,7 +390,7 @@ def deidentify(ds: Any, *, salt: str = "xray-triage") -> Any:
 
 def deidentify_bytes(data: bytes, *, salt: str = "xray-triage") -> bytes:
     """De-identify DICOM bytes; returns a DICOM file (with preamble when the input had file meta)."""
-    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    has_preamble = is_dicom(data)
     ds = read_dataset(data, force=not has_preamble)
     try:
         deidentify(ds, salt=salt)

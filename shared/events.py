@@ -21,17 +21,29 @@ from cloudevents.http import CloudEvent, from_http
 
 from shared.config import Settings
 from shared.errors import TriageError, UserError
+from shared.names import (
+    FEEDBACK_RECEIVED,
+    MODEL_REGISTERED,
+    OBJECT_CREATED,
+    PREDICTION_CREATED,
+    SOURCE_FEEDBACK,
+    SOURCE_INGEST,
+    SOURCE_RETRAIN,
+)
+from shared.security import read_body
 from shared.timestamps import utc_iso
 
 __all__ = [
-    "BadEvent",
+    # The event types and sources live in shared.names; they are here too because every event user needs them.
+    "FEEDBACK_RECEIVED",
+    "MAX_EVENT_BYTES",
+    "MODEL_REGISTERED",
     "OBJECT_CREATED",
     "PREDICTION_CREATED",
-    "FEEDBACK_RECEIVED",
-    "MODEL_REGISTERED",
-    "SOURCE_INGEST",
     "SOURCE_FEEDBACK",
+    "SOURCE_INGEST",
     "SOURCE_RETRAIN",
+    "BadEvent",
     "CloudEvent",
     "EventDeliveryError",
     "EventPublisher",
@@ -56,13 +68,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OBJECT_CREATED = "io.minio.object.created"
-PREDICTION_CREATED = "triage.prediction.created"
-FEEDBACK_RECEIVED = "triage.feedback.received"
-MODEL_REGISTERED = "triage.model.registered"
-SOURCE_INGEST = "triage/ingest"
-SOURCE_FEEDBACK = "triage/feedback"
-SOURCE_RETRAIN = "triage/retrain"
+MAX_EVENT_BYTES = 1 << 20
 
 
 class EventDeliveryError(TriageError):
@@ -159,9 +165,18 @@ def model_registered_event(
 
 
 def event_to_binary_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
-    """Binary content mode: attributes in `ce-*` headers, data as the JSON body."""
+    """Binary content mode, as Knative delivers: attributes in `ce-*` headers, data as the body.
+
+    JSON data gets `Content-Type: application/json` even when the event names no `datacontenttype` (an event
+    parsed from a reply, say), so every subscriber can read it.
+    """
     headers, body = to_binary(event)
-    return dict(headers), body if isinstance(body, bytes) else str(body).encode("utf-8")
+    headers = dict(headers)
+    if "content-type" not in {k.lower() for k in headers} and isinstance(event.get_data(), (dict, list)):
+        headers["content-type"] = "application/json"
+    if body is None:
+        return headers, b""
+    return headers, body if isinstance(body, bytes) else str(body).encode("utf-8")
 
 
 def event_to_structured_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
@@ -181,20 +196,9 @@ def event_from_http(headers: Mapping[str, str], body: bytes | str | None) -> Clo
     return event
 
 
-MAX_EVENT_BYTES = 1 << 20
-
-
 def read_event_request(request: Any, *, max_bytes: int = MAX_EVENT_BYTES) -> CloudEvent:
     """The CloudEvent of a flask request, its body capped at `max_bytes` (413 above it)."""
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise UserError(
-            f"body: {length} bytes is over the event limit of {max_bytes}", code="payload_too_large", status=413
-        )
-    body = request.stream.read(max_bytes + 1)
-    if len(body) > max_bytes:
-        raise UserError(f"body: over the event limit of {max_bytes} bytes", code="payload_too_large", status=413)
-    return event_from_http(request.headers, body)
+    return event_from_http(request.headers, read_body(request, max_bytes))
 
 
 def event_data(event: CloudEvent, *required: str) -> dict[str, Any]:

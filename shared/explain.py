@@ -13,6 +13,18 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
+__all__ = [
+    "OCCLUSION_BATCH",
+    "ScoreFn",
+    "attention_rollout",
+    "colormap",
+    "deletion_insertion_auc",
+    "faithfulness_against_random",
+    "occlusion_map",
+    "overlay_png",
+    "resize_map",
+]
+
 # A batch of model inputs float32 [N, 1, S, S] → one score per image [N] (e.g. the pneumonia probability).
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 

@@ -1,9 +1,9 @@
 """Radiologists' labels: validate, store `feedback/<request_id>.json`, emit `triage.feedback.received`.
 
 A label is accepted only for a request the system answered. Every prediction is indexed under
-`inference-results/requests/<request_id>.json` (`record_request`): ingest writes it for every upload, and
-predict / explain should write it for synchronous requests (`RequestRecorder`, off the request path) so that
-those can get feedback too.
+`inference-results/requests/<request_id>.json` (`record_request`; the key is `names.request_record_key`): ingest
+writes it for every upload, and predict / explain for synchronous requests (`RequestRecorder`, off the request
+path) so that those can get feedback too.
 
 Resending the same label is a no-op (200, no event); a different label replaces the stored one and emits a new
 event. The label is stored before the event is published, with `notified: false` until the sink accepted it,
@@ -24,38 +24,26 @@ from typing import Any
 
 from shared.errors import InvalidField, NotFound, UserError
 from shared.events import Publisher, feedback_received_event
+from shared.names import CLASS_NAMES, FEEDBACK_BUCKET, REQUEST_ID, RESULT_BUCKET, feedback_key, request_record_key
 from shared.security import check_bearer
 from shared.storage import Storage
 from shared.timestamps import utc_iso
 
 __all__ = [
-    "FEEDBACK_BUCKET",
     "LABELS",
+    "MAX_BODY_BYTES",
     "FeedbackOutcome",
     "FeedbackRequest",
-    "parse_feedback",
     "RequestRecorder",
+    "parse_feedback",
     "record_request",
-    "request_index_key",
     "submit_feedback",
 ]
 
-FEEDBACK_BUCKET = "feedback"
-RESULT_BUCKET = "inference-results"
-LABELS = ("normal", "pneumonia")
+LABELS = CLASS_NAMES
 log = logging.getLogger(__name__)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _REVIEWER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
-MAX_BODY_BYTES = 16 * 1024
-
-
-def request_index_key(request_id: str) -> str:
-    """Key in `inference-results` of the index record of one answered request."""
-    return f"requests/{request_id}.json"
-
-
-def feedback_key(request_id: str) -> str:
-    return f"{request_id}.json"
+MAX_BODY_BYTES = 16 * 1024  # the feedback function reads at most this (shared.security.read_body)
 
 
 def record_request(
@@ -63,7 +51,7 @@ def record_request(
 ) -> None:
     """Index an answered request (`prediction` = Prediction.to_json(), plus anything else) for feedback."""
     request_id = str(prediction["request_id"])
-    if not _REQUEST_ID.match(request_id):
+    if not REQUEST_ID.match(request_id):
         raise ValueError(f"request_id {request_id!r} is not a safe key")
     record = {
         "request_id": request_id,
@@ -75,7 +63,7 @@ def record_request(
         "result": result_uri,
         "time": utc_iso(),
     }
-    storage.put_json(RESULT_BUCKET, request_index_key(request_id), record)
+    storage.put_json(RESULT_BUCKET, request_record_key(request_id), record)
 
 
 class RequestRecorder:
@@ -151,8 +139,6 @@ def parse_feedback(body: bytes, authorization: str | None, reviewer_tokens: str 
     beside it as `authenticated_as`, because a ward may share one token among several radiologists.
     """
     token_reviewer = check_bearer(authorization, reviewer_tokens)
-    if len(body) > MAX_BODY_BYTES:
-        raise UserError(f"body: over the limit of {MAX_BODY_BYTES} bytes", code="payload_too_large", status=413)
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -160,7 +146,7 @@ def parse_feedback(body: bytes, authorization: str | None, reviewer_tokens: str 
     if not isinstance(payload, dict):
         raise InvalidField('body: expected a JSON object {"request_id", "label", "reviewer"}')
     request_id = payload.get("request_id")
-    if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+    if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
         raise InvalidField("request_id: expected the request_id of a prediction (letters, digits, . _ -)")
     label = payload.get("label")
     if label not in LABELS:
@@ -171,14 +157,6 @@ def parse_feedback(body: bytes, authorization: str | None, reviewer_tokens: str 
     return FeedbackRequest(request_id=request_id, label=label, reviewer=reviewer, authenticated_as=token_reviewer)
 
 
-def _get_json_or_none(storage: Storage, bucket: str, key: str) -> dict[str, Any] | None:
-    try:
-        value = storage.get_json(bucket, key)
-    except NotFound:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def submit_feedback(
     storage: Storage,
     request: FeedbackRequest,
@@ -187,11 +165,11 @@ def submit_feedback(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> FeedbackOutcome:
     """Store the label (404 for an unknown request id) and publish its event; idempotent for a same label."""
-    answered = _get_json_or_none(storage, RESULT_BUCKET, request_index_key(request.request_id))
+    answered = storage.get_json_object(RESULT_BUCKET, request_record_key(request.request_id))
     if answered is None:
         raise NotFound(f"request_id: no prediction {request.request_id} is known")
     key = feedback_key(request.request_id)
-    existing = _get_json_or_none(storage, FEEDBACK_BUCKET, key)
+    existing = storage.get_json_object(FEEDBACK_BUCKET, key)
     if existing is not None and existing.get("label") == request.label:
         if existing.get("notified"):
             return FeedbackOutcome("unchanged", existing)

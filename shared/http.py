@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -21,12 +20,24 @@ from werkzeug.exceptions import HTTPException
 from shared import metrics
 from shared.config import Settings
 from shared.errors import ImageError, InvalidField, PayloadTooLarge, TriageError, UnsupportedMediaType, UserError
-from shared.security import IPNetwork, fetch_url
+from shared.names import IMAGE_CONTENT_TYPES, REQUEST_ID
+from shared.security import IPNetwork, fetch_url, read_body
+
+__all__ = [
+    "Handler",
+    "Readiness",
+    "error_response",
+    "json_response",
+    "read_body",
+    "read_image",
+    "request_id",
+    "serve",
+    "wants_png",
+]
 
 log = logging.getLogger(__name__)
 
-RAW_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "application/dicom", "application/octet-stream"})
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+RAW_IMAGE_TYPES = IMAGE_CONTENT_TYPES
 
 Handler = Callable[[flask.Request], flask.Response]
 
@@ -55,15 +66,6 @@ def error_response(exc: BaseException) -> flask.Response:
     return json_response({"error": {"code": "internal", "message": "internal error"}}, 500)
 
 
-def _read_body(request: flask.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"body: {request.content_length} bytes is over the limit of {limit}")
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"body: over the limit of {limit} bytes")
-    return data
-
-
 def _read_multipart(request: flask.Request, limit: int) -> tuple[bytes, str | None]:
     request.max_content_length = limit
     try:
@@ -74,16 +76,13 @@ def _read_multipart(request: flask.Request, limit: int) -> tuple[bytes, str | No
         raise UserError("body: malformed multipart form") from exc
     if upload is None:
         raise InvalidField("file: the multipart form has no field 'file'")
-    data = upload.stream.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"file: over the limit of {limit} bytes")
-    return data, upload.mimetype or None
+    return read_body(upload, limit, what="file"), upload.mimetype or None
 
 
 def _read_url(
     request: flask.Request, settings: Settings, allow_networks: tuple[IPNetwork, ...]
 ) -> tuple[bytes, str | None]:
-    body = _read_body(request, min(settings.max_body_bytes, 64 * 1024))
+    body = read_body(request, min(settings.max_body_bytes, 64 * 1024))
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -112,7 +111,7 @@ def read_image(
     elif media == "application/json":
         data, content_type = _read_url(request, settings, allow_networks)
     elif media in RAW_IMAGE_TYPES:
-        data, content_type = _read_body(request, settings.max_body_bytes), media
+        data, content_type = read_body(request, settings.max_body_bytes), media
     else:
         raise UnsupportedMediaType(
             f"content-type: {media} is not accepted; send image/png, image/jpeg, application/dicom, "
@@ -124,9 +123,9 @@ def read_image(
 
 
 def request_id(request: flask.Request) -> str | None:
-    """The caller's `X-Request-Id` when it is a safe token, else None (the runtime makes one)."""
+    """The caller's `X-Request-Id` when it is a safe token, else None (the model makes one)."""
     value = request.headers.get("X-Request-Id", "")
-    return value if _REQUEST_ID.match(value) else None
+    return value if REQUEST_ID.match(value) else None
 
 
 def wants_png(request: flask.Request) -> bool:

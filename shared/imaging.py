@@ -8,7 +8,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from shared.config import DEFAULT_MAX_PIXELS
+from shared.dicom import decode_dicom, is_dicom
 from shared.errors import ImageError, PayloadTooLarge, UnsupportedMediaType
+from shared.names import IMAGE_CONTENT_TYPES
 
 __all__ = [
     "ACCEPTED_CONTENT_TYPES",
@@ -21,13 +24,13 @@ __all__ = [
     "to_model_input",
 ]
 
-MAX_PIXELS = 50_000_000
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 # PIL raises DecompressionBombError above twice this and only warns above it; our own declared-size check
 # (per call, from Settings.max_pixels) is the one that decides, so PIL's advisory warning is silenced.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
-ACCEPTED_CONTENT_TYPES = frozenset({"image/png", "image/jpeg", "application/dicom", "application/octet-stream"})
+ACCEPTED_CONTENT_TYPES = IMAGE_CONTENT_TYPES
 MEAN = 0.5
 STD = 0.5
 
@@ -41,7 +44,7 @@ def sniff_format(data: bytes) -> str | None:
         return "png"
     if data.startswith(_JPEG_MAGIC):
         return "jpeg"
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if is_dicom(data):
         return "dicom"
     return None
 
@@ -67,8 +70,6 @@ def decode_image(data: bytes, content_type: str | None = None, *, max_pixels: in
         raise ImageError("empty body: no image bytes")
     kind = sniff_format(data)
     if kind == "dicom" or (kind is None and media == "application/dicom"):
-        from shared.dicom import decode_dicom
-
         return decode_dicom(data, max_pixels=max_pixels)
     if kind is None:
         raise ImageError("the bytes are not a PNG, JPEG or DICOM image")

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
+__all__ = [
+    "COLD_START",
+    "EVENTS_PROCESSED",
+    "MODEL_INFO",
+    "PREDICTIONS",
+    "REQUEST_LATENCY",
+    "STEP_SECONDS",
+    "UPLOAD_TO_RESULT",
+    "metrics_response",
+    "record_model_loaded",
+]
+
 # Buckets around the design's targets: warm predict <= 5 ms p50, < 500 ms end to end.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Upload-to-result: the business metric is "urgent flagged within 60 s", the target p95 <= 2 s.
@@ -13,6 +25,12 @@ REQUEST_LATENCY = Histogram(
     "triage_request_duration_seconds",
     "HTTP request latency of a function, by route and status.",
     ["function", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+STEP_SECONDS = Histogram(
+    "triage_step_seconds",
+    "Seconds of one inference step of the served model (decode, preprocess, predict, explain, postprocess).",
+    ["step"],
     buckets=LATENCY_BUCKETS,
 )
 PREDICTIONS = Counter("triage_predictions_total", "Predictions made, by predicted label.", ["label"])

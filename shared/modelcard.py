@@ -15,8 +15,18 @@ from typing import Any
 import numpy as np
 
 from shared.errors import UserError
+from shared.names import CLASS_NAMES
 
-CLASS_NAMES = ("normal", "pneumonia")
+__all__ = [
+    "CARD_FILE",
+    "CLASS_NAMES",
+    "MODEL_FILES",
+    "URGENT_MIN",
+    "ModelCard",
+    "ModelCardError",
+    "calibrated_probability",
+]
+
 URGENT_MIN = 0.9
 CARD_FILE = "model_card.json"
 MODEL_FILES = ("model.onnx", "model.int8.onnx")

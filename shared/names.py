@@ -9,6 +9,9 @@ import re
 
 __all__ = [
     "BUCKETS",
+    "CLASS_NAMES",
+    "IMAGE_CONTENT_TYPES",
+    "POSITIVE",
     "CANARY_STATE_KEY",
     "DEAD_LETTER_BUCKET",
     "FEEDBACK_BUCKET",
@@ -50,6 +53,11 @@ DEAD_LETTER_BUCKET = "dead-letter"
 MLFLOW_BUCKET = "mlflow"  # MLflow's artifact store in production (MinIO); not one of the functions' buckets
 BUCKETS = (RAW_BUCKET, PROCESSED_BUCKET, INPUT_BUCKET, RESULT_BUCKET, FEEDBACK_BUCKET, DEAD_LETTER_BUCKET)
 NOTIFYING_BUCKETS = (INPUT_BUCKET, RAW_BUCKET)  # an upload here starts work (minio-source → broker)
+
+# --- what the model answers, and what an image upload may be ---------------------------------------------------
+CLASS_NAMES = ("normal", "pneumonia")  # class 0, class 1 of the model's logits; also the labels reviewers give
+POSITIVE = "pneumonia"
+IMAGE_CONTENT_TYPES = frozenset({"image/png", "image/jpeg", "application/dicom", "application/octet-stream"})
 
 # --- keys --------------------------------------------------------------------------------------------------------
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # a request id is also a key segment: nothing else passes

@@ -30,6 +30,7 @@ from shared.events import CloudEvent, EventDeliveryError, Publisher, object_crea
 from shared.security import check_bearer
 
 __all__ = [
+    "MAX_NOTIFICATION_BYTES",
     "BadNotification",
     "Notification",
     "ObjectCreatedRecord",
@@ -37,9 +38,12 @@ __all__ = [
     "check_webhook_auth",
     "forward_notification",
     "parse_notification",
+    "unwrap_sns",
 ]
 
 log = logging.getLogger(__name__)
+
+MAX_NOTIFICATION_BYTES = 1 << 20
 
 
 class BadNotification(UserError):
@@ -98,25 +102,34 @@ def check_webhook_auth(header_value: str | None, token: str | None) -> None:
         raise Unauthorized("authorization: unknown token")
 
 
+def unwrap_sns(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The S3 event JSON of a webhook body: the body itself (MinIO), the `Message` of an SNS Notification, or None
+    for an SNS handshake (SubscriptionConfirmation, UnsubscribeConfirmation) that carries no event."""
+    sns_type = document.get("Type")
+    if sns_type in ("SubscriptionConfirmation", "UnsubscribeConfirmation"):
+        return None
+    if sns_type != "Notification":
+        return document
+    message = document.get("Message")
+    if not isinstance(message, str):
+        raise BadNotification("SNS notification has no 'Message' string")
+    return _json_object(message, "SNS 'Message'")
+
+
 def parse_notification(body: bytes | str) -> Notification:
     """Parse a MinIO webhook body or an SNS envelope of an S3 event into created-object records."""
-    document = _json_object(body, "request body")
-    sns_type = document.get("Type")
-    if sns_type == "SubscriptionConfirmation":
+    envelope = _json_object(body, "request body")
+    document = unwrap_sns(envelope)
+    if document is None:
+        if envelope.get("Type") != "SubscriptionConfirmation":
+            return Notification()
         return Notification(
             confirmation=SubscriptionConfirmation(
-                topic_arn=str(document.get("TopicArn", "")),
-                subscribe_url=str(document.get("SubscribeURL", "")),
-                token=str(document.get("Token", "")),
+                topic_arn=str(envelope.get("TopicArn", "")),
+                subscribe_url=str(envelope.get("SubscribeURL", "")),
+                token=str(envelope.get("Token", "")),
             )
         )
-    if sns_type == "UnsubscribeConfirmation":
-        return Notification()
-    if sns_type == "Notification":
-        message = document.get("Message")
-        if not isinstance(message, str):
-            raise BadNotification("SNS notification has no 'Message' string")
-        document = _json_object(message, "SNS 'Message'")
     if document.get("Event") == "s3:TestEvent":
         return Notification()  # sent by S3 when a notification is configured; carries no object
     records = document.get("Records")

@@ -1,4 +1,6 @@
-"""Input-side security: SSRF-safe fetching of `{"url": ...}` images and bearer-token checks.
+"""Input-side security: size-capped body reading, SSRF-safe fetching of `{"url": ...}` images, bearer-token checks.
+
+`read_body` is the one reader of a request body (or an uploaded file) with a size cap: 413 above it.
 
 The fetcher resolves the host itself, refuses any address that is not public unicast, and connects to exactly
 the address it checked (so a DNS answer that changes between check and connect cannot redirect it inside).
@@ -13,12 +15,26 @@ import ipaddress
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
 
 from shared.errors import Forbidden, InvalidField, PayloadTooLarge, Unauthorized, UserError
+
+__all__ = [
+    "IPAddress",
+    "IPNetwork",
+    "UrlRefused",
+    "check_address",
+    "check_bearer",
+    "fetch_url",
+    "is_public_address",
+    "parse_networks",
+    "parse_tokens",
+    "read_body",
+    "resolve_checked",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -26,6 +42,24 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_REDIRECTS = 3
 _REDIRECTS = {301, 302, 303, 307, 308}
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class Body(Protocol):
+    """What `read_body` reads: a flask request, or an uploaded file of a multipart form."""
+
+    stream: BinaryIO
+    content_length: int | None
+
+
+def read_body(body: Body, limit: int, *, what: str = "body") -> bytes:
+    """The bytes of a request body or upload, at most `limit`: PayloadTooLarge (413) when it declares or holds more."""
+    declared = body.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"{what}: {declared} bytes is over the limit of {limit}")
+    data = body.stream.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"{what}: over the limit of {limit} bytes")
+    return data
 
 
 class UrlRefused(UserError):

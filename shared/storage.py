@@ -16,7 +16,8 @@ from shared.errors import NotFound, TriageError
 from shared.names import BUCKETS
 
 __all__ = [
-    "MAX_CAS_ATTEMPTS", "Stale", "StateConflict", "Storage", "StorageUnavailable", "StoredObject", "split_s3_uri",
+    "MAX_CAS_ATTEMPTS", "ListedObject", "Stale", "StateConflict", "Storage", "StorageUnavailable", "StoredObject",
+    "split_s3_uri",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,16 @@ class Stale(TriageError):
 
     status = 409
     code = "stale_object"
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One entry of a bucket listing."""
+
+    key: str
+    etag: str
+    last_modified: datetime
+    size: int
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,17 @@ class Storage:
     def get_json(self, bucket: str, key: str) -> Any:
         return json.loads(self.get_bytes(bucket, key))
 
+    def get_json_object(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """The JSON object at `bucket/key`; None when it is absent, not JSON or not an object (never trusted)."""
+        try:
+            value = self.get_json(bucket, key)
+        except NotFound:
+            return None
+        except ValueError:
+            log.warning("an object in bucket %s is not JSON; read as none", bucket)
+            return None
+        return value if isinstance(value, dict) else None
+
     def get_json_versioned(self, bucket: str, key: str) -> tuple[Any, str | None]:
         """(value, etag) of a JSON object, (None, None) when it does not exist: the read half of `put_json_if`."""
         try:
@@ -236,12 +258,17 @@ class Storage:
     def exists(self, bucket: str, key: str) -> bool:
         return self.head(bucket, key) is not None
 
-    def iter_keys(self, bucket: str, prefix: str = "", page_size: int | None = None) -> Iterator[str]:
+    def iter_objects(self, bucket: str, prefix: str = "", page_size: int | None = None) -> Iterator[ListedObject]:
+        """Every object under `prefix` with its etag, time and size, page by page."""
         paginator = self.client.get_paginator("list_objects_v2")
         pagination = {"PageSize": page_size} if page_size else {}
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig=pagination):
             for item in page.get("Contents", []):
-                yield item["Key"]
+                yield ListedObject(item["Key"], str(item.get("ETag", "")).strip('"'), item["LastModified"],
+                                   int(item.get("Size", 0)))
+
+    def iter_keys(self, bucket: str, prefix: str = "", page_size: int | None = None) -> Iterator[str]:
+        return (listed.key for listed in self.iter_objects(bucket, prefix, page_size))
 
     def list_keys(self, bucket: str, prefix: str = "", page_size: int | None = None) -> list[str]:
         """Every key under `prefix`, across pages, sorted."""

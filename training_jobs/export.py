@@ -9,7 +9,6 @@ the graph is run at several batch sizes after export so a baked-in shape would f
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import subprocess
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from shared.errors import UserError
+from shared.model_store import sha256_file  # the one file digest: serving verifies with it
 from shared.modelcard import CARD_FILE, MODEL_FILES, ModelCard, calibrated_probability
 from training_jobs.vit import ViT, ViTWithAttention, load_checkpoint
 
@@ -140,14 +140,6 @@ def measure_int8(fp32: Path, int8: Path, x: np.ndarray, y: np.ndarray | None, *,
             auc32, auc8 = float(roc_auc_score(y, p32)), float(roc_auc_score(y, p8))
             result.update(auc_fp32=auc32, auc_int8=auc8, auc_change=auc8 - auc32)
     return result
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def git_commit() -> str:

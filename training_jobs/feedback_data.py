@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from shared.errors import NotFound, TriageError
-from shared.feedback import request_index_key
 from shared.imaging import decode_image, to_model_input
+from shared.names import RESULT_BUCKET
+from shared.names import request_record_key as request_index_key
 from shared.storage import Storage, split_s3_uri
 from training_jobs.data import SplitArrays, Splits, compute_data_hash
 
@@ -37,7 +38,7 @@ class FeedbackExamples:
 def _labelled_image(storage: Storage, label_key: str) -> tuple[bytes, str]:
     """The uploaded bytes a label refers to, and the label; NotFound when a link of the chain is missing."""
     label = storage.get_json("feedback", label_key)
-    index = storage.get_json("inference-results", request_index_key(str(label["request_id"])))
+    index = storage.get_json(RESULT_BUCKET, request_index_key(str(label["request_id"])))
     if not index.get("result"):
         raise LookupError("synchronous request: no stored image")
     result = storage.get_json(*split_s3_uri(index["result"]))

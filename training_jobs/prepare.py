@@ -24,6 +24,7 @@ import numpy as np
 from shared.dicom import deidentify_bytes
 from shared.errors import ImageError, UserError
 from shared.imaging import sniff_format
+from shared.names import CLASS_NAMES, PROCESSED_BUCKET, RAW_BUCKET
 from training_jobs.data import (
     PROCESSED_FORMAT,
     SPLIT_NAMES,
@@ -38,9 +39,6 @@ from training_jobs.data import (
 
 __all__ = ["add_arguments", "build_splits", "prepare", "run", "write_data_report"]
 
-RAW_BUCKET = "raw-data"
-PROCESSED_BUCKET = "processed"
-CLASS_NAMES = ("normal", "pneumonia")
 # Share of train carved out for each missing split (whole patients, stratified).
 CARVE_FRACTIONS = {"val": 0.1, "test": 0.1, "final_eval": 0.1}
 

@@ -1,5 +1,7 @@
 """MLflow model registry: register a run's model dir as `xray-vit` (alias `challenger`), promote to `champion`.
 
+Reading and moving aliases (`client`, `promote`, `resolve`) lives in `shared.registry`, which the serving side
+uses too; this module adds what only training does: validate, register, download, announce, `triage promote`.
 Registration validates the model dir (card + both ONNX files + their sha256) before anything is created; a
 version whose artifacts fail to upload is deleted again, and aliases move only once the files are there.
 """
@@ -8,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import replace
@@ -16,30 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import UserError
+from shared.events import Publisher, model_registered_event
 from shared.modelcard import CARD_FILE, MODEL_FILES, ModelCard, ModelCardError
+from shared.registry import CHALLENGER, CHAMPION, MODEL_NAME, client, promote, resolve, tracking_uri
 
-MODEL_NAME = "xray-vit"
-CHAMPION, CHALLENGER = "champion", "challenger"
+__all__ = [
+    "ARTIFACT_PATH", "CHALLENGER", "CHAMPION", "MODEL_NAME", "add_arguments", "client", "download",
+    "emit_model_registered", "promote", "register_model_dir", "resolve", "run", "tracking_uri", "validate_model_dir",
+]
 ARTIFACT_PATH = "model"
-
-
-def tracking_uri() -> str:
-    from shared.config import default_tracking_uri
-
-    return default_tracking_uri()
-
-
-def client(uri: str | None = None) -> Any:
-    """An MlflowClient on `uri` (default: $MLFLOW_TRACKING_URI or the project's local store), also the registry."""
-    from mlflow.tracking import MlflowClient
-
-    uri = uri or tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def validate_model_dir(model_dir: str | Path) -> ModelCard:
     """The card of a complete model dir; UserError naming the file when anything is missing or altered."""
-    from training_jobs.export import sha256_file
+    from shared.model_store import sha256_file
 
     model_dir = Path(model_dir)
     try:
@@ -92,47 +83,6 @@ def register_model_dir(model_dir: str | Path, run_id: str, *, mlflow_client: Any
     return str(version.version)
 
 
-def promote(version: str, *, mlflow_client: Any = None, name: str = MODEL_NAME,
-            alias: str = CHAMPION) -> str | None:
-    """Point `alias` at `version`; returns the version it pointed at before (None if unset)."""
-    from mlflow.exceptions import MlflowException
-
-    mc = mlflow_client or client()
-    try:
-        mc.get_model_version(name, str(version))
-    except MlflowException as exc:
-        raise UserError(f"registered model {name!r} has no version {version!r}") from exc
-    try:
-        previous = str(mc.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        previous = None
-    mc.set_registered_model_alias(name, alias, str(version))
-    return previous
-
-
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
-
-
-def resolve(ref: str, *, mlflow_client: Any = None, name: str = MODEL_NAME) -> tuple[str, str]:
-    """(version, artifact URI) of `models:/name@alias`, `models:/name/3`, an alias or a version number."""
-    from mlflow.exceptions import MlflowException
-
-    mc = mlflow_client or client()
-    match = _MODELS_URI.match(ref)
-    alias = version = None
-    if match:
-        name, alias, version = match["name"], match["alias"], match["version"]
-    elif ref.isdigit():
-        version = ref
-    else:
-        alias = ref
-    try:
-        mv = mc.get_model_version_by_alias(name, alias) if alias else mc.get_model_version(name, version)
-    except MlflowException as exc:
-        raise UserError(f"model {ref!r} not found in the registry") from exc
-    return str(mv.version), mc.get_model_version_download_uri(name, mv.version)
-
-
 def download(ref: str, dst: str | Path, *, mlflow_client: Any = None) -> Path:
     """Download the model files of `ref` (see `resolve`) under dst; returns the folder holding them."""
     import mlflow.artifacts
@@ -143,6 +93,14 @@ def download(ref: str, dst: str | Path, *, mlflow_client: Any = None) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=mc.tracking_uri)
     return Path(local)
+
+
+def emit_model_registered(
+    version: str | int, run_id: str | None, publisher: Publisher, *, batch_id: str | None = None
+) -> None:
+    """Announce a newly registered model version (the training job calls this after registering)."""
+    extra = {"batch_id": batch_id} if batch_id else None
+    publisher.publish(model_registered_event(version, run_id, extra=extra))
 
 
 # ---------------------------------------------------------------------------------------------------------------

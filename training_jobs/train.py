@@ -350,7 +350,7 @@ def announce_registered(version: str, run_id: str) -> bool:
     `announced: false`), not fatal; the canary can then be started by hand with `triage canary`.
     """
     from shared.events import EventDeliveryError, NullPublisher, publisher_from_settings
-    from shared.retrain import emit_model_registered
+    from training_jobs.registry import emit_model_registered
 
     settings = Settings.from_env()
     publisher = publisher_from_settings(settings)

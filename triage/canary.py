@@ -12,49 +12,42 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from shared import registry
 from shared.canary import (
-    CANARY_SERVICES,
     HOLD,
     PROMOTED,
     ROLLBACK,
     RUNNING,
     CanaryError,
-    CanaryPolicy,
     CanaryState,
     Decision,
-    GatewayMetricsSource,
-    GatewayTraffic,
-    KnativeTraffic,
-    KubernetesAPI,
-    MetricsSource,
     Observer,
-    PrometheusSource,
     Traffic,
     apply_decision,
+    backends,
     log_decision,
     observer,
-    parse_steps,
-    promote_in_registry,
     start_canary,
     tick,
 )
+from shared.config import CANARY_SERVICES, CanaryPolicy, CanarySettings, Settings, parse_steps
 from shared.errors import UserError
+from triage.config import TriageEnv
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--gateway", metavar="URL", help="drive the local stack's gateway at URL")
     mode.add_argument("--knative", action="store_true", help="patch the Knative Services (KUBECONFIG or in-cluster)")
-    parser.add_argument("--namespace", default=os.environ.get("KNATIVE_NAMESPACE", "xray-triage"))
+    parser.add_argument("--namespace", help="Knative namespace (default $KNATIVE_NAMESPACE, else xray-triage)")
     parser.add_argument("--services", default=",".join(CANARY_SERVICES), help="Knative services (comma-separated)")
-    parser.add_argument("--prometheus", metavar="URL", default=os.environ.get("PROMETHEUS_URL"))
+    parser.add_argument("--prometheus", metavar="URL", help="Prometheus to observe (default $PROMETHEUS_URL)")
     parser.add_argument("--window", default=None, help="PromQL range of each observation (default: the interval)")
     parser.add_argument("--steps", default="10,25,50,100", help="percents to the challenger, ending at 100")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between decisions")
@@ -85,22 +78,19 @@ def policy_from_args(args: argparse.Namespace) -> CanaryPolicy:
     )
 
 
-def _backends(args: argparse.Namespace, window: str) -> tuple[Traffic, MetricsSource, tuple[str, ...]]:
-    services = tuple(s for s in args.services.split(",") if s)
-    knative = args.knative or (not args.gateway and bool(os.environ.get("KUBECONFIG")
-                                                         or os.environ.get("KUBERNETES_SERVICE_HOST")))
-    if not knative:
-        gateway = args.gateway or f"http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8080')}"
-        if args.prometheus:
-            return GatewayTraffic(gateway), PrometheusSource(args.prometheus, flavor="gateway", window=window), services
-        return GatewayTraffic(gateway), GatewayMetricsSource(gateway), services  # no Prometheus needed locally
-    api = KubernetesAPI.from_environment()
-    if args.prometheus:
-        metrics = PrometheusSource(args.prometheus, window=window)
-    else:  # through the API server: the cluster's Prometheus is not exposed to the deploy runner
-        proxy = f"{api.server}/api/v1/namespaces/{args.namespace}/services/prometheus:9090/proxy"
-        metrics = PrometheusSource(proxy, window=window, client=api.client)
-    return KnativeTraffic(api, args.namespace, services), metrics, services
+def settings_from_args(args: argparse.Namespace, env: TriageEnv, window: str) -> CanarySettings:
+    """The canary's settings from the options, with the environment's defaults; no new revision is started."""
+    knative = args.knative or (not args.gateway and env.in_cluster)
+    return CanarySettings(
+        policy=policy_from_args(args),
+        prometheus_url=args.prometheus or env.prometheus_url,
+        window=window,
+        namespace=args.namespace or env.knative_namespace,
+        kubernetes_api=None,
+        services=tuple(s for s in args.services.split(",") if s),
+        gateway_url=None if knative else args.gateway or env.gateway_url,
+        model_uri=None,  # canary the revisions that are deployed (a deploy made the challenger)
+    )
 
 
 def run_canary(
@@ -142,23 +132,25 @@ def run_canary(
 
 
 def run(args: argparse.Namespace) -> int:
-    policy = policy_from_args(args)
+    env = TriageEnv.from_env()
     window = args.window or f"{max(int(args.interval), 60)}s"  # rate() needs several scrapes in its range
-    traffic, metrics, services = _backends(args, window)
+    config = settings_from_args(args, env, window)
+    policy = config.policy
+    settings = Settings.from_env()
+    metrics, traffic = backends(config, settings)
     storage = None
     if args.version:
-        from shared.config import Settings
         from shared.storage import Storage
 
-        storage = Storage.from_settings(Settings.from_env())
+        storage = Storage.from_settings(settings)
     state, _ = start_canary(None, args.version or "latest-revision", args.champion_version, policy, datetime.now(UTC))
     promote = None
-    if args.version and os.environ.get("MLFLOW_TRACKING_URI"):
+    if args.version and env.mlflow_tracking_uri:
         def promote(version: str) -> None:
-            promote_in_registry(version, os.environ["MLFLOW_TRACKING_URI"])
+            registry.promote(version, mlflow_client=registry.client(env.mlflow_tracking_uri))
 
     print(f"canary of {state.version}: steps {list(policy.steps)} every {args.interval:g} s", file=sys.stderr)
-    state, decision = run_canary(state, policy, observer(metrics, storage, services), traffic,
+    state, decision = run_canary(state, policy, observer(metrics, storage, config.services), traffic,
                                  interval_s=args.interval, max_duration_s=args.max_duration, promote=promote)
     nothing = state.status == RUNNING and not state.revisions  # no challenger revision: nothing to canary
     result = {"status": "nothing_to_do" if nothing else state.status, "version": state.version,

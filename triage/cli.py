@@ -18,8 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("triage.stack.demo", "train or load a model, start the stack, triage a few uploads"),
     "canary": ("triage.canary", "step traffic to the challenger while it stays within thresholds"),
     "loadtest": ("load_tests.loadtest", "send a bounded load to the gateway and report latencies"),
-    "bench": ("load_tests.bench", "measure latency, cold start and upload-to-result; write a report"),
-    "manifests": ("infra_pulumi.manifests", "write the Kubernetes / Knative manifests as plain YAML"),
+    "bench": ("triage.bench", "measure latency, cold start and upload-to-result; write a report"),
+    "manifests": ("triage.manifests", "write the Kubernetes / Knative manifests as plain YAML"),
 }
 
 

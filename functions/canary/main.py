@@ -13,12 +13,12 @@ import flask
 import functions_framework
 
 from shared import http
-from shared.canary import CanaryController, CanarySettings, controller_from_settings
-from shared.config import Settings
-from shared.events import MODEL_REGISTERED, event_data, read_event_request
+from shared.canary import CanaryController, controller_from_settings
+from shared.config import CanarySettings, Settings
+from shared.events import event_data, read_event_request
+from shared.names import MODEL_REGISTERED, PING
 from shared.storage import Storage
 
-PING = "dev.knative.sources.ping"
 SETTINGS = Settings.from_env()
 CONFIG = CanarySettings.from_env()
 STORAGE = Storage.from_settings(SETTINGS)
@@ -27,7 +27,7 @@ _CONTROLLER: list[CanaryController] = []  # built on the first event: /healthz a
 
 def _controller() -> CanaryController:
     if not _CONTROLLER:
-        _CONTROLLER.append(controller_from_settings(CONFIG, STORAGE, SETTINGS.mlflow_tracking_uri))
+        _CONTROLLER.append(controller_from_settings(CONFIG, SETTINGS, STORAGE))
     return _CONTROLLER[0]
 
 

@@ -12,6 +12,7 @@ from shared import http
 from shared.config import Settings
 from shared.dead_letter import dead_letter_record, store_dead_letter
 from shared.events import read_event_request
+from shared.names import DEAD_LETTER_BUCKET
 from shared.storage import Storage
 
 SETTINGS = Settings.from_env()
@@ -20,7 +21,7 @@ STORAGE = Storage.from_settings(SETTINGS)
 
 def _store(request: flask.Request) -> flask.Response:
     key = store_dead_letter(STORAGE, dead_letter_record(read_event_request(request)))
-    return http.json_response({"status": "stored", "bucket": "dead-letter", "key": key})
+    return http.json_response({"status": "stored", "bucket": DEAD_LETTER_BUCKET, "key": key})
 
 
 @functions_framework.http

@@ -5,14 +5,15 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http, runtime
+from shared import http
 from shared.config import Settings
 from shared.feedback import RequestRecorder
+from shared.model import get_model
 from shared.security import IPNetwork, parse_networks
 from shared.storage import Storage
 
 SETTINGS = Settings.from_env()
-MODEL = runtime.get_model(SETTINGS)
+MODEL = get_model(SETTINGS)
 # Indexes each request id (off the latency path) so a radiologist can label it through feedback later.
 REQUESTS = RequestRecorder(lambda: Storage.from_settings(SETTINGS), source="explain")
 # Empty unless URL_ALLOW_NETWORKS is set (local stack and tests only): networks a {"url"} may point into.
@@ -20,12 +21,12 @@ URL_ALLOW_NETWORKS: tuple[IPNetwork, ...] = parse_networks(SETTINGS.url_allow_ne
 
 
 def _explain(request: flask.Request) -> flask.Response:
-    method = request.args.get("method", "rollout")
     data, content_type = http.read_image(request, SETTINGS, allow_networks=URL_ALLOW_NETWORKS)
-    explanation = MODEL.explain(MODEL.preprocess(data, content_type), method, http.request_id(request))
-    REQUESTS.record(explanation.prediction.to_json())
+    method = request.args.get("method", "rollout")
+    explanation = MODEL(data, content_type, explain=method, request_id=http.request_id(request))
+    prediction = explanation.prediction
+    REQUESTS.record(prediction.to_json())
     if http.wants_png(request):
-        prediction = explanation.prediction
         headers = {
             "X-Request-Id": prediction.request_id,
             "X-Label": prediction.label,

@@ -22,7 +22,7 @@ PUBLISHER = publisher_from_settings(SETTINGS)
 
 
 def _feedback(request: flask.Request) -> flask.Response:
-    body = request.stream.read(MAX_BODY_BYTES + 1)  # parse_feedback answers 413 above the limit
+    body = http.read_body(request, MAX_BODY_BYTES)
     label = parse_feedback(body, request.headers.get("Authorization"), SETTINGS.reviewer_tokens)
     return http.json_response(submit_feedback(STORAGE, label, PUBLISHER).to_json())
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http, runtime
+from shared import http
 from shared.config import Settings
 from shared.events import EventPublisher, read_event_request, reply_response
 from shared.ingest import ingest_object, object_from_event
+from shared.model import get_model
 from shared.storage import Storage
 
 SETTINGS = Settings.from_env()
-MODEL = runtime.get_model(SETTINGS)
+MODEL = get_model(SETTINGS)
 STORAGE = Storage.from_settings(SETTINGS)
 PUBLISHER = EventPublisher(SETTINGS.k_sink) if SETTINGS.k_sink else None
 

@@ -12,20 +12,16 @@ import functions_framework
 
 from shared import http
 from shared.config import Settings
-from shared.errors import PayloadTooLarge
 from shared.events import EventPublisher
-from shared.s3_events import check_webhook_auth, forward_notification, parse_notification
+from shared.s3_events import MAX_NOTIFICATION_BYTES, check_webhook_auth, forward_notification, parse_notification
 
 SETTINGS = Settings.from_env()
 PUBLISHER = EventPublisher(SETTINGS.k_sink) if SETTINGS.k_sink else None
-MAX_NOTIFICATION_BYTES = 1 << 20
 
 
 def _notify(request: flask.Request) -> flask.Response:
     check_webhook_auth(request.headers.get("Authorization"), SETTINGS.webhook_token)
-    body = request.stream.read(MAX_NOTIFICATION_BYTES + 1)
-    if len(body) > MAX_NOTIFICATION_BYTES:
-        raise PayloadTooLarge(f"body: over the limit of {MAX_NOTIFICATION_BYTES} bytes")
+    body = http.read_body(request, MAX_NOTIFICATION_BYTES)
     return http.json_response(forward_notification(parse_notification(body), PUBLISHER))
 
 

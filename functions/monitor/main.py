@@ -12,9 +12,9 @@ import flask
 import functions_framework
 
 from shared import http
-from shared.config import Settings
+from shared.config import MonitorConfig, Settings
 from shared.events import read_event_request
-from shared.monitor import Monitor, MonitorConfig
+from shared.monitor import Monitor
 from shared.storage import Storage
 
 SETTINGS = Settings.from_env()

@@ -12,9 +12,9 @@ import flask
 import functions_framework
 
 from shared import http
-from shared.config import Settings
+from shared.config import RetrainConfig, Settings
 from shared.events import read_event_request
-from shared.retrain import RetrainConfig, item_from_event, launcher_from_config, maybe_launch
+from shared.retrain import item_from_event, launcher_from_config, maybe_launch
 from shared.storage import Storage
 
 SETTINGS = Settings.from_env()

@@ -6,7 +6,7 @@ import pytest
 
 from shared.canary import load_state
 from shared.events import event_to_binary_http, event_to_structured_http, make_event, model_registered_event
-from tests.shared.test_canary import FakePrometheus
+from tests.shared.canary.test_observe import FakePrometheus
 from triage.stack.gateway import Gateway, GatewayServer, Route
 
 

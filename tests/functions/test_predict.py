@@ -152,11 +152,11 @@ def test_a_real_functions_framework_process_loads_after_the_fork_and_serves(tiny
 
 def test_each_prediction_is_indexed_so_feedback_can_find_it(client, s3_server: str) -> None:
     from shared.config import Settings
-    from shared.feedback import request_index_key
+    from shared.names import request_record_key
     from shared.storage import Storage
 
     storage = Storage.from_settings(Settings.from_env({"S3_ENDPOINT_URL": s3_server}))
     storage.ensure_buckets()
     request_id = assert_prediction(client.post("/", data=png_bytes(), content_type="image/png"), "png")["request_id"]
     client.module.REQUESTS.flush()
-    assert storage.exists("inference-results", request_index_key(request_id))
+    assert storage.exists("inference-results", request_record_key(request_id))

@@ -9,7 +9,8 @@ from typing import Any
 import pulumi
 import pytest
 
-from infra_pulumi.manifests import FUNCTIONS, SUBSCRIPTIONS
+from infra_pulumi.manifests import FUNCTIONS
+from shared.topology import SUBSCRIPTIONS
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # pulumi's marker of a secret value on the wire
 FLOATING_IP = "203.0.113.10"
@@ -236,7 +237,8 @@ def test_stack_outputs(deployed) -> None:
 def test_components_use_the_project_type_tokens(deployed) -> None:
     mocks, _ = deployed
     types = {r.typ for r in mocks.resources}
-    for component in ("Network", "Security", "Cluster", "Platform", "Functions"):
+    components = ("Network", "Security", "Cluster", "Platform", "ObjectStore", "Registry", "Monitoring", "Functions")
+    for component in components:
         assert f"xray-triage:infra:{component}" in types
 
 

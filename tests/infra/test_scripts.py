@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from infra_pulumi import cloud_init, manifests
+from infra_pulumi import cloud_init
+from infra_pulumi.manifests import object_store
 
 K3S_VERSION = "v1.33.5+k3s1"
 FAKES = {
@@ -127,23 +128,24 @@ def run_bucket_job(fake_path: dict[str, str]) -> str:
         "MINIO_URL": "http://minio:9000",
         "MINIO_ROOT_USER": "user",
         "MINIO_ROOT_PASSWORD": "password",
-        "BUCKETS": " ".join(manifests.BUCKETS),
-        "NOTIFYING_BUCKETS": " ".join(manifests.NOTIFYING_BUCKETS),
+        "BUCKETS": " ".join(object_store.BUCKETS),
+        "NOTIFYING_BUCKETS": " ".join(object_store.NOTIFYING_BUCKETS),
         "WEBHOOK_ARN": "arn:minio:sqs::MINIOSOURCE:webhook",
     }
     Path(fake_path["CALLS"]).write_text("")
-    result = subprocess.run(["sh", "-c", manifests.BUCKET_SCRIPT], env=env, capture_output=True, text=True, timeout=30)
+    script = str(object_store.BUCKET_SCRIPT_PATH)
+    result = subprocess.run(["sh", script], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return Path(fake_path["CALLS"]).read_text()
 
 
 def test_bucket_job_creates_buckets_and_notifications_once(fake_path) -> None:
     first = run_bucket_job(fake_path)
-    for bucket in manifests.BUCKETS:
+    for bucket in object_store.BUCKETS:
         assert f"mc mb --ignore-existing local/{bucket}" in first
     added = [line for line in first.splitlines() if line.startswith("mc event add")]
     assert sorted(added) == sorted(
-        f"mc event add local/{b} arn:minio:sqs::MINIOSOURCE:webhook --event put" for b in manifests.NOTIFYING_BUCKETS
+        f"mc event add local/{b} arn:minio:sqs::MINIOSOURCE:webhook --event put" for b in object_store.NOTIFYING_BUCKETS
     )
     second = run_bucket_job(fake_path)
     assert "mc event add" not in second  # re-running the Job does not stack duplicate notifications

@@ -133,3 +133,12 @@ def test_publisher_from_settings_is_a_null_publisher_without_k_sink(caplog):
     assert "triage.feedback.received" in caplog.text
     assert "dr-secret-name" not in caplog.text  # data is never logged
     assert isinstance(publisher_from_settings(Settings(k_sink="http://broker/")), EventPublisher)
+
+
+def test_binary_encoding_names_json_data_even_without_a_datacontenttype():
+    from cloudevents.http import CloudEvent
+
+    headers, body = event_to_binary_http(CloudEvent({"type": "t", "source": "s"}, {"a": 1}))
+    assert {k.lower(): v for k, v in headers.items()}["content-type"] == "application/json"
+    assert json.loads(body) == {"a": 1}
+    assert event_to_binary_http(CloudEvent({"type": "t", "source": "s"}, None))[1] == b""

@@ -8,7 +8,8 @@ import pytest
 
 from shared.errors import Forbidden, InvalidField, NotFound, Unauthorized, UserError
 from shared.events import FEEDBACK_RECEIVED, EventDeliveryError
-from shared.feedback import RequestRecorder, parse_feedback, record_request, request_index_key, submit_feedback
+from shared.feedback import RequestRecorder, parse_feedback, record_request, submit_feedback
+from shared.names import request_record_key
 from shared.storage import Storage
 from tests.functions.event_sink import RecordingSink
 
@@ -135,7 +136,7 @@ def test_the_reviewer_named_in_the_body_is_kept_beside_the_token_name():
 
 def test_record_request_indexes_a_prediction_under_its_request_id(storage):
     answered(storage, "abc", "pneumonia")
-    record = storage.get_json("inference-results", request_index_key("abc"))
+    record = storage.get_json("inference-results", request_record_key("abc"))
     assert record["label"] == "pneumonia" and record["source"] == "predict"
     with pytest.raises(ValueError):
         record_request(storage, {"request_id": "../x"}, source="predict")

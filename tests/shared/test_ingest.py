@@ -12,9 +12,9 @@ from prometheus_client import REGISTRY
 from shared.config import Settings
 from shared.events import PREDICTION_CREATED, EventDeliveryError
 from shared.imaging import decode_image
-from shared.ingest import ObjectVersion, StorageUnavailable, ingest_object
-from shared.runtime import TriageModel
-from shared.storage import Storage
+from shared.ingest import ObjectVersion, ingest_object
+from shared.model import TriageModel
+from shared.storage import Storage, StorageUnavailable
 from tests.functions.event_sink import RecordingSink
 from tests.functions.tiny_model import build_tiny_model_dir, dicom_bytes, png_bytes
 

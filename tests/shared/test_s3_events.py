@@ -11,7 +11,7 @@ import pytest
 
 from shared.errors import Forbidden, NotReady, Unauthorized, UserError
 from shared.events import OBJECT_CREATED, EventDeliveryError, EventPublisher, event_from_http
-from shared.s3_events import check_webhook_auth, forward_notification, parse_notification
+from shared.s3_events import check_webhook_auth, forward_notification, parse_notification, unwrap_sns
 
 
 def s3_record(bucket: str, key: str, etag: str = "0123abcd", name: str = "s3:ObjectCreated:Put") -> dict:
@@ -151,3 +151,12 @@ def test_forward_publishes_every_record_and_fails_with_502_if_any_was_refused():
 def test_forward_without_a_sink_refuses_rather_than_dropping_events():
     with pytest.raises(NotReady):
         forward_notification(parse_notification(minio_body(s3_record("inference-inputs", "a.png"))), None)
+
+
+def test_unwrap_sns_gives_the_s3_event_of_either_body_and_none_for_handshakes():
+    s3_event = json.loads(minio_body(s3_record("inference-inputs", "a.png")))
+    assert unwrap_sns(s3_event) == s3_event
+    assert unwrap_sns(json.loads(sns_body(s3_event))) == s3_event
+    assert unwrap_sns({"Type": "SubscriptionConfirmation", "SubscribeURL": "http://x", "Token": "t"}) is None
+    with pytest.raises(UserError):
+        unwrap_sns({"Type": "Notification", "Message": 7})

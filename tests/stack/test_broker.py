@@ -198,6 +198,8 @@ def test_http_broker_accepts_binary_and_structured_events_and_delivers(tmp_path)
         assert response.status_code == 202 and response.json()["deliveries"] == 1
         bad = httpx.post(server.url, headers={"content-type": "application/json"}, content=b"{}")
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_event"
+        huge = httpx.post(server.url, headers=binary, content=b"x" * (2 << 20))
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
         assert done.wait(5)
         assert sorted(r[2]["key"] for r in received) == ["a", "b"]
         assert all(r[1] == "inference-inputs" for r in received)
@@ -218,7 +220,7 @@ def test_a_trigger_can_override_the_delivery_spec(tmp_path):
 
 
 def test_ping_sources_publish_on_their_schedule_until_stopped():
-    from triage.stack.broker import PING, PingSource, run_ping_sources
+    from triage.stack.pings import PING, PingSource, run_ping_sources
 
     class Recording:
         def __init__(self):

@@ -10,15 +10,12 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from shared.canary import (
-    CanaryPolicy,
-    GatewayMetricsSource,
-    GatewayTraffic,
-    PrometheusSource,
-    observer,
-    start_canary,
-)
-from tests.shared.test_canary import NOW, FakePrometheus
+from shared.canary import observer, start_canary
+from shared.canary.gateway import GatewayTraffic
+from shared.canary.observe import GatewayMetricsSource, PrometheusSource
+from shared.config import CanaryPolicy
+from tests.shared.canary.test_observe import FakePrometheus
+from tests.shared.canary.test_policy import NOW
 from tests.stack.upstream import Upstream
 from triage.canary import run_canary
 from triage.cli import main

@@ -7,7 +7,7 @@ import sys
 import httpx
 import pytest
 
-from shared.canary import GatewayTraffic
+from shared.canary.gateway import GatewayTraffic
 from tests.stack.upstream import Upstream
 from triage.stack.gateway import Gateway, GatewayServer, Route
 from triage.stack.processes import port_is_free, unused_port_block

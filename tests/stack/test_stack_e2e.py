@@ -22,8 +22,8 @@ from shared.events import event_to_binary_http, object_created_event
 from tests.browser import headless_chromium
 from tests.functions.tiny_model import build_tiny_model_dir, png_bytes
 from tests.local_http import LocalServer, QuietHandler
+from triage.stack import Stack, StackConfig, StackPorts
 from triage.stack.gateway import REVISION_HEADER
-from triage.stack.up import Stack, StackConfig, StackPorts
 
 FUNCTIONS = ("predict", "explain", "feedback", "minio_source", "ingest", "monitor", "canary")
 # The canary judges steps on the gateway's own metrics; latency bounds are loose (a loaded CI machine is no breach).

@@ -5,18 +5,20 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import UserError
-from triage.stack.up import Stack, StackConfig, StackPorts
+from triage.config import TriageEnv
+from triage.stack import Stack, StackConfig, StackPorts
 
 
 def test_ports_come_from_the_environment():
-    ports = StackPorts.from_env({"S3_PORT": "19000", "GATEWAY_PORT": "18080", "FUNCTION_BASE_PORT": "18100"})
+    env = TriageEnv.from_env({"S3_PORT": "19000", "GATEWAY_PORT": "18080", "FUNCTION_BASE_PORT": "18100"})
+    ports = StackPorts.from_env(env)
     assert (ports.s3, ports.gateway, ports.function_base, ports.mlflow) == (19000, 18080, 18100, 5000)
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "70000", "-1"])
 def test_a_bad_port_variable_is_named(value):
     with pytest.raises(UserError, match=f"BROKER_PORT={value!r}"):
-        StackPorts.from_env({"BROKER_PORT": value})
+        StackPorts.from_env(TriageEnv.from_env({"BROKER_PORT": value}))
 
 
 def test_unknown_function_is_rejected(tmp_path):
@@ -41,10 +43,31 @@ def test_without_registry_a_model_is_required(tmp_path):
 
 
 def test_free_ports_cover_every_function_and_revision_slot():
+    from triage.stack.ports import FUNCTION_PORT_ORDER
     from triage.stack.processes import port_is_free
-    from triage.stack.up import FUNCTION_PORT_ORDER
 
     ports = StackPorts.free()
     taken = [ports.s3, ports.s3_notify, ports.mlflow, ports.gateway, ports.broker, ports.prometheus]
     taken += [ports.function_base + i for i in range(len(FUNCTION_PORT_ORDER))]
     assert len(set(taken)) == len(taken) and all(port_is_free(port) for port in taken)
+
+
+def test_broker_triggers_and_ticks_come_from_the_topology(tmp_path):
+    from shared.topology import PING_SCHEDULES, SUBSCRIPTIONS
+
+    config = StackConfig(run_dir=tmp_path, model_uri=str(tmp_path), functions=("ingest", "monitor", "canary"),
+                         ports=StackPorts.free(), mlflow=False, prometheus=False, canary_tick_s=1.0)
+    stack = Stack(config, echo=None)
+    broker = stack.broker_config()
+    by_name = {trigger["name"]: trigger for trigger in broker["triggers"]}
+    routed = {s.name for s in SUBSCRIPTIONS if s.subscriber in ("ingest", "monitor", "canary")}
+    assert set(by_name) == routed | {p.name for p in PING_SCHEDULES}
+    ingest = next(s for s in SUBSCRIPTIONS if s.subscriber == "ingest")
+    # ingest's events go through the gateway, so its revisions split them
+    assert by_name[ingest.name]["subscriber"] == stack.urls["gateway"] + "/ingest"
+    assert by_name[ingest.name]["filter"] == {"type": ingest.event_type, "bucket": ingest.bucket}
+    ticks = {p["name"]: p["every_s"] for p in broker["pings"]}
+    assert ticks["canary-tick"] == 1.0 and ticks["monitor-tick"] == 60.0
+    env = stack.env()
+    assert env["CANARY_GATEWAY_URL"] == stack.urls["gateway"] and env["K_SINK"] == stack.urls["broker"]
+    assert env["MLFLOW_TRACKING_URI"] == ""  # no registry of the caller's leaks in

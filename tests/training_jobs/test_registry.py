@@ -1,13 +1,15 @@
-"""Registry against a real local MLflow sqlite store: register -> challenger, promote -> champion."""
+"""Registry against a real local MLflow sqlite store: register -> challenger, promote -> champion; the announcement."""
 
 from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 import torch
 
 from shared.errors import UserError
+from shared.events import MODEL_REGISTERED, EventPublisher, event_from_http
 from shared.modelcard import ModelCard
 from training_jobs import registry
 
@@ -82,3 +84,17 @@ def test_incomplete_or_altered_dir_registers_nothing(store, model_dir, tmp_path)
     with pytest.raises(UserError, match=r"model.int8.onnx: missing"):
         registry.register_model_dir(broken, new_run(store), mlflow_client=mc)
     assert mc.search_model_versions("name='xray-vit'") == []
+
+
+def test_emit_model_registered_publishes_the_canary_trigger():
+    received = []
+    publisher = EventPublisher(
+        "http://broker.local/",
+        transport=httpx.MockTransport(
+            lambda r: (received.append(event_from_http(dict(r.headers), r.content)), httpx.Response(202))[1]
+        ),
+    )
+    registry.emit_model_registered(7, "run-abc", publisher, batch_id="b1")
+    [event] = received
+    assert event["type"] == MODEL_REGISTERED and event["source"] == "triage/retrain"
+    assert event.get_data() == {"name": "xray-vit", "version": "7", "run_id": "run-abc", "batch_id": "b1"}

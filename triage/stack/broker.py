@@ -10,25 +10,25 @@ CloudEvent (a Knative reply event); the broker publishes it like any other.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudevents.conversion import to_binary, to_json
+from cloudevents.conversion import to_json
 from cloudevents.http import CloudEvent, from_http, from_json
 
 from shared.dead_letter import dead_letter_record, store_dead_letter
-from shared.events import make_event
+from shared.events import MAX_EVENT_BYTES, event_to_binary_http
 from shared.storage import Storage
+from triage.stack.delivery_queue import Delivery, DeliveryQueue
+from triage.stack.httpd import StackHandler, serve_in_thread, threading_server
+from triage.stack.pings import PingSource, run_ping_sources
+from triage.stack.triggers import DeliverySpec, Trigger, load_config, load_full_config
 
 log = logging.getLogger("triage.broker")
 
@@ -48,128 +48,14 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class DeliverySpec:
-    """Knative's delivery spec: `retry` retries after the first try, then the dead-letter sink."""
-
-    retry: int = 5
-    backoff_policy: str = "exponential"  # exponential | linear
-    backoff_delay_s: float = 0.2
-    timeout_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.backoff_policy not in ("exponential", "linear"):
-            raise ValueError(f"delivery.backoff_policy must be exponential or linear, not {self.backoff_policy!r}")
-        if self.retry < 0 or self.backoff_delay_s < 0 or self.timeout_s <= 0:
-            raise ValueError("delivery.retry and delivery.backoff_delay_s must be >= 0, delivery.timeout_s > 0")
-
-    def delay_after(self, failures: int) -> float:
-        """Seconds to wait after the `failures`-th failed attempt (1-based), as Knative computes it."""
-        if self.backoff_policy == "linear":
-            return self.backoff_delay_s * failures
-        return self.backoff_delay_s * 2 ** (failures - 1)
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """Deliver events whose attributes equal every `filters` entry (type, source or an extension) to `subscriber`."""
-
-    name: str
-    subscriber: str
-    filters: Mapping[str, str] = field(default_factory=dict)
-    delivery: DeliverySpec | None = None  # overrides the broker's, as a Knative Trigger's `delivery` does
-
-    def matches(self, attributes: Mapping[str, Any]) -> bool:
-        return all(str(attributes.get(key)) == str(value) for key, value in self.filters.items())
-
-
-@dataclass(frozen=True)
 class SubscriberReply:
     status: int
     headers: Mapping[str, str]
     body: bytes
 
 
-@dataclass(frozen=True)
-class Delivery:
-    id: int
-    trigger: str
-    event_json: str
-    attempts: int
-    last_error: str | None
-
-
 Sender = Callable[[str, Mapping[str, str], bytes, float], SubscriberReply]
 DeadLetterSink = Callable[[dict[str, Any]], None]
-
-
-class DeliveryQueue:
-    """Deliveries persisted in SQLite: pending (due at `next_at`), in flight (leased until `next_at`), done, dead."""
-
-    def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._lock = threading.Lock()
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT, trigger TEXT NOT NULL,"
-            " event_json TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-            " next_at REAL NOT NULL, last_error TEXT)"
-        )
-        # Deliveries in flight when the broker died were never acknowledged: they are due again (at least once).
-        self._db.execute("UPDATE deliveries SET status = 'pending', next_at = 0 WHERE status = 'inflight'")
-
-    def enqueue(self, triggers: Iterable[str], event_json: str, now: float) -> int:
-        rows = [(name, event_json, now) for name in triggers]
-        with self._lock:
-            self._db.executemany(
-                "INSERT INTO deliveries (trigger, event_json, status, next_at) VALUES (?, ?, 'pending', ?)", rows
-            )
-        return len(rows)
-
-    def claim_due(self, now: float, lease_s: float, limit: int = 32) -> list[Delivery]:
-        """Due deliveries, leased for `lease_s` so a stuck attempt is retried rather than lost."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, trigger, event_json, attempts, last_error FROM deliveries"
-                " WHERE status IN ('pending', 'inflight') AND next_at <= ? ORDER BY next_at, id LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            self._db.executemany(
-                "UPDATE deliveries SET status = 'inflight', next_at = ? WHERE id = ?",
-                [(now + lease_s, row[0]) for row in rows],
-            )
-        return [Delivery(*row) for row in rows]
-
-    def succeeded(self, delivery_id: int) -> None:
-        with self._lock:
-            self._db.execute("UPDATE deliveries SET status = 'done', last_error = NULL WHERE id = ?", (delivery_id,))
-
-    def failed(self, delivery_id: int, error: str, next_at: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE deliveries SET status = 'pending', attempts = attempts + 1, last_error = ?, next_at = ?"
-                " WHERE id = ?",
-                (error, next_at, delivery_id),
-            )
-
-    def dead(self, delivery_id: int) -> None:
-        with self._lock:
-            self._db.execute("UPDATE deliveries SET status = 'dead' WHERE id = ?", (delivery_id,))
-
-    def next_due_at(self) -> float | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT MIN(next_at) FROM deliveries WHERE status IN ('pending', 'inflight')"
-            ).fetchone()
-        return row[0]
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM deliveries GROUP BY status").fetchall()
-        return {status: count for status, count in rows}
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 def http_sender(url: str, headers: Mapping[str, str], body: bytes, timeout_s: float) -> SubscriberReply:
@@ -181,11 +67,11 @@ def http_sender(url: str, headers: Mapping[str, str], body: bytes, timeout_s: fl
 
 
 def event_to_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
-    """Binary content mode, as Knative delivers; JSON data gets `Content-Type: application/json`."""
-    headers, body = to_binary(event)
+    """Binary content mode, as Knative delivers; JSON data without a `datacontenttype` gets application/json."""
+    headers, body = event_to_binary_http(event)
     if "content-type" not in {k.lower() for k in headers} and isinstance(event.data, (dict, list)):
         headers["content-type"] = "application/json"
-    return dict(headers), body or b""
+    return headers, body
 
 
 def reply_event(reply: SubscriberReply) -> CloudEvent | None:
@@ -335,84 +221,17 @@ def s3_dead_letter_sink(storage: Storage) -> DeadLetterSink:
     return store
 
 
-def load_config(path: Path) -> tuple[list[Trigger], DeliverySpec]:
-    """`{"triggers": [{"name", "subscriber", "filter", "delivery"?}], "delivery": {...}}` → triggers, default spec."""
-    triggers, delivery, _pings = load_full_config(path)
-    return triggers, delivery
-
-
-def load_full_config(path: Path) -> tuple[list[Trigger], DeliverySpec, list[PingSource]]:
-    """`load_config` plus `"pings": [{"name", "every_s"}]`, the PingSource stand-ins."""
-    try:
-        raw = json.loads(Path(path).read_text())
-        triggers = [Trigger(t["name"], t["subscriber"], dict(t.get("filter", {})),
-                            DeliverySpec(**t["delivery"]) if t.get("delivery") else None) for t in raw["triggers"]]
-        delivery = DeliverySpec(**raw.get("delivery", {}))
-        pings = [PingSource(p["name"], float(p["every_s"])) for p in raw.get("pings", [])]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: invalid broker config: {exc}") from exc
-    return triggers, delivery, pings
-
-
-PING = "dev.knative.sources.ping"
-
-
-@dataclass(frozen=True)
-class PingSource:
-    """Knative's PingSource, locally: every `every_s` seconds a `dev.knative.sources.ping` event into the broker,
-    source `/local/pingsources/<name>`, for the triggers to route (the monitor's and the canary's ticks)."""
-
-    name: str
-    every_s: float
-
-    @property
-    def source(self) -> str:
-        return f"/local/pingsources/{self.name}"
-
-    def event(self) -> CloudEvent:
-        return make_event(PING, self.source, {})
-
-
-def run_ping_sources(broker: Broker, pings: Iterable[PingSource], stop: threading.Event,
-                     clock: Callable[[], float] = time.monotonic) -> None:
-    """Publish each source's ping when due, until `stop` is set (run it on a thread)."""
-    due = {ping.name: clock() + ping.every_s for ping in pings}
-    by_name = {ping.name: ping for ping in pings}
-    while due and not stop.is_set():
-        name = min(due, key=due.__getitem__)
-        if stop.wait(max(0.0, due[name] - clock())):
-            return
-        broker.publish(by_name[name].event())
-        due[name] = clock() + by_name[name].every_s
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(StackHandler):
     broker: Broker
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body leave in separate writes; without TCP_NODELAY the body waits for a delayed ACK.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
-        log.debug(format, *args)
-
-    def _answer(self, status: int, payload: dict[str, Any] | str, content_type: str = "application/json") -> None:
-        body = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    max_body_bytes = MAX_EVENT_BYTES
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self.path == "/healthz":
-            self._answer(200, {"status": "ok", "queue": self.broker.queue.counts()})
+            self.answer_json(200, {"status": "ok", "queue": self.broker.queue.counts()})
         elif self.path == "/metrics":
-            self._answer(200, self._metrics(), "text/plain; version=0.0.4")
+            self.answer(200, self._metrics().encode(), "text/plain; version=0.0.4")
         else:
-            self._answer(404, {"error": {"code": "not_found", "message": f"no route {self.path}"}})
+            self.answer_error(404, "not_found", f"no route {self.path}")
 
     def _metrics(self) -> str:
         lines = []
@@ -424,15 +243,16 @@ class _Handler(BaseHTTPRequestHandler):
         return "\n".join(lines) + "\n"
 
     def do_POST(self) -> None:  # noqa: N802
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
+        body = self.read_body()
+        if body is None:
+            return
         try:
             event = from_http({k.lower(): v for k, v in self.headers.items()}, body)
         except Exception as exc:  # noqa: BLE001 - the SDK raises several types for a malformed event
-            self._answer(400, {"error": {"code": "bad_event", "message": f"not a CloudEvent: {exc}"}})
+            self.answer_error(400, "bad_event", f"not a CloudEvent: {exc}")
             return
         count = self.broker.publish(event)
-        self._answer(202, {"accepted": event["id"], "deliveries": count})
+        self.answer_json(202, {"accepted": event["id"], "deliveries": count})
 
 
 class BrokerServer:
@@ -441,15 +261,12 @@ class BrokerServer:
     def __init__(self, broker: Broker, host: str = "127.0.0.1", port: int = 0) -> None:
         self.broker = broker
         handler = type("BrokerHandler", (_Handler,), {"broker": broker})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = threading_server(handler, host, port)
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
-        self._thread: threading.Thread | None = None
 
     def start(self, workers: int = 4) -> BrokerServer:
         self.broker.start(workers)
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="broker-http", daemon=True)
-        self._thread.start()
+        serve_in_thread(self.httpd, "broker-http")
         return self
 
     def stop(self) -> None:

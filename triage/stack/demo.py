@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,11 @@ import httpx
 import numpy as np
 
 from shared.errors import UserError
-from triage.stack.up import ALL_FUNCTIONS, Stack, StackConfig, StackPorts
+from shared.imaging import encode_png
+from shared.names import INPUT_BUCKET, RESULT_BUCKET, result_key
+from triage.config import TriageEnv
+from triage.stack.ports import ALL_FUNCTIONS, StackPorts
+from triage.stack.stack import Stack, StackConfig
 
 __all__ = ["DemoReport", "add_arguments", "demo_images", "run", "run_demo"]
 
@@ -37,14 +40,6 @@ class DemoReport:
     def fail(self, message: str) -> None:
         self.failures.append(message)
         print(f"  FAILED: {message}", flush=True)
-
-
-def png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def demo_images(count: int, data: Path | None, run_dir: Path) -> list[tuple[str, bytes, str]]:
@@ -67,7 +62,7 @@ def demo_images(count: int, data: Path | None, run_dir: Path) -> list[tuple[str,
 
 def _with_dicom(images: list[tuple[str, np.ndarray, str]]) -> list[tuple[str, bytes, str]]:
     """PNG bytes for all but the last image, which goes as DICOM with made-up patient identifiers."""
-    encoded = [(name, png(image), truth) for name, image, truth in images[:-1]]
+    encoded = [(name, encode_png(np.asarray(image, np.uint8)), truth) for name, image, truth in images[:-1]]
     name, image, truth = images[-1]
     return encoded + [(name.replace(".png", ".dcm"), dicom(image), truth)]
 
@@ -105,7 +100,7 @@ def _wait_for_result(s3: Any, key: str, uploaded: float, timeout_s: float) -> tu
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            body = s3.get_object(Bucket="inference-results", Key=f"{key}.json")["Body"].read()
+            body = s3.get_object(Bucket=RESULT_BUCKET, Key=result_key(key))["Body"].read()
             return json.loads(body), time.monotonic() - uploaded
         except s3.exceptions.NoSuchKey:
             time.sleep(0.05)
@@ -119,12 +114,12 @@ def run_demo(stack: Stack, images: list[tuple[str, bytes, str]], out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     s3 = stack.s3()
     prefix = time.strftime("demo-%Y%m%d-%H%M%S")
-    print(f"\nuploading {len(images)} images to s3://inference-inputs/{prefix}/ ...", flush=True)
+    print(f"\nuploading {len(images)} images to s3://{INPUT_BUCKET}/{prefix}/ ...", flush=True)
     uploads = []
     for name, data, truth in images:
         key = f"{prefix}/{name}"
         uploaded = time.monotonic()
-        s3.put_object(Bucket="inference-inputs", Key=key, Body=data, ContentType=_content_type(name))
+        s3.put_object(Bucket=INPUT_BUCKET, Key=key, Body=data, ContentType=_content_type(name))
         uploads.append((key, uploaded, truth))
     for key, uploaded, truth in uploads:
         result, seconds = _wait_for_result(s3, key, uploaded, timeout_s)
@@ -141,7 +136,7 @@ def run_demo(stack: Stack, images: list[tuple[str, bytes, str]], out_dir: Path,
         heatmap = result.get("heatmap") or {}
         heatmap_png = b""
         if heatmap.get("key"):
-            stored = s3.get_object(Bucket=heatmap.get("bucket", "inference-results"), Key=heatmap["key"])
+            stored = s3.get_object(Bucket=heatmap.get("bucket", RESULT_BUCKET), Key=heatmap["key"])
             heatmap_png = stored["Body"].read()
             (out_dir / Path(heatmap["key"]).name).write_bytes(heatmap_png)
         if key.endswith(".dcm"):
@@ -191,27 +186,28 @@ def run_demo(stack: Stack, images: list[tuple[str, bytes, str]], out_dir: Path,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=os.environ.get("DATA") or None,
-                        help="train on this .npz (e.g. ../shared/data/pneumoniamnist_28.npz) instead of phantoms")
-    parser.add_argument("--model", default=os.environ.get("MODEL_URI") or None,
-                        help="serve this model instead of training (default $MODEL_URI)")
-    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("RUN_DIR", ".triage")),
-                        help="state, logs and the MLflow store (default .triage; a second demo reuses its model)")
+    parser.add_argument("--data", type=Path, help="train on this .npz (e.g. ../shared/data/pneumoniamnist_28.npz) "
+                        "instead of phantoms (default $DATA)")
+    parser.add_argument("--model", help="serve this model instead of training (default $MODEL_URI)")
+    parser.add_argument("--run-dir", type=Path, help="state, logs and the MLflow store (default $RUN_DIR, else "
+                        ".triage; a second demo reuses its model)")
     parser.add_argument("--images", type=int, default=6, help="how many images to upload (default 6)")
     parser.add_argument("--out", type=Path, help="where to save the heatmaps (default <run dir>/demo-heatmaps)")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
 
 
 def run(args: argparse.Namespace) -> int:
+    env = TriageEnv.from_env()
+    data, model = args.data or env.data, args.model or env.model_uri
     if args.images < 1 or args.images > 100:
         raise UserError(f"--images {args.images}: between 1 and 100")
-    if args.data is not None and not Path(args.data).is_file():
-        raise UserError(f"--data {args.data}: no such file")
+    if data is not None and not Path(data).is_file():
+        raise UserError(f"--data {data}: no such file")
     started = time.monotonic()
-    config = StackConfig(run_dir=args.run_dir, model_uri=args.model, functions=ALL_FUNCTIONS,
-                         ports=StackPorts.from_env(), prometheus=False, train_data=args.data,
-                         force_train=args.data is not None and not args.model)
-    stack = Stack(config)
+    config = StackConfig(run_dir=args.run_dir or env.run_dir, model_uri=model, functions=ALL_FUNCTIONS,
+                         ports=StackPorts.from_env(env), prometheus=False, train_data=data,
+                         force_train=data is not None and not model)
+    stack = Stack(config, env=env)
     stack.supervisor.install_signal_handlers()
     out_dir = args.out or stack.config.run_dir / "demo-heatmaps"
     try:
@@ -219,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"stack ready in {time.monotonic() - started:.0f} s: gateway {stack.urls['gateway']}, "
                   f"review page {stack.urls['gateway']}/review, MLflow {stack.urls.get('mlflow', '(off)')}",
                   flush=True)
-            images = demo_images(args.images, args.data, stack.config.run_dir)
+            images = demo_images(args.images, data, stack.config.run_dir)
             report = run_demo(stack, images, out_dir)
             print("\nstopping the stack...", flush=True)
     except KeyboardInterrupt:
@@ -228,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     times = [r["seconds_to_result"] for r in report.results]
     print(f"\n{len(report.results)}/{len(images)} uploads triaged"
           + (f", time to result median {np.median(times):.2f} s, max {max(times):.2f} s" if times else ""))
-    print(f"heatmaps: s3://inference-results/ (in the stack) and {out_dir}")
+    print(f"heatmaps: s3://{RESULT_BUCKET}/ (in the stack) and {out_dir}")
     print(f"logs: {stack.config.run_dir / 'logs'}; demo took {time.monotonic() - started:.0f} s")
     if report.failures:
         print(f"demo FAILED: {len(report.failures)} problem(s): " + "; ".join(report.failures), file=sys.stderr)

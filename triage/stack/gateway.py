@@ -17,182 +17,30 @@ import argparse
 import http.client
 import json
 import logging
-import random
-import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import generate_latest
 
-from triage.stack.processes import ChildFailed
+from triage.stack.httpd import StackHandler, serve_in_thread, threading_server
 from triage.stack.revisions import RevisionLauncher, load_launch_config
+from triage.stack.routing import Gateway, RevisionConflict, RevisionsUnavailable, Route, TrafficError
 
 log = logging.getLogger("triage.gateway")
 
-__all__ = ["Gateway", "GatewayServer", "RevisionConflict", "Route", "TrafficError", "REVISION_HEADER"]
+__all__ = ["Gateway", "GatewayServer", "RevisionConflict", "Route", "TrafficError", "REVISION_HEADER", "load_routes"]
 
 REVISION_HEADER = "X-Triage-Revision"
-SERVICE_PATHS = ("predict", "explain", "feedback", "ingest")
-REVISION_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")  # a DNS label, as Knative's names
 # Hop-by-hop headers are the proxy's own business (RFC 9110 §7.6.1), never forwarded.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length"}
-
-
-class TrafficError(ValueError):
-    """A traffic split that Knative would reject (unknown revision, negative percent, sum != 100)."""
-
-
-class RevisionConflict(TrafficError):
-    """A revision of that name exists and serves another model."""
-
-
-class RevisionsUnavailable(RuntimeError):
-    """This gateway was started without a launcher, or the revision's processes failed to start."""
-
-
-@dataclass
-class Route:
-    """One service: revision name → base URL, and revision name → percent of requests."""
-
-    service: str
-    revisions: dict[str, str]
-    traffic: dict[str, int] = field(default_factory=dict)
-    latest: str | None = None  # the most recently created revision (Knative's latestReadyRevisionName)
-
-    def __post_init__(self) -> None:
-        if not self.traffic:
-            first = next(iter(self.revisions))
-            self.traffic = {name: (100 if name == first else 0) for name in self.revisions}
-        self.set_traffic(self.traffic)
-
-    def set_traffic(self, traffic: Mapping[str, int]) -> None:
-        unknown = sorted(set(traffic) - set(self.revisions))
-        if unknown:
-            raise TrafficError(f"{self.service}: no revision {', '.join(unknown)} (have {', '.join(self.revisions)})")
-        if any(not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in traffic.values()):
-            raise TrafficError(f"{self.service}: traffic percents must be whole numbers >= 0, got {dict(traffic)}")
-        if sum(traffic.values()) != 100:
-            raise TrafficError(f"{self.service}: traffic percents must sum to 100, got {sum(traffic.values())}")
-        self.traffic = {name: int(traffic.get(name, 0)) for name in self.revisions}
-
-    def pick(self, draw: float) -> str:
-        """The revision for a uniform draw in [0, 1): cumulative percents, so 0 % is never picked."""
-        point = draw * 100
-        cumulative = 0
-        for name, percent in self.traffic.items():
-            cumulative += percent
-            if percent and point < cumulative:
-                return name
-        return next(name for name, percent in self.traffic.items() if percent)
-
-
-class Gateway:
-    """Routes and the traffic admin, independent of HTTP (unit tests call `choose` directly)."""
-
-    def __init__(self, routes: Mapping[str, Route], *, draw: Callable[[], float] = random.random,
-                 launcher: RevisionLauncher | None = None) -> None:
-        self.routes = dict(routes)
-        self._draw = draw
-        self._lock = threading.Lock()
-        self.launcher = launcher
-        self.model_uris: dict[str, str] = {}  # revision → MODEL_URI, for the revisions this gateway started
-        self._launch_lock = threading.Lock()  # one launch at a time; routing goes on meanwhile
-        self.registry = CollectorRegistry()
-        self.requests = Counter("gateway_requests_total", "Requests through the gateway",
-                                ["service", "revision", "code"], registry=self.registry)
-        self.latency = Histogram("gateway_request_duration_seconds", "Gateway request latency, upstream included",
-                                 ["service", "revision"], registry=self.registry,
-                                 buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-
-    def choose(self, service: str) -> tuple[str, str]:
-        """(revision, base URL) for one request to `service`."""
-        with self._lock:
-            route = self.routes[service]
-            revision = route.pick(self._draw())
-            return revision, route.revisions[revision]
-
-    def set_traffic(self, traffic: Mapping[str, int], service: str | None = None) -> dict[str, dict[str, int]]:
-        """Apply a split to one service or to every service that has all the named revisions; all or nothing."""
-        with self._lock:
-            targets = [self.routes[service]] if service else [
-                r for r in self.routes.values() if set(traffic) <= set(r.revisions)]
-            if service and service not in self.routes:
-                raise TrafficError(f"no service {service!r}")
-            if not targets:
-                raise TrafficError(f"no service has revisions {', '.join(traffic)}")
-            for route in targets:  # validate everything before changing anything
-                Route(route.service, dict(route.revisions), dict(traffic))
-            for route in targets:
-                route.set_traffic(traffic)
-            return self.traffic()
-
-    def traffic(self) -> dict[str, dict[str, int]]:
-        return {name: dict(route.traffic) for name, route in self.routes.items()}
-
-    def revisions(self) -> dict[str, dict[str, Any]]:
-        """Per service: traffic, the latest revision, and the MODEL_URI of each revision this gateway started."""
-        with self._lock:
-            return {
-                name: {"traffic": dict(route.traffic), "latest": route.latest,
-                       "model_uris": {rev: uri for rev, uri in self.model_uris.items() if rev in route.revisions}}
-                for name, route in self.routes.items()
-            }
-
-    def create_revision(self, name: str, model_uri: str) -> dict[str, dict[str, Any]]:
-        """A new revision `name` of every service the launcher knows, serving `model_uri`, at 0 %; idempotent."""
-        if self.launcher is None:
-            raise RevisionsUnavailable("this gateway starts no revisions (it was started without --launch)")
-        if not REVISION_NAME.match(name) or not model_uri:
-            raise TrafficError(f"revision name {name!r} must be a DNS label, and model_uri must be given")
-        with self._launch_lock:
-            with self._lock:
-                known = self.model_uris.get(name)
-                if known is None and any(name in route.revisions for route in self.routes.values()):
-                    known = "(a revision the stack started)"
-            if known == model_uri:
-                return self.revisions()
-            if known is not None:
-                raise RevisionConflict(f"revision {name} exists and serves {known}")
-            self._retire_idle()
-            try:
-                urls = self.launcher.launch(name, model_uri)
-            except (ChildFailed, OSError) as exc:
-                raise RevisionsUnavailable(f"revision {name} did not start: {str(exc).splitlines()[0]}") from exc
-            with self._lock:
-                for service, url in urls.items():
-                    route = self.routes.get(service)
-                    if route is not None:
-                        route.revisions[name] = url
-                        route.traffic[name] = 0
-                        route.latest = name
-                self.model_uris[name] = model_uri
-            log.info("revision %s started for %s (MODEL_URI %s)", name, ", ".join(urls), model_uri)
-            return self.revisions()
-
-    def _retire_idle(self) -> None:
-        """Stop the revisions this gateway started that no longer take traffic anywhere (they hold port slots)."""
-        with self._lock:
-            idle = [name for name in self.model_uris
-                    if all(route.traffic.get(name, 0) == 0 for route in self.routes.values())]
-            for name in idle:
-                for route in self.routes.values():
-                    route.revisions.pop(name, None)
-                    route.traffic.pop(name, None)
-                    if route.latest == name:
-                        route.latest = None
-                del self.model_uris[name]
-        for name in idle:
-            assert self.launcher is not None
-            self.launcher.stop(name)
-            log.info("revision %s retired (0 %% everywhere)", name)
+REVIEW_PAGE = resources.files("triage.stack").joinpath("review.html").read_bytes()  # read once, at start
+MAX_BODY_BYTES = 64 * 1024 * 1024  # above every function's own limit (MAX_BODY_BYTES): they answer their own 413
 
 
 class _Upstreams(threading.local):
@@ -229,83 +77,46 @@ class _Upstreams(threading.local):
         raise AssertionError("unreachable")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(StackHandler):
     gateway: Gateway
     upstreams: _Upstreams
     timeout_s: float = 60.0
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body leave in separate writes; without TCP_NODELAY the body waits for a delayed ACK.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug(format, *args)
-
-    def _answer(self, status: int, body: bytes, content_type: str, extra: Mapping[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, payload: Any) -> None:
-        self._answer(status, json.dumps(payload).encode(), "application/json")
-
-    def _error(self, status: int, code: str, message: str) -> None:
-        self._json(status, {"error": {"code": code, "message": message}})
-
-    def _body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._chunked_body()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _chunked_body(self) -> bytes:
-        """A chunked upload (curl -T, streaming clients) re-framed with a Content-Length for the function."""
-        parts = []
-        while True:
-            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                    pass
-                return b"".join(parts)
-            parts.append(self.rfile.read(size))
-            self.rfile.readline()  # the CRLF after each chunk
+    max_body_bytes = MAX_BODY_BYTES
 
     def do_GET(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
-            self._json(200, {"status": "ok"})
+            self.answer_json(200, {"status": "ok"})
         elif path == "/metrics":
-            self._answer(200, generate_latest(self.gateway.registry), "text/plain; version=0.0.4")
+            self.answer(200, generate_latest(self.gateway.registry), "text/plain; version=0.0.4")
         elif path in ("/review", "/review/"):
-            self._answer(200, REVIEW_PAGE.encode(), "text/html; charset=utf-8")
+            self.answer(200, REVIEW_PAGE, "text/html; charset=utf-8")
         elif path == "/admin/traffic":
-            self._json(200, self.gateway.traffic())
+            self.answer_json(200, self.gateway.traffic())
         elif path == "/admin/revisions":
-            self._json(200, self.gateway.revisions())
+            self.answer_json(200, self.gateway.revisions())
         else:
             self._proxy()
 
     def do_PUT(self) -> None:  # noqa: N802
         actions = {"/admin/traffic": self._set_traffic, "/admin/revisions": self._create_revision}
         action = actions.get(self.path.split("?", 1)[0])
+        body = self.read_body()
+        if body is None:
+            return
         if action is None:
-            self._error(404, "not_found", f"no route PUT {self.path}")
+            self.answer_error(404, "not_found", f"no route PUT {self.path}")
             return
         try:
-            self._json(200, action(json.loads(self._body() or b"null")))
+            self.answer_json(200, action(json.loads(body or b"null")))
         except json.JSONDecodeError as exc:
-            self._error(400, "bad_json", f"invalid JSON: {exc}")
+            self.answer_error(400, "bad_json", f"invalid JSON: {exc}")
         except RevisionConflict as exc:
-            self._error(409, "conflict", str(exc))
+            self.answer_error(409, "conflict", str(exc))
         except TrafficError as exc:
-            self._error(422, "invalid_field", str(exc))
+            self.answer_error(422, "invalid_field", str(exc))
         except RevisionsUnavailable as exc:
-            self._error(503, "revisions_unavailable", str(exc))
+            self.answer_error(503, "revisions_unavailable", str(exc))
 
     def _set_traffic(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict):
@@ -326,14 +137,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path
         service, _, rest = path.lstrip("/").partition("/")
         service, _, query = service.partition("?")
+        body = self.read_body()
+        if body is None:
+            return
         if service not in self.gateway.routes:
-            self._body()
-            self._error(404, "not_found", f"no route {path} (have /{', /'.join(self.gateway.routes)}, /review)")
+            self.answer_error(404, "not_found", f"no route {path} (have /{', /'.join(self.gateway.routes)}, /review)")
             return
         upstream_path = "/" + rest.split("?", 1)[0] if rest else "/"
         if query or "?" in rest:
             upstream_path += "?" + (query or rest.split("?", 1)[1])
-        body = self._body()
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         revision, base_url = self.gateway.choose(service)
         started = time.perf_counter()
@@ -342,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
                 base_url, self.command, upstream_path, body, headers, self.timeout_s)
         except OSError as exc:
             self.gateway.requests.labels(service, revision, "502").inc()
-            self._error(502, "bad_gateway", f"{service} revision {revision} unreachable: {type(exc).__name__}")
+            self.answer_error(502, "bad_gateway", f"{service} revision {revision} unreachable: {type(exc).__name__}")
             return
         self.gateway.latency.labels(service, revision).observe(time.perf_counter() - started)
         self.gateway.requests.labels(service, revision, str(status)).inc()
@@ -363,14 +175,11 @@ class GatewayServer:
         self.gateway = gateway
         handler = type("GatewayHandler", (_Handler,), {"gateway": gateway, "upstreams": _Upstreams(),
                                                         "timeout_s": timeout_s})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = threading_server(handler, host, port)
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
-        self._thread: threading.Thread | None = None
 
     def start(self) -> GatewayServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="gateway-http", daemon=True)
-        self._thread.start()
+        serve_in_thread(self.httpd, "gateway-http")
         return self
 
     def stop(self) -> None:
@@ -421,56 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     if launcher is not None:
         launcher.stop_all()
     return 0
-
-
-REVIEW_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>xray-triage review</title>
-<style>
-body{font-family:system-ui,sans-serif;max-width:56rem;margin:2rem auto;padding:0 1rem}
-.row{display:flex;gap:1rem;flex-wrap:wrap;align-items:flex-start}
-.row>div:last-child{flex:1;min-width:16rem}
-img{max-width:24rem;image-rendering:pixelated;border:1px solid #ccc;width:24rem}
-.urgent{color:#b00;font-weight:bold} label{display:block;margin:.3rem 0}
-</style></head><body>
-<h1>Chest X-ray triage &mdash; review</h1>
-<p>Decision support only. Synthetic-data models are for demonstration, not diagnosis.</p>
-<form id="f"><label>Image (PNG, JPEG or DICOM) <input type="file" id="file" required></label>
-<button>Triage</button></form>
-<div id="out" hidden><div class="row"><div><h3>Heatmap</h3><img id="heat" alt="attention heatmap"></div>
-<div><h3 id="label"></h3><p id="detail"></p>
-<label>Reviewer <input id="reviewer" value="radiologist"></label>
-<label>Token <input id="token" type="password"></label>
-<button id="confirm">Confirm</button> <button id="correct">Correct (other label)</button>
-<p id="fb"></p></div></div></div>
-<script>
-let last = null;
-const $ = (id) => document.getElementById(id);
-$("f").onsubmit = async (e) => {
-  e.preventDefault();
-  const file = $("file").files[0];
-  const type = file.type || (file.name.toLowerCase().endsWith(".dcm") ? "application/dicom" : "image/png");
-  const r = await fetch("/explain?method=occlusion", {method: "POST", headers: {"Content-Type": type}, body: file});
-  const j = await r.json();
-  $("out").hidden = false; $("fb").textContent = "";
-  if (!r.ok) { $("label").textContent = "Error"; $("detail").textContent = j.error.message; return; }
-  last = j;
-  $("label").textContent = j.label + " (" + (100 * j.probability).toFixed(1) + " %)";
-  $("label").className = j.urgent ? "urgent" : "";
-  $("detail").textContent = "threshold " + j.threshold.toFixed(3) + ", model " + j.model.name + " v" + j.model.version
-    + ", revision " + r.headers.get("X-Triage-Revision") + (j.urgent ? " - URGENT" : "");
-  $("heat").src = "data:image/png;base64," + j.heatmap_png;
-};
-async function feedback(label) {
-  const r = await fetch("/feedback", {method: "POST", headers: {"Content-Type": "application/json",
-    "Authorization": "Bearer " + $("token").value},
-    body: JSON.stringify({request_id: last.request_id, label: label, reviewer: $("reviewer").value})});
-  const j = await r.json();
-  $("fb").textContent = r.ok ? "Saved: " + label : "Error: " + j.error.message;
-}
-$("confirm").onclick = () => feedback(last.label);
-$("correct").onclick = () => feedback(last.label === "pneumonia" ? "normal" : "pneumonia");
-</script></body></html>
-"""
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from shared.names import MLFLOW_BUCKET
+from triage.config import PORT_ENV
 from triage.stack.processes import ProcessSpec
 
 __all__ = ["mlflow_spec"]
@@ -22,7 +24,7 @@ def mlflow_spec(run_dir: Path, port: int, s3_endpoint_url: str, *, access_key: s
     argv = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server",
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}",
-            "--artifacts-destination", "s3://mlflow/", "--serve-artifacts"]
+            "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/", "--serve-artifacts"]
     env = {
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint_url,
         "AWS_ACCESS_KEY_ID": access_key,
@@ -30,5 +32,5 @@ def mlflow_spec(run_dir: Path, port: int, s3_endpoint_url: str, *, access_key: s
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    return ProcessSpec("mlflow", argv, env=env, port=port, port_env="MLFLOW_PORT",
+    return ProcessSpec("mlflow", argv, env=env, port=port, port_env=PORT_ENV["mlflow"],
                        health_url=f"http://127.0.0.1:{port}/health", ready_timeout_s=ready_timeout_s)

@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from triage.config import PORT_ENV
 from triage.stack.processes import ProcessSpec
 
 __all__ = ["INSTALL_HINT", "prometheus_spec", "write_config"]
@@ -32,5 +33,5 @@ def prometheus_spec(run_dir: Path, port: int, targets: Mapping[str, str]) -> Pro
         return None
     argv = [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
             f"--storage.tsdb.path={Path(run_dir) / 'prometheus-data'}"]
-    return ProcessSpec("prometheus", argv, port=port, port_env="PROMETHEUS_PORT",
+    return ProcessSpec("prometheus", argv, port=port, port_env=PORT_ENV["prometheus"],
                        health_url=f"http://127.0.0.1:{port}/-/ready", ready_timeout_s=30)

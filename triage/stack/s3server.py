@@ -19,28 +19,29 @@ import argparse
 import json
 import logging
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import boto3
 import httpx
 
-from shared.names import BUCKETS
-from triage.stack.broker import DeliveryQueue
+from shared.events import MAX_EVENT_BYTES
+from shared.names import BUCKETS, MLFLOW_BUCKET, NOTIFYING_BUCKETS
+from shared.s3_events import BadNotification, parse_notification
+from triage.stack.delivery_queue import DeliveryQueue
+from triage.stack.httpd import StackHandler, serve_in_thread, threading_server
 
 log = logging.getLogger("triage.s3server")
 
 __all__ = ["EXTRA_BUCKETS", "NOTIFIED_BUCKETS", "S3Server", "WebhookRelay", "configure_notifications",
            "restore_objects", "s3_client", "snapshot_objects", "to_minio_webhook"]
 
-EXTRA_BUCKETS = ("mlflow",)  # MLflow's artifact store
-NOTIFIED_BUCKETS = ("inference-inputs", "raw-data")  # uploads that start work (design §4)
+EXTRA_BUCKETS = (MLFLOW_BUCKET,)  # MLflow's artifact store
+NOTIFIED_BUCKETS = NOTIFYING_BUCKETS  # uploads that start work (design §4)
 TOPIC_NAME = "s3-events"
 
 
@@ -123,21 +124,25 @@ def restore_objects(s3: Any, directory: Path) -> int:
 
 
 def to_minio_webhook(sns_body: bytes) -> dict[str, Any] | None:
-    """An SNS HTTP delivery of an S3 event → MinIO's webhook body; None for test events and handshakes."""
-    envelope = json.loads(sns_body)
-    if envelope.get("Type") != "Notification":
-        return None
-    event = json.loads(envelope["Message"])
-    records = event.get("Records")
-    if not isinstance(records, list) or not records:
-        return None  # s3:TestEvent, sent when a notification is configured
+    """An SNS HTTP delivery of an S3 event → MinIO's webhook body; None for test events and handshakes.
+
+    The envelope is read by `shared.s3_events` (the adapter's own parser); the records are written back as MinIO
+    sends them: event names prefixed with "s3:", keys URL-encoded.
+    """
+    records = parse_notification(sns_body).records
+    if not records:
+        return None  # s3:TestEvent (sent when a notification is configured), SNS handshakes
+    minio = []
     for record in records:
-        # MinIO prefixes event names with "s3:" (AWS does not).
-        name = record.get("eventName", "")
-        record["eventName"] = name if name.startswith("s3:") else f"s3:{name}"
-    first = records[0]
-    key = first["s3"]["object"]["key"]  # already URL-encoded, as MinIO sends it
-    return {"EventName": first["eventName"], "Key": f"{first['s3']['bucket']['name']}/{key}", "Records": records}
+        obj: dict[str, Any] = {"key": quote_plus(record.key, safe="/"), "eTag": record.etag}
+        if record.size is not None:
+            obj["size"] = record.size
+        name = record.event_name if record.event_name.startswith("s3:") else f"s3:{record.event_name}"
+        minio.append({"eventName": name, **({"eventTime": record.event_time} if record.event_time else {}),
+                      "s3": {"bucket": {"name": record.bucket}, "object": obj}})
+    first = minio[0]
+    return {"EventName": first["eventName"], "Key": f"{records[0].bucket}/{first['s3']['object']['key']}",
+            "Records": minio}
 
 
 class WebhookRelay:
@@ -154,39 +159,26 @@ class WebhookRelay:
         self._stop = threading.Event()
         relay = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                # moto waits for this answer inside the PUT: no Nagle / delayed-ACK stall on the reply body.
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                log.debug(format, *args)
-
-            def _answer(self, status: int, text: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(text)))
-                self.end_headers()
-                self.wfile.write(text.encode())
+        class Handler(StackHandler):
+            # moto waits for this answer inside the PUT: StackHandler's TCP_NODELAY spares it a delayed-ACK stall.
+            max_body_bytes = MAX_EVENT_BYTES
 
             def do_GET(self) -> None:  # noqa: N802
                 ok = relay.ready.is_set()
-                self._answer(200 if ok else 503, json.dumps({"ready": ok, "outbox": relay.queue.counts()}))
+                self.answer_json(200 if ok else 503, {"ready": ok, "outbox": relay.queue.counts()})
 
             def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
+                if body is None:
+                    return
                 try:
                     relay.accept(body)
-                except (ValueError, KeyError, TypeError) as exc:
-                    self._answer(400, json.dumps({"error": {"code": "bad_notification", "message": str(exc)}}))
+                except BadNotification as exc:
+                    self.answer_error(400, "bad_notification", exc.message)
                     return
-                self._answer(200, "{}")
+                self.answer_json(200, {})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = threading_server(Handler, "127.0.0.1", port)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def accept(self, sns_body: bytes) -> bool:
@@ -228,7 +220,7 @@ class WebhookRelay:
                 self._wake.clear()
 
     def start(self) -> WebhookRelay:
-        threading.Thread(target=self.httpd.serve_forever, name="relay-http", daemon=True).start()
+        serve_in_thread(self.httpd, "relay-http")
         self._thread = threading.Thread(target=self._run, name="relay-delivery", daemon=True)
         self._thread.start()
         return self

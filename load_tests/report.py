@@ -1,0 +1,86 @@
+"""The benchmark's report: bench.md (tables, targets) and latency.png (warm latency CDF) from its JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from load_tests.bench import TARGETS
+from load_tests.loadtest import LoadResult
+
+__all__ = ["markdown", "plot_latency", "targets"]
+
+
+def targets(report: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
+    """metric → (target, measured) for the report's warm, cold-start and upload-to-result results."""
+    warm = report["warm"]
+    return {
+        "warm_p50_ms_c1 (function)": (TARGETS["warm_p50_ms_c1"], warm["function_c1"]["p50_ms"]),
+        "warm_p99_ms_c1 (function)": (TARGETS["warm_p99_ms_c1"], warm["function_c1"]["p99_ms"]),
+        "warm_p50_ms_c1 (gateway)": (TARGETS["warm_p50_ms_c1"], warm["gateway_c1"]["p50_ms"]),
+        "warm_p99_ms_c1 (gateway)": (TARGETS["warm_p99_ms_c1"], warm["gateway_c1"]["p99_ms"]),
+        "cold_start_s": (TARGETS["cold_start_s"], report["cold_start"]["median_s"]),
+        "upload_to_result_p95_s": (TARGETS["upload_to_result_p95_s"], report["upload_to_result"]["p95_s"]),
+    }
+
+
+def plot_latency(results: dict[str, LoadResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, result in results.items():
+        values = np.sort(np.asarray(result.latencies) * 1000)
+        if values.size:
+            axis.plot(values, np.arange(1, values.size + 1) / values.size, label=name)
+    axis.set_xscale("log")
+    axis.set_xlabel("latency (ms, log scale)")
+    axis.set_ylabel("fraction of requests")
+    axis.set_title("warm HTTP predict latency (CDF)")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# xray-triage benchmark", "",
+             f"Run {report['started']} on {report['machine']}; model {report['model']['uri']} "
+             f"({report['model']['params']:,} parameters, image {report['model']['image_size']}, "
+             f"synthetic data: {report['model']['synthetic_data']}); images: {report['images']}.", "",
+             "## Warm HTTP predict", "", "| path | concurrency | requests | p50 ms | p99 ms | req/s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in report["warm"].items():
+        lines.append(f"| {name.rsplit('_c', 1)[0]} | {row['concurrency']} | {row['requests']} | {row['p50_ms']} "
+                     f"| {row['p99_ms']} | {row['throughput_rps']} |")
+    floor = report["bare_onnx"]
+    lines += ["", f"Bare ONNX Runtime `session.run` (1 thread, same input): p50 {floor['session_run']['p50']} ms, "
+              f"p99 {floor['session_run']['p99']} ms; decode + preprocess + run: p50 "
+              f"{floor['decode_preprocess_run']['p50']} ms.",
+              f"HTTP overhead over the bare call at concurrency 1 (p50): straight to the function "
+              f"{report['overhead_ms']['function_c1']} ms, through the gateway "
+              f"{report['overhead_ms']['gateway_c1']} ms.",
+              "", "## Cold start and upload to result", "",
+              f"- cold start (process start → first successful prediction): median "
+              f"{report['cold_start']['median_s']} s over {len(report['cold_start']['samples_s'])} "
+              f"({report['cold_start']['samples_s']})",
+              f"- upload to result through the bucket: p50 {report['upload_to_result']['p50_s']} s, p95 "
+              f"{report['upload_to_result']['p95_s']} s, max {report['upload_to_result']['max_s']} s "
+              f"(n {report['upload_to_result']['n']})", "",
+              "## Explanation faithfulness (deletion ↓ / insertion ↑ AUC, predicted-class probability)", "",
+              "| map | deletion AUC | insertion AUC |", "| --- | --- | --- |"]
+    for name in ("rollout", "occlusion", "random"):
+        row = report["faithfulness"][name]
+        lines.append(f"| {name} | {row['deletion_auc']} | {row['insertion_auc']} |")
+    lines += ["", f"over {report['faithfulness']['images']} images, {report['faithfulness']['steps']} steps.", "",
+              "## Targets", "", "| metric | target | measured | met |", "| --- | --- | --- | --- |"]
+    for name, (target, measured) in report["targets"].items():
+        met = "yes" if measured is not None and measured <= target else "no"
+        lines.append(f"| {name} | <= {target} | {measured} | {met} |")
+    lines += ["", "![latency](latency.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,207 @@
+"""The functions and how events reach them, as plain data: the one table production and the local stack read.
+
+- `FUNCTIONS`: each function (its Knative Service name, functions-framework target, public or cluster-local,
+  whether it emits events, whether it serves the model) and its environment contract.
+- `SUBSCRIPTIONS`: the Triggers of design §4 (event type, bucket, subscriber).
+- `PING_SCHEDULES`: the periodic wake-ups, the production cron beside the local stack's tick interval.
+
+`infra_pulumi` turns these into Knative Services, Triggers and PingSources; `triage/stack` into its processes,
+broker triggers and ticks. Kubernetes-only details (cpu, memory, max scale, service accounts) live in
+`infra_pulumi/functions`. Change an event route or a function's variables here and nowhere else.
+
+The environment contract names, for each variable, WHAT it holds (one of the value names below, e.g.
+`S3_URL`); each deployable says where that value comes from (`environment(fn, values)` for plain strings).
+A value a deployable does not have leaves its variable out: K_SINK in production (the SinkBinding sets it),
+TRAINING_IMAGE locally (retrain launches training in-process there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.names import (
+    FEEDBACK_RECEIVED,
+    INPUT_BUCKET,
+    MODEL_REGISTERED,
+    OBJECT_CREATED,
+    PREDICTION_CREATED,
+    RAW_BUCKET,
+)
+
+__all__ = [
+    "ARTIFACT_STORE_URL",
+    "BROKER_URL",
+    "COMMON_ENV",
+    "DEAD_LETTER_SINK",
+    "EMITTER_ENV",
+    "FUNCTIONS",
+    "GATEWAY_URL",
+    "MLFLOW_URL",
+    "MODEL_URI",
+    "NAMESPACE",
+    "PING_SCHEDULES",
+    "REGION",
+    "RETRAIN_BACKEND",
+    "REVIEWER_TOKENS",
+    "S3_ACCESS_KEY",
+    "S3_SECRET_KEY",
+    "S3_URL",
+    "SUBSCRIPTIONS",
+    "TRAINING_ENV_SECRET",
+    "TRAINING_IMAGE",
+    "WEBHOOK_TOKEN",
+    "EnvVar",
+    "Function",
+    "PingSchedule",
+    "Subscription",
+    "environment",
+    "function",
+]
+
+# --- values a variable can hold (each deployable maps these to its own) -----------------------------------------
+MODEL_URI = "model_uri"  # the model to serve (models:/xray-vit@champion in production)
+S3_URL = "s3_url"  # the S3 endpoint (MinIO / the local S3 server)
+ARTIFACT_STORE_URL = "artifact_store_url"  # where MLflow's artifacts are (the same S3 endpoint, when MLflow runs)
+MLFLOW_URL = "mlflow_url"  # the MLflow tracking and registry server
+REGION = "region"
+NAMESPACE = "namespace"  # the Kubernetes namespace of the Knative Services (production only)
+BROKER_URL = "broker_url"  # where emitted CloudEvents go
+GATEWAY_URL = "gateway_url"  # the local gateway whose split the canary steps (local only: Knative in production)
+RETRAIN_BACKEND = "retrain_backend"  # where retrain launches training (kubernetes in production)
+TRAINING_IMAGE = "training_image"  # the image of the training Jobs retrain launches
+TRAINING_ENV_SECRET = "training_env_secret"  # the Secret those Jobs take their credentials from
+# Secret values: the names are the keys of the stack's one Kubernetes Secret (infra_pulumi.config).
+S3_ACCESS_KEY = "minio_root_user"
+S3_SECRET_KEY = "minio_root_password"
+WEBHOOK_TOKEN = "webhook_token"
+REVIEWER_TOKENS = "reviewer_tokens"
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One variable of a function's environment: `name` holds the value known as `value` (one of the above)."""
+
+    name: str
+    value: str
+    secret: bool = False  # a secret value (a key of the Kubernetes Secret in production)
+
+
+# Every function gets these.
+COMMON_ENV: tuple[EnvVar, ...] = (
+    EnvVar("MODEL_URI", MODEL_URI),
+    EnvVar("S3_ENDPOINT_URL", S3_URL),
+    EnvVar("MLFLOW_S3_ENDPOINT_URL", ARTIFACT_STORE_URL),
+    EnvVar("MLFLOW_TRACKING_URI", MLFLOW_URL),
+    EnvVar("AWS_REGION", REGION),
+    EnvVar("KNATIVE_NAMESPACE", NAMESPACE),
+    EnvVar("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY, secret=True),
+    EnvVar("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY, secret=True),
+)
+EMITTER_ENV = (EnvVar("K_SINK", BROKER_URL),)  # functions that emit events
+
+
+@dataclass(frozen=True, kw_only=True)
+class Function:
+    """One function: a Knative Service in production, a functions-framework process locally."""
+
+    name: str  # the Service name (DNS label): minio-source
+    public: bool  # reachable from outside (Kourier / the gateway); otherwise cluster-local only
+    emits_events: bool = False  # gets K_SINK (the broker)
+    serves_model: bool = False  # a model version is a revision of it (the canary splits its traffic)
+    local: bool = True  # runs in the local stack (whose broker writes dead letters itself)
+    own_env: tuple[EnvVar, ...] = ()  # its variables beyond COMMON_ENV (and K_SINK)
+
+    @property
+    def target(self) -> str:
+        """The functions-framework target and folder: functions/<target>/main.py."""
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self) -> tuple[EnvVar, ...]:
+        """The whole environment contract, in order: the common variables, K_SINK, its own."""
+        return COMMON_ENV + (EMITTER_ENV if self.emits_events else ()) + self.own_env
+
+
+FUNCTIONS: tuple[Function, ...] = (
+    Function(name="predict", public=True, serves_model=True),
+    Function(name="explain", public=True, serves_model=True),
+    Function(name="preprocess", public=False),
+    Function(
+        name="feedback",
+        public=True,
+        emits_events=True,
+        own_env=(EnvVar("REVIEWER_TOKENS", REVIEWER_TOKENS, secret=True),),
+    ),
+    Function(
+        name="minio-source",
+        public=False,
+        emits_events=True,
+        own_env=(EnvVar("WEBHOOK_TOKEN", WEBHOOK_TOKEN, secret=True),),
+    ),
+    Function(name="ingest", public=False, emits_events=True, serves_model=True),
+    Function(
+        name="retrain",
+        public=False,
+        emits_events=True,
+        own_env=(
+            EnvVar("RETRAIN_BACKEND", RETRAIN_BACKEND),
+            EnvVar("TRAINING_IMAGE", TRAINING_IMAGE),
+            EnvVar("TRAINING_ENV_SECRET", TRAINING_ENV_SECRET),
+        ),
+    ),
+    Function(name="canary", public=False, own_env=(EnvVar("CANARY_GATEWAY_URL", GATEWAY_URL),)),
+    Function(name="monitor", public=False),
+    Function(name="dead-letter", public=False, local=False),
+)
+DEAD_LETTER_SINK = "dead-letter"  # the function that stores events which failed every retry
+
+
+def function(name: str) -> Function:
+    """The function called `name` (Service name or target: minio-source or minio_source)."""
+    for fn in FUNCTIONS:
+        if name in (fn.name, fn.target):
+            return fn
+    raise KeyError(name)
+
+
+def environment(fn: Function, values: Mapping[str, str | None]) -> dict[str, str]:
+    """`fn`'s variables with their values from `values` (value name -> string); None or absent: left out."""
+    return {var.name: values[var.value] for var in fn.env if values.get(var.value) is not None}
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A Trigger of design §4: events of `event_type` (from `bucket`, when set) go to `subscriber`."""
+
+    name: str
+    event_type: str
+    subscriber: str  # a function's name
+    bucket: str | None = None
+
+
+SUBSCRIPTIONS: tuple[Subscription, ...] = (
+    Subscription("ingest-inference-inputs", OBJECT_CREATED, "ingest", INPUT_BUCKET),
+    Subscription("retrain-raw-data", OBJECT_CREATED, "retrain", RAW_BUCKET),
+    Subscription("monitor-predictions", PREDICTION_CREATED, "monitor"),
+    Subscription("retrain-feedback", FEEDBACK_RECEIVED, "retrain"),
+    Subscription("monitor-feedback", FEEDBACK_RECEIVED, "monitor"),
+    Subscription("canary-model-registered", MODEL_REGISTERED, "canary"),
+)
+
+
+@dataclass(frozen=True)
+class PingSchedule:
+    """A periodic wake-up of `subscriber` (a PingSource in production, a broker tick locally)."""
+
+    name: str
+    subscriber: str
+    cron: str  # production schedule
+    local_every_s: float  # the local stack's tick interval (faster, so a demo sees it)
+
+
+# The canary steps traffic, the monitor computes drift and live accuracy.
+PING_SCHEDULES: tuple[PingSchedule, ...] = (
+    PingSchedule("canary-tick", "canary", cron="*/5 * * * *", local_every_s=60.0),
+    PingSchedule("monitor-tick", "monitor", cron="*/15 * * * *", local_every_s=60.0),
+)

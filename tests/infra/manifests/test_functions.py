@@ -1,0 +1,44 @@
+"""The functions' Knative Services: scale to zero, limits, secrets by reference, the topology's env contract."""
+
+from __future__ import annotations
+
+from infra_pulumi import manifests
+from shared import topology
+from tests.infra.manifests.example import SETTINGS, knative_services
+
+
+def test_functions_scale_to_zero_with_limits_and_secret_references(objects: list[dict]) -> None:
+    services = {s["metadata"]["name"]: s for s in knative_services(objects)}
+    assert set(services) == {f.name for f in manifests.FUNCTIONS}
+    for service in services.values():
+        annotations = service["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["autoscaling.knative.dev/min-scale"] == "0"
+        assert int(annotations["autoscaling.knative.dev/max-scale"]) >= 1
+        container = service["spec"]["template"]["spec"]["containers"][0]
+        assert {"requests", "limits"} <= set(container["resources"])
+        env = {e["name"]: e for e in container["env"]}
+        assert env["MODEL_URI"]["value"] == "models:/xray-vit@champion"
+        assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == manifests.SECRET_NAME
+    # Only the clinician-facing functions are reachable from outside.
+    public = {n for n, s in services.items() if "networking.knative.dev/visibility" not in s["metadata"]["labels"]}
+    assert public == {"predict", "explain", "feedback"}
+    webhook_env = {e["name"] for e in services["minio-source"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "WEBHOOK_TOKEN" in webhook_env
+
+
+def test_every_function_of_the_topology_is_a_service_with_its_env_contract() -> None:
+    assert [fn.name for fn in manifests.FUNCTIONS] == [fn.name for fn in topology.FUNCTIONS]
+    for fn in manifests.FUNCTIONS:
+        container = manifests.knative_service(SETTINGS, fn)["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        # K_SINK comes from the SinkBinding, the gateway URL is the local stack's; every other variable is set.
+        expected = {var.name for var in fn.function.env} - {"K_SINK", "CANARY_GATEWAY_URL"}
+        assert set(env) == expected, fn.name
+        for var in fn.function.env:
+            if var.secret:
+                assert env[var.name]["valueFrom"]["secretKeyRef"] == {"name": manifests.SECRET_NAME, "key": var.value}
+    retrain = manifests.knative_service(SETTINGS, next(f for f in manifests.FUNCTIONS if f.name == "retrain"))
+    env = {e["name"]: e.get("value") for e in retrain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RETRAIN_BACKEND"] == "kubernetes"
+    assert env["TRAINING_IMAGE"] == "ghcr.io/example/xray-triage/training:0.3.1"

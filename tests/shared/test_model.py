@@ -1,0 +1,152 @@
+"""The serving model without HTTP: loading, the one inference order (predict, explain), its step metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+from prometheus_client import REGISTRY
+
+from shared import imaging
+from shared.config import Settings
+from shared.errors import InvalidField
+from shared.model import TriageModel, get_model
+from shared.model_store import ModelLoadError
+from shared.modelcard import calibrated_probability
+from tests.functions.tiny_model import build_tiny_model_dir, dicom_bytes, jpeg_bytes, png_bytes
+
+PREDICTION_KEYS = {"request_id", "label", "probability", "threshold", "urgent", "model", "timings_ms"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("model") / "model")
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TriageModel:
+    model = TriageModel(Settings(model_uri=str(model_dir), model_cache_dir=tmp_path_factory.mktemp("cache")))
+    model.load()
+    return model
+
+
+def _copy_with_card(model_dir: Path, target: Path, **changes: object) -> Path:
+    shutil.copytree(model_dir, target)
+    card = json.loads((target / "model_card.json").read_text())
+    card.update(changes)
+    (target / "model_card.json").write_text(json.dumps(card))
+    return target
+
+
+def test_ready_only_after_load(model_dir: Path, tmp_path: Path) -> None:
+    model = TriageModel(Settings(model_uri=str(model_dir), model_cache_dir=tmp_path))
+    assert model.ready is False
+    model.load()
+    assert model.ready is True
+    assert model.load_seconds is not None and model.load_seconds > 0
+
+
+def test_prediction_matches_a_bare_onnx_call_and_has_the_design_schema(loaded: TriageModel, model_dir: Path) -> None:
+    data = png_bytes()
+    prediction = loaded(data, "image/png")
+    body = prediction.to_json()
+    assert set(body) == PREDICTION_KEYS
+    assert body["label"] in ("normal", "pneumonia")
+    assert body["model"] == {"name": "xray-vit", "version": None}
+    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
+    assert len(body["request_id"]) == 32
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    model_input = imaging.to_model_input(imaging.decode_image(data), 28)[np.newaxis]
+    logits = session.run(["logits"], {"image": model_input})[0]
+    assert body["probability"] == pytest.approx(float(calibrated_probability(logits, 1.0)[0]), abs=1e-5)
+    assert body["label"] == ("pneumonia" if body["probability"] >= 0.5 else "normal")
+
+
+def test_each_image_format_gives_a_prediction(loaded: TriageModel) -> None:
+    for data, content_type in (
+        (png_bytes(), "image/png"),
+        (png_bytes(bits=16), "image/png"),
+        (jpeg_bytes(), "image/jpeg"),
+        (dicom_bytes(), "application/dicom"),
+    ):
+        prediction = loaded(data, content_type, request_id="abc-1")
+        assert prediction.request_id == "abc-1"
+        assert 0.0 <= prediction.probability <= 1.0
+
+
+@pytest.mark.parametrize(("threshold", "label"), [(0.0, "pneumonia"), (1.0, "normal")])
+def test_the_cards_threshold_decides_the_label(model_dir: Path, tmp_path: Path, threshold: float, label: str) -> None:
+    changed = _copy_with_card(model_dir, tmp_path / "model", threshold=threshold)
+    model = TriageModel(Settings(model_uri=str(changed), model_cache_dir=tmp_path / "cache"))
+    model.load()
+    prediction = model(png_bytes(), "image/png")
+    assert (prediction.label, prediction.threshold) == (label, threshold)
+    assert prediction.urgent is (prediction.probability >= 0.9)
+
+
+def test_get_model_returns_one_model_per_process(model_dir: Path, tmp_path: Path) -> None:
+    settings = Settings(model_uri=str(model_dir), model_cache_dir=tmp_path)
+    assert get_model(settings) is get_model(Settings(model_uri=str(model_dir), model_cache_dir=tmp_path))
+
+
+def test_ensure_loaded_reports_a_failed_load(tmp_path: Path) -> None:
+    model = TriageModel(Settings(model_uri=str(tmp_path / "missing"), model_cache_dir=tmp_path))
+    with pytest.raises(ModelLoadError) as error:
+        model.ensure_loaded(timeout_s=30)
+    assert error.value.status == 503
+
+
+@pytest.mark.parametrize("method", ["rollout", "occlusion"])
+def test_explain_gives_a_heatmap_png_of_the_inputs_size(loaded: TriageModel, method: str) -> None:
+    data = png_bytes(40, width=56)  # not the model's size: the map must follow the input
+    explanation = loaded(data, "image/png", explain=method)
+    assert explanation.heatmap.shape == (40, 56)
+    assert explanation.heatmap.min() >= 0.0 and explanation.heatmap.max() <= 1.0
+    assert Image.open(io.BytesIO(explanation.overlay_png)).size == (56, 40)
+    body = explanation.to_json()
+    assert body["method"] == method and body["heatmap_size"] == [40, 56]
+    assert set(body) >= PREDICTION_KEYS
+    assert "explain" in body["timings_ms"]
+
+
+def test_both_maps_can_be_scored_for_faithfulness(loaded: TriageModel) -> None:
+    from shared.explain import faithfulness_against_random
+
+    model_input = loaded.preprocess(loaded.decode(png_bytes()))
+    rollout = loaded.saliency_map(model_input, "rollout")
+    occlusion = loaded.saliency_map(model_input, "occlusion")
+    assert rollout.shape == (4, 4) and occlusion.shape == (28, 28)
+    for saliency in (rollout, occlusion):
+        report = faithfulness_against_random(loaded.probabilities, model_input, saliency, steps=8, random_maps=1)
+        assert all(0.0 <= value <= 1.0 for value in report.values())
+
+
+def test_explain_refuses_an_unknown_method(loaded: TriageModel) -> None:
+    with pytest.raises(InvalidField, match="method"):
+        loaded(png_bytes(), explain="gradcam")
+
+
+def step_count(step: str) -> float:
+    return REGISTRY.get_sample_value("triage_step_seconds_count", {"step": step}) or 0.0
+
+
+def test_each_step_is_timed_into_the_step_histogram(loaded: TriageModel) -> None:
+    steps = ("decode", "preprocess", "predict", "explain", "postprocess")
+    before = {step: step_count(step) for step in steps}
+    loaded(png_bytes(), "image/png")
+    loaded(png_bytes(), "image/png", explain="rollout")
+    assert {step: step_count(step) - before[step] for step in steps} == {
+        "decode": 2, "preprocess": 2, "predict": 2, "explain": 1, "postprocess": 2,
+    }  # fmt: skip
+
+
+def test_the_prediction_carries_the_input_drift_statistic(loaded: TriageModel) -> None:
+    prediction = loaded(png_bytes(), "image/png")
+    assert prediction.mean_intensity == pytest.approx(float(imaging.decode_image(png_bytes()).mean()), abs=1e-3)
+    assert "mean_intensity" not in prediction.to_json()

@@ -1,0 +1,119 @@
+"""`triage bench`: measure latency, cold start, upload-to-result and explanation faithfulness; write a report.
+
+One run, on this machine: a bare ONNX Runtime call on the same input (the floor), warm HTTP predict at
+concurrency 1 and 8 (straight to the function and through the gateway), cold start (process start to first
+successful prediction), upload-to-result through the bucket, and the deletion / insertion AUC of attention
+rollout, occlusion and random maps. Writes bench.json, bench.md and latency.png under --out.
+
+This module starts the processes (a model trained first when none is given, the local stack); the measuring
+and the report are `load_tests`' (`load_tests.bench`, `load_tests.report`), which take the images from
+`--images` (a folder of PNG / JPEG / DICOM files or an .npz), else the test split of `--data`, else phantoms
+written by `triage phantom`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from load_tests.bench import bare_onnx, cold_start, faithfulness, local_model, parameter_count, upload_to_result
+from load_tests.images import load_images
+from load_tests.loadtest import LoadResult, run_load
+from load_tests.report import markdown, plot_latency, targets
+from shared.errors import UserError
+from triage.config import TriageEnv
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("reports/bench"), help="report folder (default reports/bench)")
+    parser.add_argument("--model", help="model to measure (default $MODEL_URI, else one trained first on --data or "
+                        "phantoms)")
+    parser.add_argument("--requests", type=int, default=300, help="requests per warm-latency run (default 300)")
+    parser.add_argument("--uploads", type=int, default=20, help="uploads for upload-to-result (default 20)")
+    parser.add_argument("--cold-starts", type=int, default=3, help="fresh processes to time (default 3)")
+    parser.add_argument("--faithfulness-images", type=int, default=16, help="images for the AUCs (default 16)")
+    parser.add_argument("--data", type=Path, help="train on this .npz when there is no --model, and take the images "
+                        "from its test split unless --images (default $DATA, else phantoms)")
+    parser.add_argument("--images", type=Path, help="the images to send: a folder of PNG / JPEG / DICOM files or an "
+                        ".npz (its test split); default the test split of --data, else phantoms")
+    parser.add_argument("--json", action="store_true", help="print one JSON line last")
+
+
+def run(args: argparse.Namespace) -> int:
+    from triage.stack.models import phantom_data, train_first_model
+    from triage.stack.ports import StackPorts
+    from triage.stack.processes import unused_port_block
+    from triage.stack.stack import Stack, StackConfig
+
+    env = TriageEnv.from_env()
+    if not 10 <= args.requests <= 5000 or not 2 <= args.uploads <= 200 or not 1 <= args.cold_starts <= 10:
+        raise UserError("--requests 10..5000, --uploads 2..200, --cold-starts 1..10")
+    data, model_uri = args.data or env.data, args.model or env.model_uri
+    if data is not None and not Path(data).is_file():
+        raise UserError(f"--data {data}: no such file")
+    out: Path = args.out
+    run_dir = out / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The stack's children get this registry only; training (a child process too) logs there.
+    child_env = {"MLFLOW_TRACKING_URI": f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"}
+    if model_uri is None:
+        print(f"no --model / MODEL_URI: training a model on {data or 'phantoms'} first (about a minute)",
+              file=sys.stderr)
+        train_first_model(run_dir, child_env, data=data)
+        model_uri = str(sorted((run_dir / "models").iterdir())[-1].resolve())
+    source = args.images or data or phantom_data(run_dir, {**os.environ, **child_env})
+    images = load_images(source, max(args.uploads, args.faithfulness_images))
+    cache = (run_dir / "model-cache").resolve()
+    onnx_path, card = local_model(model_uri, cache)
+    size = card.image_size
+    body, content_type = images[0].data, images[0].content_type
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "images": f"{len(images)} from {source}" + (" (synthetic phantoms)" if source == run_dir / "phantom.npz"
+                                                     else ""),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "model": {"uri": model_uri, "params": parameter_count(onnx_path), "image_size": size,
+                  "synthetic_data": card.synthetic_data, "config": card.config},
+    }
+    print("bare ONNX Runtime ...", file=sys.stderr)
+    report["bare_onnx"] = bare_onnx(onnx_path, body, size, content_type=content_type)
+    config = StackConfig(run_dir=run_dir, model_uri=model_uri, functions=("predict", "minio_source", "ingest"),
+                         ports=StackPorts.free(), mlflow=False, prometheus=False)
+    loads: dict[str, LoadResult] = {}
+    with Stack(config, echo=sys.stderr, env=env) as stack:
+        for concurrency in (1, 8):
+            for path, url in (("function", stack.function_urls["predict"] + "/"),
+                              ("gateway", stack.urls["gateway"] + "/predict")):
+                print(f"warm {path} at concurrency {concurrency} ...", file=sys.stderr)
+                loads[f"{path}_c{concurrency}"] = run_load(url, body, requests=args.requests, concurrency=concurrency,
+                                                           content_type=content_type, warmup=30)
+        print("upload to result ...", file=sys.stderr)
+        report["upload_to_result"] = upload_to_result(stack.s3(), images[: args.uploads])
+        print("cold start ...", file=sys.stderr)
+        spec = stack.function_spec("predict")
+        report["cold_start"] = cold_start(lambda port: [*spec.argv[:-1], str(port)], {**os.environ, **spec.env},
+                                          spec.cwd, body, unused_port_block(args.cold_starts), content_type)
+    report["warm"] = {name: result.summary() for name, result in loads.items()}
+    floor = report["bare_onnx"]["session_run"]["p50"]
+    report["overhead_ms"] = {name: round(report["warm"][name]["p50_ms"] - floor, 3)
+                             for name in ("function_c1", "gateway_c1")}
+    print("explanation faithfulness ...", file=sys.stderr)
+    pixels = [image.pixels for image in images[: args.faithfulness_images]]
+    report["faithfulness"] = faithfulness(model_uri, cache, pixels)
+    report["targets"] = targets(report)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    (out / "bench.md").write_text(markdown(report))
+    plot_latency(loads, out / "latency.png")
+    print(markdown(report))
+    print(f"report: {out / 'bench.md'}, {out / 'bench.json'}, {out / 'latency.png'}")
+    if args.json:
+        print(json.dumps(report))
+    return 0
