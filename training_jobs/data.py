@@ -28,7 +28,9 @@ __all__ = [
     "carve_split",
     "check_both_classes",
     "compute_data_hash",
+    "load_eval_split",
     "load_folder",
+    "load_folder_images",
     "load_medmnist_npz",
     "load_processed_npz",
     "load_splits",
@@ -179,14 +181,20 @@ def _labels(path: Path, key: str, labels: np.ndarray, n: int) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def load_medmnist_npz(path: str | Path, image_size: int | None = None) -> Splits:
-    """A MedMNIST-style .npz (train_images/train_labels, val_..., test_...) of any resolution."""
+def load_medmnist_npz(path: str | Path, image_size: int | None = None, *, need_train: bool = True) -> Splits:
+    """A MedMNIST-style .npz (train_images/train_labels, val_..., test_...) of any resolution.
+
+    `need_train` False (evaluation) accepts a file with any one split, e.g. only test_images / test_labels.
+    """
     path = Path(path)
     data = _open_npz(path)
     if data.get("format") is not None and str(data["format"]) == PROCESSED_FORMAT:
         return load_processed_npz(path, data)
     present = [s for s in SPLIT_NAMES if f"{s}_images" in data or f"{s}_labels" in data]
-    if "train" not in present:
+    if not present:
+        keys = ", ".join(sorted(data)) or "none"
+        raise UserError(f"{path}: no <split>_images / <split>_labels keys (found: {keys})")
+    if need_train and "train" not in present:
         keys = ", ".join(sorted(data)) or "none"
         raise UserError(f"{path}: missing keys train_images/train_labels (found: {keys})")
     for split in present:
@@ -203,7 +211,8 @@ def load_medmnist_npz(path: str | Path, image_size: int | None = None) -> Splits
     height, width = shapes.pop()
     size = image_size or max(height, width)
     arrays = {split: SplitArrays(batch_to_model_input(images, size), labels) for split, (images, labels) in raw.items()}
-    check_both_classes(str(path), arrays)
+    if need_train:
+        check_both_classes(str(path), arrays)
     synthetic = bool(data["synthetic"]) if "synthetic" in data else False
     return make_splits(arrays, size, synthetic, str(path))
 
@@ -264,6 +273,21 @@ def _folder_records(root: Path) -> list[tuple[str | None, Path, int]]:
     return records
 
 
+def _decode_records(
+    root: Path, records: list[tuple[str | None, Path, int]], size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(model inputs, labels, patient ids) of the records' files, with a progress bar."""
+    from tqdm import tqdm
+
+    for _, file, _ in records:
+        _check_magic(file)  # fail fast on a stray file before minutes of decoding
+    inputs = np.empty((len(records), 1, size, size), dtype=np.float32)
+    for i, (_, file, _) in enumerate(tqdm(records, desc=f"decoding {root.name}", unit="img", disable=None)):
+        inputs[i] = to_model_input(_decode_file(file), size)
+    labels = np.array([label for _, _, label in records], dtype=np.int64)
+    return inputs, labels, np.array([patient_id(file.name) for _, file, _ in records])
+
+
 def _group_split(
     labels: np.ndarray, patients: np.ndarray, fractions: dict[str, float], seed: int
 ) -> dict[str, np.ndarray]:
@@ -309,17 +333,9 @@ def load_folder(path: str | Path, image_size: int | None = None, seed: int = 0) 
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder")
-    from tqdm import tqdm
-
     size = image_size or FOLDER_IMAGE_SIZE
     records = _folder_records(root)
-    for _, file, _ in records:
-        _check_magic(file)  # fail fast on a stray file before minutes of decoding
-    inputs = np.empty((len(records), 1, size, size), dtype=np.float32)
-    for i, (_, file, _) in enumerate(tqdm(records, desc=f"decoding {root.name}", unit="img", disable=None)):
-        inputs[i] = to_model_input(_decode_file(file), size)
-    labels = np.array([label for _, _, label in records], dtype=np.int64)
-    patients = np.array([patient_id(file.name) for _, file, _ in records])
+    inputs, labels, patients = _decode_records(root, records, size)
     given = np.array([split or "" for split, _, _ in records])
     notes: list[str] = []
     index: dict[str, np.ndarray] = {}
@@ -451,6 +467,35 @@ def _load_s3(uri: str) -> Splits:
     if manifest.get("sha256") and manifest["sha256"] != digest:
         raise UserError(f"{uri}/splits.npz: sha256 {digest[:12]} differs from the manifest's {manifest['sha256'][:12]}")
     return replace(read_processed_bytes(raw, f"{uri}/splits.npz"), source=uri)
+
+
+def load_eval_split(path: str | Path, split: str, image_size: int | None = None, seed: int = 0) -> SplitArrays:
+    """The images and labels of one split to evaluate on, from any file or folder that holds it.
+
+    An .npz needs only that split's keys (e.g. a test-only file); a folder `[split/]NORMAL|PNEUMONIA/*` of PNG,
+    JPEG or DICOM files gives its `split/` subfolder as is (no re-splitting), or, without split folders, the split
+    training would carve from it (by patient, seeded). `split` "all" takes every image of the data set.
+    """
+    local = Path(path)
+    if not str(path).startswith("s3://") and local.is_dir():
+        if split == "all":
+            return load_folder_images(local, image_size)
+        if (local / split).is_dir():
+            return load_folder_images(local / split, image_size)
+        return load_folder(local, image_size, seed)[split]
+    if not str(path).startswith("s3://") and local.is_file() and local.suffix == ".npz":
+        splits = load_medmnist_npz(local, image_size, need_train=False)
+    else:
+        splits = load_splits(path, image_size, seed)
+    if split == "all":
+        present = list(splits.present().values())
+        return SplitArrays(np.concatenate([s.x for s in present]), np.concatenate([s.y for s in present]))
+    return splits[split]
+
+
+def load_folder_images(root: Path, image_size: int | None = None) -> SplitArrays:
+    """Every image under root/[split/]NORMAL|PNEUMONIA (recursively), labelled by its class folder."""
+    return SplitArrays(*_decode_records(root, _folder_records(root), image_size or FOLDER_IMAGE_SIZE))
 
 
 def load_splits(path: str | Path, image_size: int | None = None, seed: int = 0) -> Splits:

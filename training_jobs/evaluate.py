@@ -1,6 +1,7 @@
-"""Evaluate an exported ONNX model on a data split: metrics at the stored threshold, ECE, and plots.
+"""Evaluate an exported ONNX model on a data split: metrics at the stored threshold, ECE, 95 % intervals, plots.
 
-`compute_metrics` is the pure metric math (numpy + sklearn), used by `triage evaluate` and by training.
+`compute_metrics` is the pure metric math (numpy + sklearn), used by `triage evaluate` and by training;
+`bootstrap_intervals` the stratified bootstrap of AUC, sensitivity and specificity that `triage evaluate` reports.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 from shared.errors import UserError
 from shared.modelcard import ModelCard, ModelCardError, calibrated_probability
 
-SPLITS = ("train", "val", "test", "final_eval")
+SPLITS = ("train", "val", "test", "final_eval", "all")
+BOOTSTRAP_RESAMPLES = 1000
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
@@ -74,6 +76,43 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, n_b
     }
 
 
+def rank_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count half): the same number as sklearn's, fast enough to
+    bootstrap. NaN without both classes."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.asarray(probs, dtype=np.float64).ravel())
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, threshold: float, *,
+                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, list[float]]:
+    """95 % percentile intervals of AUC, sensitivity and specificity over stratified bootstrap resamples
+    (each class resampled within itself, so every resample has both): `{"auc_ci95": [lo, hi], ...}`."""
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    probs = np.asarray(probs, dtype=np.float64).ravel()
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if not len(positives) or not len(negatives):
+        nan = [float("nan"), float("nan")]
+        return {"auc_ci95": nan, "sensitivity_ci95": list(nan), "specificity_ci95": list(nan)}
+    rng = np.random.default_rng(seed)
+    draws = {"auc": [], "sensitivity": [], "specificity": []}
+    said = probs >= threshold
+    for _ in range(resamples):
+        pos = rng.choice(positives, len(positives))
+        neg = rng.choice(negatives, len(negatives))
+        both = np.concatenate([pos, neg])
+        draws["auc"].append(rank_auc(labels[both], probs[both]))
+        draws["sensitivity"].append(float(said[pos].mean()))
+        draws["specificity"].append(float((~said[neg]).mean()))
+    return {f"{name}_ci95": [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+            for name, values in draws.items()}
+
+
 def drift_reference(probs: np.ndarray, x: np.ndarray) -> dict[str, list[int]]:
     """What the monitor compares live traffic with: this split's probability and input-intensity histograms."""
     from shared.imaging import mean_intensity
@@ -104,6 +143,7 @@ def evaluate_model(model_path: Path, x: np.ndarray, y: np.ndarray, *, card: Mode
     card = card or ModelCard.load(model_path.parent)
     probs = predict_probabilities(model_path, x, card.temperature)
     metrics = compute_metrics(y, probs, card.threshold)
+    metrics.update(bootstrap_intervals(y, probs, card.threshold))
     metrics.update(drift_reference(probs, x))
     if out_dir is not None:
         from training_jobs import plots
@@ -119,8 +159,11 @@ def evaluate_model(model_path: Path, x: np.ndarray, y: np.ndarray, *, card: Mode
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path,
                         help="model.onnx or model.int8.onnx (model_card.json beside it)")
-    parser.add_argument("--data", required=True, help="data set: .npz, image folder or s3://bucket/prefix")
-    parser.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate (default: test)")
+    parser.add_argument("--data", required=True,
+                        help="data set holding the split: .npz (that split's keys are enough, e.g. a test-only file), "
+                             "a folder [split/]NORMAL|PNEUMONIA/ of PNG, JPEG or DICOM files, or s3://bucket/prefix")
+    parser.add_argument("--split", default="test", choices=SPLITS,
+                        help="split to evaluate (default: test); 'all' takes every image of the data set")
     parser.add_argument("--out", type=Path, help="folder for the ROC / PR / confusion / calibration PNGs")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
 
@@ -135,14 +178,17 @@ def run(args: argparse.Namespace) -> int:
         card = ModelCard.load(model_path.parent)
     except ModelCardError as exc:
         raise UserError(exc.message) from exc
-    from training_jobs.data import load_splits
+    from training_jobs.data import load_eval_split
 
-    split = load_splits(args.data, image_size=card.image_size)[args.split]
+    split = load_eval_split(args.data, args.split, image_size=card.image_size)
     metrics = evaluate_model(model_path, split.x, split.y, card=card, out_dir=args.out, split=args.split)
     _log_to_active_mlflow_run(metrics, args.split, args.out)
     print(f"{model_path} on {args.split} ({metrics['n']} images, threshold {metrics['threshold']:.3f}):")
     print(f"  AUC {metrics['auc']:.4f}  accuracy {metrics['accuracy']:.4f}  sensitivity {metrics['sensitivity']:.4f}  "
           f"specificity {metrics['specificity']:.4f}  F1 {metrics['f1']:.4f}  ECE {metrics['ece']:.4f}")
+    print("  95 % bootstrap intervals: " + "  ".join(
+        f"{name} [{metrics[f'{name}_ci95'][0]:.4f}, {metrics[f'{name}_ci95'][1]:.4f}]"
+        for name in ("auc", "sensitivity", "specificity")))
     for name, row in metrics["per_class"].items():
         print(f"  {name:<10} precision {row['precision']:.4f}  recall {row['recall']:.4f}  F1 {row['f1']:.4f}  "
               f"n {row['support']}")

@@ -98,3 +98,72 @@ def test_cli_logs_to_an_active_mlflow_run(model_and_data, tmp_path, monkeypatch)
     logged = mlflow.get_run(run.info.run_id)
     assert logged.data.metrics["test_n"] == 12 and "test_auc" in logged.data.metrics
     assert (tmp_path / "artifacts" / run.info.run_id / "artifacts" / "plots" / "test" / "roc.png").is_file()
+
+
+def test_rank_auc_is_sklearns_auc_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from training_jobs.evaluate import rank_auc
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300)
+    probs = np.round(rng.random(300) * 0.5 + labels * 0.3, 2)  # rounded: many ties
+    assert rank_auc(labels, probs) == pytest.approx(roc_auc_score(labels, probs), abs=1e-12)
+    assert np.isnan(rank_auc(np.ones(4), PROBS))
+
+
+def test_bootstrap_intervals_bracket_the_estimate_and_narrow_with_more_data():
+    from training_jobs.evaluate import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        labels = rng.integers(0, 2, n)
+        return labels, np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
+
+    labels, probs = sample(200)
+    point = compute_metrics(labels, probs, 0.5)
+    small = bootstrap_intervals(labels, probs, 0.5, resamples=400)
+    for name in ("auc", "sensitivity", "specificity"):
+        lo, hi = small[f"{name}_ci95"]
+        assert lo < point[name] < hi
+    assert bootstrap_intervals(labels, probs, 0.5, resamples=400) == small  # seeded: the same intervals again
+    big_labels, big_probs = sample(3000)
+    big = bootstrap_intervals(big_labels, big_probs, 0.5, resamples=400)
+    width = {name: v[1] - v[0] for name, v in small.items()}
+    assert all(big[name][1] - big[name][0] < width[name] / 2 for name in width)
+
+
+def _evaluate_json(capsys, model, data, split):
+    from triage.cli import main
+
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--split", split, "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cli_takes_a_test_only_npz_and_reports_intervals(model_and_data, tmp_path, capsys):
+    model, data = model_and_data
+    with np.load(data) as full:
+        np.savez(tmp_path / "test_only.npz", test_images=full["test_images"], test_labels=full["test_labels"])
+    result = _evaluate_json(capsys, model, tmp_path / "test_only.npz", "test")
+    assert result["n"] == 12
+    for name in ("auc", "sensitivity", "specificity"):
+        lo, hi = result[f"{name}_ci95"]
+        assert 0.0 <= lo <= hi <= 1.0
+    from triage.cli import main
+
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "test_only.npz"), "--split", "val"]) == 2
+    assert "no split 'val'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("file_format", ["jpeg", "dicom"])
+def test_cli_takes_a_kaggle_style_folder_of_jpegs_or_dicoms(model_and_data, tmp_path, capsys, file_format):
+    from training_jobs.phantom import write_phantom_folder
+
+    model, _ = model_and_data
+    root = write_phantom_folder(tmp_path / "kaggle", patients={"train": 2, "val": 1, "test": 2}, size=28,
+                                file_format=file_format)
+    suffix = ".dcm" if file_format == "dicom" else ".jpeg"
+    on_disk = {split: len(list((root / split).rglob(f"*{suffix}"))) for split in ("train", "val", "test")}
+    assert _evaluate_json(capsys, model, root, "test")["n"] == on_disk["test"]  # the test folder as it is
+    assert _evaluate_json(capsys, model, root, "all")["n"] == sum(on_disk.values())
