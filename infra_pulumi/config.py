@@ -42,6 +42,7 @@ OPTIONAL_SECRET_KEYS = (
     "minio_root_user",
     "minio_root_password",
     "webhook_token",
+    "deid_secret",  # the keyed hash of replaced DICOM UIDs (preprocess, ingest)
     "db_password",
     "grafana_admin_password",
     "reviewer_tokens",

@@ -72,7 +72,7 @@ def bare_onnx(onnx_path: Path, body: bytes, image_size: int, runs: int = 500,
 
 
 def cold_start(argv: Callable[[int], Sequence[str]], env: Mapping[str, str], cwd: Path | None, body: bytes,
-               ports: Sequence[int], content_type: str = "image/png") -> dict[str, Any]:
+               ports: Sequence[int], content_type: str = "image/png", token: str | None = None) -> dict[str, Any]:
     """A fresh predict process per port: Popen of `argv(port)` → first 200 on POST / (polled every 10 ms)."""
     samples = []
     for port in ports:
@@ -86,7 +86,8 @@ def cold_start(argv: Callable[[int], Sequence[str]], env: Mapping[str, str], cwd
                 while time.perf_counter() < deadline and process.poll() is None:
                     try:
                         response = client.post(f"http://127.0.0.1:{port}/", content=body,
-                                               headers={"Content-Type": content_type})
+                                               headers={"Content-Type": content_type,
+                                                        **({"Authorization": f"Bearer {token}"} if token else {})})
                         if response.status_code == 200:
                             first_ok = time.perf_counter() - started
                             break

@@ -23,6 +23,7 @@ import numpy as np
 
 from load_tests.images import MEDIA_TYPES, load_images
 from shared.errors import UserError
+from triage.config import TriageEnv
 
 __all__ = ["LoadResult", "add_arguments", "check_loopback", "percentiles", "run", "run_load"]
 
@@ -80,14 +81,15 @@ def check_loopback(url: str) -> str:
 
 
 def run_load(url: str, body: bytes, *, requests: int, concurrency: int, content_type: str = "image/png",
-             warmup: int = 10, timeout_s: float = 30.0) -> LoadResult:
-    """`requests` POSTs split over `concurrency` threads, each with its own keep-alive connection."""
+             warmup: int = 10, timeout_s: float = 30.0, token: str | None = None) -> LoadResult:
+    """`requests` POSTs split over `concurrency` threads, each with its own keep-alive connection (presenting the
+    API token `token` when given)."""
     check_loopback(url)
     if not 1 <= requests <= MAX_REQUESTS or not 1 <= concurrency <= MAX_CONCURRENCY:
         raise UserError(f"requests must be 1..{MAX_REQUESTS} and concurrency 1..{MAX_CONCURRENCY}")
     result = LoadResult(concurrency)
     lock = threading.Lock()
-    headers = {"Content-Type": content_type}
+    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {token}"} if token else {})}
     shares = [requests // concurrency + (1 if i < requests % concurrency else 0) for i in range(concurrency)]
     barrier = threading.Barrier(concurrency + 1)
 
@@ -134,7 +136,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "DICOM files or of an .npz (`triage phantom --out images.npz` writes one)")
     parser.add_argument("--content-type", help="default: from the file's extension, else image/png")
     parser.add_argument("--warmup", type=int, default=10, help="requests before measuring")
+    parser.add_argument("--token", help="the API token to present (default: the local stack's, $RUN_DIR/api-token)")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
+
+
+def _stack_token() -> str | None:
+    """The API token `triage up` wrote into its run dir, if there is one."""
+    path = TriageEnv.from_env().run_dir / "api-token"
+    return path.read_text().strip() if path.is_file() else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         first = load_images(args.images, 1)[0]
         body, media = first.data, first.content_type
     result = run_load(args.url, body, requests=args.requests, concurrency=args.concurrency,
-                      content_type=args.content_type or media, warmup=args.warmup)
+                      content_type=args.content_type or media, warmup=args.warmup, token=args.token or _stack_token())
     summary = {"url": args.url, **result.summary()}
     print(f"{summary['ok']}/{summary['requests']} ok at concurrency {args.concurrency}: "
           f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, {summary['throughput_rps']} req/s"

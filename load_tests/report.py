@@ -9,8 +9,9 @@ import numpy as np
 
 from load_tests.bench import TARGETS
 from load_tests.loadtest import LoadResult
+from load_tests.memory import MEMORY_LIMIT_MB
 
-__all__ = ["markdown", "plot_latency", "targets"]
+__all__ = ["markdown", "memory_lines", "plot_latency", "targets"]
 
 
 def targets(report: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
@@ -23,7 +24,24 @@ def targets(report: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
         "warm_p99_ms_c1 (gateway)": (TARGETS["warm_p99_ms_c1"], warm["gateway_c1"]["p99_ms"]),
         "cold_start_s": (TARGETS["cold_start_s"], report["cold_start"]["median_s"]),
         "upload_to_result_p95_s": (TARGETS["upload_to_result_p95_s"], report["upload_to_result"]["p95_s"]),
+        **({"peak_rss_mb (any request, 7000x7000)": (MEMORY_LIMIT_MB, report["memory"]["max_peak_mb"])}
+           if "memory" in report else {}),
     }
+
+
+def memory_lines(memory: dict[str, Any] | None) -> list[str]:
+    """The peak-memory table: peak RSS of a fresh process per request type and image kind (`load_tests.memory`)."""
+    if not memory:
+        return []
+    lines = [f"## Peak memory per request ({memory['side']} x {memory['side']} images, limit {memory['limit_mb']} MB)",
+             "", "| request | image | bytes | RSS before (MB) | peak RSS (MB) |", "| --- | --- | --- | --- | --- |"]
+    for row in memory["rows"]:
+        if "peak_mb" in row:
+            cells = (row["request"], row["kind"], row["bytes"], row["baseline_mb"], row["peak_mb"])
+            lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+        else:
+            lines.append(f"| {row['request']} | {row['kind']} | failed: {row['error']} | | |")
+    return [*lines, "", f"within the limit: {'yes' if memory['within_limit'] else 'no'}", ""]
 
 
 def plot_latency(results: dict[str, LoadResult], path: Path) -> None:
@@ -77,8 +95,9 @@ def markdown(report: dict[str, Any]) -> str:
     for name in ("rollout", "occlusion", "random"):
         row = report["faithfulness"][name]
         lines.append(f"| {name} | {row['deletion_auc']} | {row['insertion_auc']} |")
-    lines += ["", f"over {report['faithfulness']['images']} images, {report['faithfulness']['steps']} steps.", "",
-              "## Targets", "", "| metric | target | measured | met |", "| --- | --- | --- | --- |"]
+    lines += ["", f"over {report['faithfulness']['images']} images, {report['faithfulness']['steps']} steps.", ""]
+    lines += memory_lines(report.get("memory"))
+    lines += ["## Targets", "", "| metric | target | measured | met |", "| --- | --- | --- | --- |"]
     for name, (target, measured) in report["targets"].items():
         met = "yes" if measured is not None and measured <= target else "no"
         lines.append(f"| {name} | <= {target} | {measured} | {met} |")

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import UserError
-from shared.names import BUCKETS
+from shared.names import API_TOKENS_KEY, BUCKETS, STATE_BUCKET
 
 __all__ = [
     "BUCKETS",
+    "BURNED_IN_POLICIES",
     "CANARY_SERVICES",
     "DEFAULT_MAX_PIXELS",
     "PROJECT_ROOT",
@@ -38,6 +39,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CANARY_SERVICES = ("predict", "explain", "ingest")  # the services a model version is a revision of
 RETRAIN_BACKENDS = ("local", "kubernetes", "github")
 DEFAULT_MAX_PIXELS = 50_000_000  # declared pixels above this are refused (413) before any is decoded
+BURNED_IN_POLICIES = ("refuse", "mark")  # BURNED_IN_ANNOTATION: the first is the default
 
 
 class ConfigError(UserError, ValueError):
@@ -72,8 +74,23 @@ def _whole(env: Mapping[str, str], name: str, default: int) -> int:
     return int(env_number(env, name, default, whole=True))  # type: ignore[arg-type]
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """`env[name]` lower-cased when it is one of `choices`, the first choice when unset; ConfigError otherwise."""
+    value = (env.get(name) or choices[0]).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"environment variable {name}={env.get(name)!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def _real(env: Mapping[str, str], name: str, default: float, unit: str = "number") -> float:
     return float(env_number(env, name, default, unit=unit))  # type: ignore[arg-type]
+
+
+def _positive(env: Mapping[str, str], name: str, default: float, unit: str, *, whole: bool = False) -> float:
+    value = float(env_number(env, name, default, whole=whole, unit=unit))  # type: ignore[arg-type]
+    if value <= 0:
+        raise ConfigError(f"environment variable {name}={env.get(name)!r} must be positive")
+    return value
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,18 @@ class Settings:
     # Security: the webhook token of the MinIO adapter and the reviewers' tokens ("name:token,name2:token2").
     webhook_token: str | None = field(default=None, repr=False)
     reviewer_tokens: str | None = field(default=None, repr=False)
+    # De-identification: the per-installation secret of the keyed hash that replaces DICOM UIDs (no secret: nothing
+    # is de-identified, 503), and what to do with an image whose pixels carry burned-in text: refuse | mark.
+    deid_secret: str | None = field(default=None, repr=False)
+    burned_in_annotation: str = "refuse"
+    # API tokens of predict / explain: the table (s3://bucket/key or a file), how often it is re-read, the rate limit.
+    api_tokens_uri: str = f"s3://{STATE_BUCKET}/{API_TOKENS_KEY}"
+    api_tokens_refresh_s: float = 10.0
+    api_rate_per_s: float = 10.0  # per token and process; an entry of the table may set its own
+    api_rate_burst: int = 20
+    # The review worklist: a case unreviewed longer than this goes ahead of fresher ones; sign-ins last this long.
+    review_max_wait_min: float = 60.0
+    review_session_hours: float = 8.0
     # Limits.
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -108,7 +137,7 @@ class Settings:
     retrain_backend: str = "local"  # local | kubernetes | github
     # Set by retrain on the training job it launches: which batch of labels the job trains on.
     retrain_batch_id: str | None = None
-    retrain_batch_uri: str | None = None  # s3://feedback/_state/batches/<id>.json: the labels to train on
+    retrain_batch_uri: str | None = None  # s3://triage-state/retrain/batches/<id>.json: the labels to train on
     # Revision label this process serves (the gateway / Knative route splits traffic between revisions).
     revision: str = "champion"
     # Kubernetes API (canary, retrain): a kubeconfig file, else the in-cluster service account's host and port.
@@ -132,6 +161,14 @@ class Settings:
             k_sink=env.get("K_SINK") or None,
             webhook_token=env.get("WEBHOOK_TOKEN") or None,
             reviewer_tokens=env.get("REVIEWER_TOKENS") or None,
+            deid_secret=env.get("DEID_SECRET") or None,
+            burned_in_annotation=_choice(env, "BURNED_IN_ANNOTATION", BURNED_IN_POLICIES),
+            api_tokens_uri=env.get("API_TOKENS_URI") or f"s3://{STATE_BUCKET}/{API_TOKENS_KEY}",
+            api_tokens_refresh_s=_positive(env, "API_TOKENS_REFRESH_S", 10.0, "number of seconds"),
+            api_rate_per_s=_positive(env, "API_RATE_PER_S", 10.0, "number of requests per second"),
+            api_rate_burst=int(_positive(env, "API_RATE_BURST", 20, "whole number", whole=True)),
+            review_max_wait_min=_real(env, "REVIEW_MAX_WAIT_MIN", 60.0, "number of minutes"),
+            review_session_hours=_real(env, "REVIEW_SESSION_HOURS", 8.0, "number of hours"),
             max_body_bytes=_whole(env, "MAX_BODY_BYTES", 20 * 1024 * 1024),
             max_pixels=_whole(env, "MAX_PIXELS", DEFAULT_MAX_PIXELS),
             url_fetch_timeout_s=_real(env, "URL_FETCH_TIMEOUT_S", 5.0, "number of seconds"),
@@ -211,6 +248,7 @@ class CanarySettings:
     services: tuple[str, ...] = CANARY_SERVICES
     gateway_url: str | None = None  # set: drive the local gateway instead of Knative
     model_uri: str | None = "models:/xray-vit/{version}"  # the challenger revisions' MODEL_URI; "" leaves it
+    gateway_token: str | None = field(default=None, repr=False)  # GATEWAY_ADMIN_TOKEN: the local gateway's /admin
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CanarySettings:
@@ -238,6 +276,7 @@ class CanarySettings:
             services=services,
             gateway_url=env.get("CANARY_GATEWAY_URL") or None,
             model_uri=env.get("CANARY_MODEL_URI", "models:/xray-vit/{version}") or None,
+            gateway_token=env.get("GATEWAY_ADMIN_TOKEN") or None,
         )
 
 

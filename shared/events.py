@@ -20,7 +20,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
 from shared.config import Settings
-from shared.errors import TriageError, UserError
+from shared.errors import InvalidField, TriageError, UserError
 from shared.names import (
     FEEDBACK_RECEIVED,
     MODEL_REGISTERED,
@@ -43,10 +43,12 @@ __all__ = [
     "SOURCE_FEEDBACK",
     "SOURCE_INGEST",
     "SOURCE_RETRAIN",
+    "EVENT_FIELDS",
     "BadEvent",
     "CloudEvent",
     "EventDeliveryError",
     "EventPublisher",
+    "InvalidEventData",
     "NullPublisher",
     "Publisher",
     "deterministic_id",
@@ -82,6 +84,56 @@ class BadEvent(UserError):
     """A request that is not a valid CloudEvent (or not the type / data this handler expects)."""
 
     code = "bad_event"
+
+
+class InvalidEventData(BadEvent, InvalidField):
+    """An event whose data has a field of the wrong JSON type (`key` an object, `size` a string): 422, nothing done."""
+
+    status = 422
+    code = "invalid_field"
+
+
+_NUMBER = (int, float)
+# The JSON type of each data field the consumers of an event type read (design §4); a field may be absent or null
+# unless the consumer requires it. Checked at the edge (`event_data`), so no consumer formats an object into a key.
+EVENT_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    OBJECT_CREATED: {"bucket": (str,), "key": (str,), "etag": (str,), "size": (int,), "event_time": (str,)},
+    PREDICTION_CREATED: {
+        "request_id": (str,), "label": (str,), "probability": _NUMBER, "threshold": _NUMBER, "urgent": (bool,),
+        "bucket": (str,), "key": (str,), "etag": (str,), "status": (str,), "model": (dict,),
+    },
+    FEEDBACK_RECEIVED: {"request_id": (str,), "label": (str,), "reviewer": (str,), "key": (str,), "time": (str,)},
+    MODEL_REGISTERED: {"name": (str,), "version": (str, int), "run_id": (str,), "champion_version": (str, int)},
+}
+_JSON_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", dict: "an object"}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", dict: "an object", list: "an array"}.get(type(value), type(value).__name__)
+
+
+def _has_type(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types  # JSON true is no count, size or probability
+    if isinstance(value, float) and float in types:
+        return value == value and value not in (float("inf"), float("-inf"))
+    return isinstance(value, types)
+
+
+def _check_types(event_type: str, data: Mapping[str, Any]) -> None:
+    for name, types in EVENT_FIELDS.get(event_type, {}).items():
+        value = data.get(name)
+        if value is None or _has_type(value, types):
+            continue
+        expected = " or ".join(dict.fromkeys(_JSON_NAMES[t] for t in types))
+        raise InvalidEventData(f"event {event_type} data field '{name}' must be {expected}, got {_json_type(value)}")
+    size = data.get("size") if event_type == OBJECT_CREATED else None
+    if isinstance(size, int) and not isinstance(size, bool) and size < 0:
+        raise InvalidEventData(f"event {event_type} data field 'size' must not be negative")
 
 
 def minio_source(bucket: str) -> str:
@@ -193,7 +245,24 @@ def event_from_http(headers: Mapping[str, str], body: bytes | str | None) -> Clo
         raise BadEvent(f"request body is not a CloudEvent: {_first_line(str(exc))}") from exc
     except (ValueError, TypeError) as exc:
         raise BadEvent(f"request body is not a CloudEvent: {_first_line(str(exc))}") from exc
+    _check_attributes(event)
     return event
+
+
+_REQUIRED_ATTRIBUTES = ("id", "source", "specversion", "type")
+_STRING_ATTRIBUTES = ("time", "subject", "datacontenttype", "dataschema")
+
+
+def _check_attributes(event: CloudEvent) -> None:
+    """CloudEvents 1.0: the context attributes are strings (extensions may be integers or booleans too); the
+    structured JSON mode lets any JSON through, so a `type` or `time` that is an object is refused here (422)."""
+    for name, value in event.get_attributes().items():
+        if name in _REQUIRED_ATTRIBUTES and not (isinstance(value, str) and value):
+            raise InvalidEventData(f"CloudEvent attribute '{name}' must be a non-empty string, got {_json_type(value)}")
+        if name in _STRING_ATTRIBUTES and value is not None and not isinstance(value, str):
+            raise InvalidEventData(f"CloudEvent attribute '{name}' must be a string, got {_json_type(value)}")
+        if value is not None and not isinstance(value, (str, int, bool)):
+            raise InvalidEventData(f"CloudEvent attribute '{name}' must be a string, got {_json_type(value)}")
 
 
 def read_event_request(request: Any, *, max_bytes: int = MAX_EVENT_BYTES) -> CloudEvent:
@@ -202,7 +271,8 @@ def read_event_request(request: Any, *, max_bytes: int = MAX_EVENT_BYTES) -> Clo
 
 
 def event_data(event: CloudEvent, *required: str) -> dict[str, Any]:
-    """The event's JSON object data, with each `required` field present, else a 400 naming the field."""
+    """The event's JSON object data, with each `required` field present (else a 400 naming the field) and every
+    field its type reads (EVENT_FIELDS) of the right JSON type (else a 422 naming the field)."""
     data = event.get_data()
     if isinstance(data, (bytes, str)):
         try:
@@ -211,8 +281,9 @@ def event_data(event: CloudEvent, *required: str) -> dict[str, Any]:
             raise BadEvent(f"event {event['type']} data is not JSON") from exc
     if not isinstance(data, dict):
         raise BadEvent(f"event {event['type']} data must be a JSON object")
+    _check_types(str(event["type"]), data)
     for name in required:
-        if data.get(name) in (None, ""):
+        if data.get(name) is None or data.get(name) == "":
             raise BadEvent(f"event {event['type']} data has no field '{name}'")
     return data
 

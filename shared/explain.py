@@ -124,12 +124,18 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
-def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, opacity: float = 0.6) -> bytes:
-    """PNG (RGB, the image's size) of the gray image with the heatmap blended in where the map is high."""
+def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, opacity: float = 0.6, underlay: bool = True) -> bytes:
+    """PNG (RGB, the image's size) of the gray image with the heatmap blended in where the map is high.
+
+    Without `underlay` the map is drawn on black and no pixel of the image reaches the PNG (an image with
+    burned-in text must not have it copied into results).
+    """
     gray = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
     heat = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
     if gray.shape != heat.shape:
         raise ValueError(f"image {gray.shape} and heatmap {heat.shape} differ in size")
+    if not underlay:
+        gray = np.zeros_like(heat)
     alpha = (opacity * heat)[..., np.newaxis]  # low saliency leaves the X-ray readable
     blended = (1.0 - alpha) * (gray[..., np.newaxis] * 255.0) + alpha * colormap(heat).astype(np.float32)
     buffer = io.BytesIO()

@@ -1,18 +1,20 @@
 """Radiologists' labels: validate, store `feedback/<request_id>.json`, emit `triage.feedback.received`.
 
 A label is accepted only for a request the system answered. Every prediction is indexed under
-`inference-results/requests/<request_id>.json` (`record_request`; the key is `names.request_record_key`): ingest
-writes it for every upload, and predict / explain for synchronous requests (`RequestRecorder`, off the request
-path) so that those can get feedback too.
+`triage-state/requests/<request_id>.json` (`record_request`; `names.STATE_BUCKET`, `names.request_record_key`):
+ingest writes it for every upload, and predict / explain for synchronous requests (`RequestRecorder`, off the
+request path) so that those can get feedback too. Request ids are the service's own (generated, or derived from
+bucket/key/etag by ingest); a caller's `X-Request-Id` is kept only as the record's `correlation_id`.
 
-Resending the same label is a no-op (200, no event); a different label replaces the stored one and emits a new
-event. The label is stored before the event is published, with `notified: false` until the sink accepted it,
-so a sink failure never loses the label and a resend after it publishes the same event (same id) once more.
+Resending the same label is a no-op (200, no event); a different label by the same reviewer replaces the stored
+one and emits a new event; a different label by another reviewer is kept beside it as a second opinion
+(`second_opinions`, status `second_opinion`, no event: the first label stands until someone adjudicates).
+The label is stored before the event is published, with `notified: false` until the sink accepted it, so a sink
+failure never loses the label and a resend after it publishes the same event (same id) once more.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import re
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.errors import InvalidField, NotFound, UserError
+from shared.errors import InvalidField, NotFound
 from shared.events import Publisher, feedback_received_event
-from shared.names import CLASS_NAMES, FEEDBACK_BUCKET, REQUEST_ID, RESULT_BUCKET, feedback_key, request_record_key
+from shared.names import CLASS_NAMES, FEEDBACK_BUCKET, REQUEST_ID, STATE_BUCKET, feedback_key, request_record_key
+from shared.payloads import parse_json_object
 from shared.security import check_bearer
 from shared.storage import Storage
 from shared.timestamps import utc_iso
@@ -55,6 +58,7 @@ def record_request(
         raise ValueError(f"request_id {request_id!r} is not a safe key")
     record = {
         "request_id": request_id,
+        "correlation_id": prediction.get("correlation_id"),
         "source": source,
         "label": prediction.get("label"),
         "probability": prediction.get("probability"),
@@ -63,7 +67,7 @@ def record_request(
         "result": result_uri,
         "time": utc_iso(),
     }
-    storage.put_json(RESULT_BUCKET, request_record_key(request_id), record)
+    storage.put_json(STATE_BUCKET, request_record_key(request_id), record)
 
 
 class RequestRecorder:
@@ -123,7 +127,7 @@ class FeedbackRequest:
 
 @dataclass(frozen=True)
 class FeedbackOutcome:
-    """`stored` (new), `updated` (label changed) or `unchanged` (same label again: no event)."""
+    """`stored` (new), `updated` (label changed), `unchanged` (same label again: no event) or `second_opinion`."""
 
     status: str
     record: dict[str, Any]
@@ -139,12 +143,7 @@ def parse_feedback(body: bytes, authorization: str | None, reviewer_tokens: str 
     beside it as `authenticated_as`, because a ward may share one token among several radiologists.
     """
     token_reviewer = check_bearer(authorization, reviewer_tokens)
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError("body: invalid JSON", code="invalid_json") from exc
-    if not isinstance(payload, dict):
-        raise InvalidField('body: expected a JSON object {"request_id", "label", "reviewer"}')
+    payload = parse_json_object(body, '{"request_id", "label", "reviewer"}')
     request_id = payload.get("request_id")
     if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
         raise InvalidField("request_id: expected the request_id of a prediction (letters, digits, . _ -)")
@@ -165,11 +164,13 @@ def submit_feedback(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> FeedbackOutcome:
     """Store the label (404 for an unknown request id) and publish its event; idempotent for a same label."""
-    answered = storage.get_json_object(RESULT_BUCKET, request_record_key(request.request_id))
+    answered = storage.get_json_object(STATE_BUCKET, request_record_key(request.request_id))
     if answered is None:
         raise NotFound(f"request_id: no prediction {request.request_id} is known")
     key = feedback_key(request.request_id)
     existing = storage.get_json_object(FEEDBACK_BUCKET, key)
+    if existing is not None and existing.get("label") != request.label and existing.get("reviewer") != request.reviewer:
+        return _second_opinion(storage, key, existing, request, now())
     if existing is not None and existing.get("label") == request.label:
         if existing.get("notified"):
             return FeedbackOutcome("unchanged", existing)
@@ -188,6 +189,8 @@ def submit_feedback(
             "key": f"{FEEDBACK_BUCKET}/{key}",
             "notified": False,
         }
+        if existing and existing.get("second_opinions"):
+            record["second_opinions"] = existing["second_opinions"]  # the other reviewers' labels stay
         status = "updated" if existing else "stored"
         storage.put_json(FEEDBACK_BUCKET, key, record)
     event_record = {k: v for k, v in record.items() if k != "notified"}
@@ -195,3 +198,16 @@ def submit_feedback(
     record = {**record, "notified": True}
     storage.put_json(FEEDBACK_BUCKET, key, record)
     return FeedbackOutcome(status, record)
+
+
+def _second_opinion(
+    storage: Storage, key: str, existing: dict[str, Any], request: FeedbackRequest, now: datetime
+) -> FeedbackOutcome:
+    """Another reviewer disagrees: keep their label beside the stored one (once per reviewer and label)."""
+    opinions = [o for o in existing.get("second_opinions") or [] if isinstance(o, dict)]
+    if not any((o.get("reviewer"), o.get("label")) == (request.reviewer, request.label) for o in opinions):
+        opinions.append({"label": request.label, "reviewer": request.reviewer,
+                         "authenticated_as": request.authenticated_as, "time": utc_iso(now)})
+        existing = {**existing, "second_opinions": opinions}
+        storage.put_json(FEEDBACK_BUCKET, key, existing)
+    return FeedbackOutcome("second_opinion", existing)

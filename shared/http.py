@@ -21,16 +21,18 @@ from shared import metrics
 from shared.config import Settings
 from shared.errors import ImageError, InvalidField, PayloadTooLarge, TriageError, UnsupportedMediaType, UserError
 from shared.names import IMAGE_CONTENT_TYPES, REQUEST_ID
+from shared.payloads import parse_json
 from shared.security import IPNetwork, fetch_url, read_body
 
 __all__ = [
     "Handler",
     "Readiness",
+    "correlated",
+    "correlation_id",
     "error_response",
     "json_response",
     "read_body",
     "read_image",
-    "request_id",
     "serve",
     "wants_png",
 ]
@@ -83,10 +85,7 @@ def _read_url(
     request: flask.Request, settings: Settings, allow_networks: tuple[IPNetwork, ...]
 ) -> tuple[bytes, str | None]:
     body = read_body(request, min(settings.max_body_bytes, 64 * 1024))
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError("body: invalid JSON", code="invalid_json") from exc
+    payload = parse_json(body)
     if not isinstance(payload, dict) or not isinstance(payload.get("url"), str) or not payload["url"]:
         raise InvalidField('url: expected a JSON object {"url": "https://..."}')
     return fetch_url(
@@ -122,10 +121,20 @@ def read_image(
     return data, content_type
 
 
-def request_id(request: flask.Request) -> str | None:
-    """The caller's `X-Request-Id` when it is a safe token, else None (the model makes one)."""
+def correlation_id(request: flask.Request) -> str | None:
+    """The caller's `X-Request-Id` when it is a short plain token, else None.
+
+    Only a correlation field (echoed in the response and kept in the request record): it never becomes a
+    request id or any part of a key, so two callers sending the same one get two requests of their own.
+    """
     value = request.headers.get("X-Request-Id", "")
     return value if REQUEST_ID.match(value) else None
+
+
+def correlated(payload: Mapping[str, Any], request: flask.Request) -> dict[str, Any]:
+    """`payload` plus `correlation_id` (the caller's `X-Request-Id`) when the caller sent one."""
+    value = correlation_id(request)
+    return {**payload, "correlation_id": value} if value else dict(payload)
 
 
 def wants_png(request: flask.Request) -> bool:

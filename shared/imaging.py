@@ -1,4 +1,9 @@
-"""Image bytes → float image in [0, 1] → model input. Training and serving share these functions."""
+"""Image bytes → float image in [0, 1] → model input. Training and serving share these functions.
+
+Decoding brings large images to the working size (`shared.working_size`): JPEG is decoded already scaled down
+(libjpeg's DCT scaling, PIL `draft`), PNG and DICOM are box-averaged band by band right after decoding. No decoder
+raises anything but the project's 4xx errors (ImageError, UnsupportedMediaType, PayloadTooLarge) for any bytes.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,12 @@ from shared.config import DEFAULT_MAX_PIXELS
 from shared.dicom import decode_dicom, is_dicom
 from shared.errors import ImageError, PayloadTooLarge, UnsupportedMediaType
 from shared.names import IMAGE_CONTENT_TYPES
+from shared.working_size import WORKING_SIDE, reduce_in_bands, working_factor
 
 __all__ = [
     "ACCEPTED_CONTENT_TYPES",
     "MAX_PIXELS",
+    "WORKING_SIDE",
     "batch_to_model_input",
     "decode_image",
     "encode_png",
@@ -56,11 +63,18 @@ def _media_type(content_type: str | None) -> str | None:
     return media or None
 
 
-def decode_image(data: bytes, content_type: str | None = None, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """PNG / JPEG / DICOM bytes → 2-D float32 array in [0, 1] (0 = black).
+def decode_image(
+    data: bytes,
+    content_type: str | None = None,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_side: int | None = WORKING_SIDE,
+) -> np.ndarray:
+    """PNG / JPEG / DICOM bytes → 2-D float32 array in [0, 1] (0 = black), at most `max_side` on the longer side.
 
     The bytes decide the format (a mislabelled PNG still decodes); the content type only has to be one we
-    accept, and `application/dicom` also admits DICOM files written without the 128-byte preamble.
+    accept, and `application/dicom` also admits DICOM files written without the 128-byte preamble. An image
+    larger than `max_side` is box-averaged by the smallest whole factor that fits (None: the full size).
     """
     media = _media_type(content_type)
     if media is not None and media not in ACCEPTED_CONTENT_TYPES:
@@ -70,13 +84,13 @@ def decode_image(data: bytes, content_type: str | None = None, *, max_pixels: in
         raise ImageError("empty body: no image bytes")
     kind = sniff_format(data)
     if kind == "dicom" or (kind is None and media == "application/dicom"):
-        return decode_dicom(data, max_pixels=max_pixels)
+        return decode_dicom(data, max_pixels=max_pixels, max_side=max_side)
     if kind is None:
         raise ImageError("the bytes are not a PNG, JPEG or DICOM image")
-    return _decode_raster(data, kind, max_pixels)
+    return _decode_raster(data, kind, max_pixels, max_side)
 
 
-def _decode_raster(data: bytes, kind: str, max_pixels: int) -> np.ndarray:
+def _decode_raster(data: bytes, kind: str, max_pixels: int, max_side: int | None) -> np.ndarray:
     if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
         # A deployment allowing more than the default: lift PIL's hard ceiling (2x this) to match.
         Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)
@@ -89,15 +103,31 @@ def _decode_raster(data: bytes, kind: str, max_pixels: int) -> np.ndarray:
             raise PayloadTooLarge(f"{kind.upper()} declares {declared}, over the limit of {max_pixels}")
         if width == 0 or height == 0:
             raise ImageError(f"{kind.upper()} declares an empty image ({width}x{height})")
+        factor = working_factor(width, height, max_side)
+        if kind == "jpeg" and factor > 1:
+            # libjpeg decodes at 1/2, 1/4 or 1/8 scale (at least the size asked for): the full size never exists.
+            image.draft(image.mode, (-(-width // factor), -(-height // factor)))
         image.load()
         if kind == "jpeg":
             image = ImageOps.exif_transpose(image)
-        return _to_gray_float(image)
+        return _to_working_size(image, max_side)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"{kind.upper()} is a decompression bomb: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        # Truncated or corrupt files: PIL says "image file is truncated", "broken data stream", ...
-        raise ImageError(f"corrupt or truncated {kind.upper()}: {exc}") from exc
+    except (MemoryError, PayloadTooLarge, ImageError):
+        raise
+    except Exception as exc:
+        # Truncated or corrupt files: PIL says "image file is truncated", "broken data stream", ... and its plugins
+        # raise other types too (struct.error, ZeroDivisionError) on hostile headers: all are the file's fault.
+        raise ImageError(f"corrupt or truncated {kind.upper()}: {' '.join(str(exc).split())[:300]}") from exc
+
+
+def _to_working_size(image: Image.Image, max_side: int | None) -> np.ndarray:
+    """A loaded PIL image → gray float32 in [0, 1], box-averaged to `max_side` a band of rows at a time."""
+    width, height = image.size
+    factor = working_factor(width, height, max_side)
+    if factor == 1:
+        return _to_gray_float(image)
+    return reduce_in_bands(height, lambda top, bottom: _to_gray_float(image.crop((0, top, width, bottom))), factor)
 
 
 def _to_gray_float(image: Image.Image) -> np.ndarray:

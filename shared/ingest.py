@@ -11,7 +11,10 @@ Per object version (bucket/key/etag), in this order:
    and the result JSON last: the result is the commit mark, so a crash anywhere before it leaves no result and
    the redelivered event redoes the work (same request id, same keys, same event id).
 A bad image is the uploader's fault and final: an error result is stored (so nothing is lost silently) and the
-call succeeds, so the broker does not retry. A storage or model failure raises: 5xx, and the broker retries.
+call succeeds, so the broker does not retry — a DICOM the decoders refuse (a window width of 0, an unknown VOI LUT
+function, sequences nested 2,000 deep) and one whose pixels carry burned-in text under BURNED_IN_ANNOTATION=refuse
+included. A storage or model failure raises: 5xx, and the broker retries; so does a missing DEID_SECRET (503: the
+operator's to fix, and the event must not be lost meanwhile).
 """
 
 from __future__ import annotations
@@ -173,7 +176,9 @@ def _ingest(
         data = stored.data
         dicom = is_dicom(data) or obj.key.lower().endswith(_DICOM_SUFFIXES)
         if dicom:
-            data = deidentify_bytes(data)  # before any derived object (heatmap, result) exists
+            # Before any derived object (heatmap, result) exists; a burned-in image refused here stores no pixels.
+            model.screen(data, "application/dicom")
+            data = deidentify_bytes(data, secret=model.settings.deid_secret)
         timings["deidentify"] = _ms_since(t1)
         explanation = model(data, "application/dicom" if dicom else None, explain=EXPLAIN_METHOD,
                             request_id=obj.request_id)  # fmt: skip

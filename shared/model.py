@@ -25,6 +25,7 @@ import numpy as np
 from shared import explain as saliency
 from shared import imaging, metrics
 from shared.config import Settings
+from shared.dicom import BurnedInAnnotation, burned_in_annotation
 from shared.errors import InvalidField, NotReady, TriageError
 from shared.model_store import ModelLoadError, resolve_model
 from shared.modelcard import ModelCard, calibrated_probability
@@ -51,8 +52,11 @@ class Prediction:
     timings_ms: dict[str, float]
     # Mean brightness in [0, 1] of what the model saw: ingest stores it for the monitor's input drift (not in to_json).
     mean_intensity: float = 0.0
+    # BurnedInAnnotation YES under BURNED_IN_ANNOTATION=mark: said in the answer, and the heatmap shows no pixels.
+    burned_in_annotation: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        marked = {"burned_in_annotation": True} if self.burned_in_annotation else {}
         return {
             "request_id": self.request_id,
             "label": self.label,
@@ -61,6 +65,7 @@ class Prediction:
             "urgent": self.urgent,
             "model": dict(self.model),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            **marked,
         }
 
 
@@ -242,14 +247,16 @@ class TriageModel:
     ) -> Prediction | Explanation:
         """decode → preprocess → predict → (explain: "rollout" | "occlusion") → postprocess.
 
-        Raises ImageError (400), UnsupportedMediaType (415), PayloadTooLarge (413), InvalidField (422: an unknown
-        explain method) and NotReady / ModelLoadError (503).
+        Raises ImageError (400; BurnedInAnnotation under BURNED_IN_ANNOTATION=refuse), UnsupportedMediaType (415),
+        PayloadTooLarge (413), InvalidField (422: an unknown explain method) and NotReady / ModelLoadError (503).
+        The decoded image is at most `imaging.WORKING_SIDE` on its longer side, the heatmap and overlay at that size.
         """
         if explain is not None and explain not in EXPLAIN_METHODS:
             raise InvalidField(f"method: {explain!r} is not one of {', '.join(EXPLAIN_METHODS)}")
         self.ensure_loaded()
         timer = _StepTimer(self._clock)
         with timer.step("decode"):
+            marked = self.screen(data, content_type)
             image = self.decode(data, content_type)
         with timer.step("preprocess"):
             model_input = self.preprocess(image)
@@ -257,14 +264,30 @@ class TriageModel:
             logits, attention = self.predict(model_input, with_attention=explain == "rollout")
         if explain is None:
             with timer.step("postprocess"):
-                return self.postprocess(logits, model_input, timer.timings_ms, request_id)
+                return self.postprocess(logits, model_input, timer.timings_ms, request_id, burned_in=marked)
         with timer.step("explain"):
-            heatmap, overlay = self.explain(image, model_input, explain, attention)
+            heatmap, overlay = self.explain(image, model_input, explain, attention, underlay=not marked)
         with timer.step("postprocess"):
-            prediction = self.postprocess(logits, model_input, timer.timings_ms, request_id)
+            prediction = self.postprocess(logits, model_input, timer.timings_ms, request_id, burned_in=marked)
             return Explanation(prediction, explain, heatmap, overlay)
 
     # --- the steps -----------------------------------------------------------------------------------------------
+    def screen(self, data: bytes, content_type: str | None = None) -> bool:
+        """True when a DICOM's pixels carry burned-in text and the operator marks such images
+        (BURNED_IN_ANNOTATION=mark); BurnedInAnnotation (400) when the operator refuses them (the default)."""
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        kind = imaging.sniff_format(data)
+        if not data or not (kind == "dicom" or (kind is None and media == "application/dicom")):
+            return False
+        if not burned_in_annotation(data):
+            return False
+        if self.settings.burned_in_annotation == "mark":
+            return True
+        raise BurnedInAnnotation(
+            "DICOM BurnedInAnnotation (0028,0301) is YES: the pixels carry text that may identify the patient, "
+            "and this installation refuses such images (BURNED_IN_ANNOTATION=refuse)"
+        )
+
     def decode(self, data: bytes, content_type: str | None = None) -> np.ndarray:
         """PNG / JPEG / DICOM bytes → float32 [H, W] in [0, 1] (ImageError 400 / UnsupportedMediaType 415 / 413)."""
         return imaging.decode_image(data, content_type, max_pixels=self.settings.max_pixels)
@@ -278,17 +301,30 @@ class TriageModel:
         return self.run(model_input[np.newaxis], with_attention=with_attention)
 
     def explain(
-        self, image: np.ndarray, model_input: np.ndarray, method: str, attention: np.ndarray | None = None
+        self,
+        image: np.ndarray,
+        model_input: np.ndarray,
+        method: str,
+        attention: np.ndarray | None = None,
+        *,
+        underlay: bool = True,
     ) -> tuple[np.ndarray, bytes]:
-        """(heatmap at the input image's size in [0, 1], its overlay on the image as PNG)."""
+        """(heatmap at the decoded image's size in [0, 1], its overlay as PNG: on the image, or alone without
+        `underlay`). The map is computed at the model's resolution; only it is upsampled, to the working size."""
         heatmap = saliency.resize_map(
             self.saliency_map(model_input, method, None if attention is None else attention[0]),
             (int(image.shape[0]), int(image.shape[1])),
         )
-        return heatmap, saliency.overlay_png(image, heatmap)
+        return heatmap, saliency.overlay_png(image, heatmap, underlay=underlay)
 
     def postprocess(
-        self, logits: np.ndarray, model_input: np.ndarray, timings_ms: dict[str, float], request_id: str | None
+        self,
+        logits: np.ndarray,
+        model_input: np.ndarray,
+        timings_ms: dict[str, float],
+        request_id: str | None,
+        *,
+        burned_in: bool = False,
     ) -> Prediction:
         """Calibrated probability, label at the card's threshold, urgency, model and timings (with their total)."""
         probability = float(calibrated_probability(logits, self.temperature)[0])
@@ -303,6 +339,7 @@ class TriageModel:
             model=self.model_ref,
             timings_ms={**timings_ms, "total": sum(timings_ms.values())},
             mean_intensity=float(imaging.mean_intensity(model_input[np.newaxis])[0]),
+            burned_in_annotation=burned_in,
         )
 
     # --- raw model calls (the steps above, the benchmark and the occlusion map use them) ------------------------

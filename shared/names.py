@@ -1,13 +1,18 @@
 """Every name two places need: buckets, object keys, state keys, event types, the request-id pattern.
 
 Change a bucket name, a key layout or an event type here and nowhere else (design §3, §4; docs/contracts.md).
+The system's own state (request records, monitor, canary and retrain state) lives in STATE_BUCKET, which no
+input key maps into: a result for `inference-inputs/<key>` is `inference-results/<key>.json` whatever `<key>` is.
+Logs and metrics name an object by `key_ref` (a short hash), never by its key: hospitals name files after patients.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 __all__ = [
+    "API_TOKENS_KEY",
     "BUCKETS",
     "CLASS_NAMES",
     "IMAGE_CONTENT_TYPES",
@@ -32,12 +37,14 @@ __all__ = [
     "RESULT_BUCKET",
     "RETRAIN_BATCH_PREFIX",
     "RETRAIN_STATE_KEY",
-    "RETRAIN_STATE_PREFIX",
     "SOURCE_FEEDBACK",
     "SOURCE_INGEST",
     "SOURCE_RETRAIN",
+    "STATE_BUCKET",
     "feedback_key",
+    "feedback_request_id",
     "heatmap_key",
+    "key_ref",
     "request_record_key",
     "result_key",
     "retrain_batch_key",
@@ -50,8 +57,11 @@ INPUT_BUCKET = "inference-inputs"
 RESULT_BUCKET = "inference-results"
 FEEDBACK_BUCKET = "feedback"
 DEAD_LETTER_BUCKET = "dead-letter"
+STATE_BUCKET = "triage-state"  # request records, monitor / canary / retrain state: never written for an input key
 MLFLOW_BUCKET = "mlflow"  # MLflow's artifact store in production (MinIO); not one of the functions' buckets
-BUCKETS = (RAW_BUCKET, PROCESSED_BUCKET, INPUT_BUCKET, RESULT_BUCKET, FEEDBACK_BUCKET, DEAD_LETTER_BUCKET)
+BUCKETS = (
+    RAW_BUCKET, PROCESSED_BUCKET, INPUT_BUCKET, RESULT_BUCKET, FEEDBACK_BUCKET, DEAD_LETTER_BUCKET, STATE_BUCKET,
+)
 NOTIFYING_BUCKETS = (INPUT_BUCKET, RAW_BUCKET)  # an upload here starts work (minio-source → broker)
 
 # --- what the model answers, and what an image upload may be ---------------------------------------------------
@@ -74,7 +84,7 @@ def heatmap_key(key: str) -> str:
 
 
 def request_record_key(request_id: str) -> str:
-    """Key in RESULT_BUCKET of the record of one answered request (feedback, monitor and canary join on it)."""
+    """Key in STATE_BUCKET of the record of one answered request (feedback, monitor and canary join on it)."""
     return f"requests/{request_id}.json"
 
 
@@ -83,19 +93,33 @@ def feedback_key(request_id: str) -> str:
     return f"{request_id}.json"
 
 
-# State of the event functions: canary and monitor in RESULT_BUCKET, retrain in FEEDBACK_BUCKET.
-CANARY_STATE_KEY = "_canary/state.json"
-MONITOR_STATE_KEY = "_monitor/state.json"
-MONITOR_LABELS_KEY = "_monitor/labels.json"
-MONITOR_REPORT_KEY = "_monitor/report.json"
-RETRAIN_STATE_PREFIX = "_state/"  # in FEEDBACK_BUCKET: retrain's state, not labels
-RETRAIN_STATE_KEY = f"{RETRAIN_STATE_PREFIX}retrain.json"
-RETRAIN_BATCH_PREFIX = f"{RETRAIN_STATE_PREFIX}batches/"
+def feedback_request_id(key: str) -> str | None:
+    """The request id whose label FEEDBACK_BUCKET/`key` is; None for any other object found there."""
+    request_id = key[: -len(".json")] if key.endswith(".json") else ""
+    return request_id if REQUEST_ID.match(request_id) else None
+
+
+# State of the event functions, all in STATE_BUCKET.
+CANARY_STATE_KEY = "canary/state.json"
+MONITOR_STATE_KEY = "monitor/state.json"
+MONITOR_LABELS_KEY = "monitor/labels.json"
+MONITOR_REPORT_KEY = "monitor/report.json"
+RETRAIN_STATE_KEY = "retrain/state.json"
+RETRAIN_BATCH_PREFIX = "retrain/batches/"
+API_TOKENS_KEY = "auth/api-tokens.json"  # who may call predict / explain: names + SHA-256 hashes only
 
 
 def retrain_batch_key(batch_id: str) -> str:
-    """Key in FEEDBACK_BUCKET of the item list of one training batch (the job reads it via RETRAIN_BATCH_URI)."""
+    """Key in STATE_BUCKET of the item list of one training batch (the job reads it via RETRAIN_BATCH_URI)."""
     return f"{RETRAIN_BATCH_PREFIX}{batch_id}.json"
+
+
+def key_ref(bucket: str, key: str) -> str:
+    """How logs and metrics name `bucket`/`key`: "obj:" + 12 hex of its sha256, the same in every process.
+
+    Results keep the key itself (they live in the hospital's storage); a log line never does.
+    """
+    return "obj:" + hashlib.sha256(f"{bucket}/{key}".encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 # --- events (design §4) ------------------------------------------------------------------------------------------

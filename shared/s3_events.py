@@ -32,6 +32,7 @@ from shared.security import check_bearer
 __all__ = [
     "MAX_NOTIFICATION_BYTES",
     "BadNotification",
+    "InvalidNotificationField",
     "Notification",
     "ObjectCreatedRecord",
     "SubscriptionConfirmation",
@@ -50,6 +51,22 @@ class BadNotification(UserError):
     """A webhook body that is neither an S3 event nor an SNS envelope of one."""
 
     code = "bad_notification"
+
+
+class InvalidNotificationField(BadNotification):
+    """A notification field of the wrong JSON type (a key that is an object, a size that is a string): 422."""
+
+    status = 422
+    code = "invalid_field"
+
+
+def _field(container: dict[str, Any], name: str, where: str, kind: type) -> Any:
+    """`container[name]` when absent, null or of JSON type `kind`; a 422 naming the field otherwise."""
+    value = container.get(name)
+    if value is None or (isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)):
+        return value
+    expected = {dict: "an object", str: "a string", int: "a whole number", list: "an array"}[kind]
+    raise InvalidNotificationField(f"{where}.{name} must be {expected}, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -161,26 +178,26 @@ def _created_record(record: Any, index: int) -> ObjectCreatedRecord | None:
     where = f"Records[{index}]"
     if not isinstance(record, dict):
         raise BadNotification(f"{where} must be an object")
-    event_name = str(record.get("eventName", ""))
+    event_name = _field(record, "eventName", where, str) or ""
     # MinIO names events `s3:ObjectCreated:Put`, AWS `ObjectCreated:Put`.
     if "ObjectCreated:" not in event_name:
         return None
-    s3 = record.get("s3")
-    if not isinstance(s3, dict):
+    s3 = _field(record, "s3", where, dict)
+    if not s3:
         raise BadNotification(f"{where}.s3 is missing")
-    bucket = (s3.get("bucket") or {}).get("name")
-    obj = s3.get("object") or {}
-    key = obj.get("key")
-    if not isinstance(bucket, str) or not bucket:
+    bucket = _field(_field(s3, "bucket", f"{where}.s3", dict) or {}, "name", f"{where}.s3.bucket", str)
+    obj = _field(s3, "object", f"{where}.s3", dict) or {}
+    key = _field(obj, "key", f"{where}.s3.object", str)
+    if not bucket:
         raise BadNotification(f"{where}.s3.bucket.name is missing")
-    if not isinstance(key, str) or not key:
+    if not key:
         raise BadNotification(f"{where}.s3.object.key is missing")
-    etag = obj.get("eTag") or obj.get("etag")
-    if not isinstance(etag, str) or not etag.strip('"'):
+    etag = _field(obj, "eTag", f"{where}.s3.object", str) or _field(obj, "etag", f"{where}.s3.object", str)
+    if not etag or not etag.strip('"'):
         raise BadNotification(f"{where}.s3.object.eTag is missing")
-    size = obj.get("size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-        raise BadNotification(f"{where}.s3.object.size must be a non-negative integer")
+    size = _field(obj, "size", f"{where}.s3.object", int)
+    if size is not None and size < 0:
+        raise InvalidNotificationField(f"{where}.s3.object.size must be a non-negative integer")
     event_time = record.get("eventTime")
     return ObjectCreatedRecord(
         bucket=bucket,

@@ -1,5 +1,8 @@
 """Input-side security: size-capped body reading, SSRF-safe fetching of `{"url": ...}` images, bearer-token checks.
 
+`bearer_token` is the one parser of `Authorization: Bearer <token>`; `check_bearer` checks it against a few
+configured tokens (reviewers), `shared.api_auth` against the API token table (predict, explain).
+
 `read_body` is the one reader of a request body (or an uploaded file) with a size cap: 413 above it.
 
 The fetcher resolves the host itself, refuses any address that is not public unicast, and connects to exactly
@@ -26,6 +29,7 @@ __all__ = [
     "IPAddress",
     "IPNetwork",
     "UrlRefused",
+    "bearer_token",
     "check_address",
     "check_bearer",
     "fetch_url",
@@ -210,6 +214,14 @@ def parse_tokens(spec: str | None) -> dict[str, str]:
     return tokens
 
 
+def bearer_token(header_value: str | None) -> str:
+    """The token of `Authorization: Bearer <token>`; Unauthorized (401) when the header is missing or malformed."""
+    scheme, _, presented = (header_value or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthorized("authorization: expected 'Authorization: Bearer <token>'")
+    return presented.strip()
+
+
 def check_bearer(header_value: str | None, expected_tokens: Mapping[str, str] | str | None) -> str:
     """The name of the token in `Authorization: Bearer <token>`.
 
@@ -225,10 +237,7 @@ def check_bearer(header_value: str | None, expected_tokens: Mapping[str, str] | 
     tokens = {name: token for name, token in tokens.items() if token}
     if not tokens:
         raise Forbidden("authorization: no tokens are configured for this service")
-    scheme, _, presented = (header_value or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        raise Unauthorized("authorization: expected 'Authorization: Bearer <token>'")
-    presented_bytes = presented.strip().encode()
+    presented_bytes = bearer_token(header_value).encode()
     matched: str | None = None
     for name, token in tokens.items():
         if hmac.compare_digest(presented_bytes, token.encode()) and matched is None:

@@ -30,10 +30,12 @@ from shared.names import (
 )
 
 __all__ = [
+    "API_TOKENS",
     "ARTIFACT_STORE_URL",
     "BROKER_URL",
     "COMMON_ENV",
     "DEAD_LETTER_SINK",
+    "DEID_SECRET",
     "EMITTER_ENV",
     "FUNCTIONS",
     "GATEWAY_URL",
@@ -75,7 +77,11 @@ TRAINING_ENV_SECRET = "training_env_secret"  # the Secret those Jobs take their 
 S3_ACCESS_KEY = "minio_root_user"
 S3_SECRET_KEY = "minio_root_password"
 WEBHOOK_TOKEN = "webhook_token"
+DEID_SECRET = "deid_secret"  # the keyed hash of replaced DICOM UIDs (preprocess, ingest)
 REVIEWER_TOKENS = "reviewer_tokens"
+# Where the API token table of predict / explain is (hashes only, not a secret): the state bucket's object in
+# production, a file in the run dir locally. Rotated with `triage tokens`, re-read by the functions.
+API_TOKENS = "api_tokens"
 
 
 @dataclass(frozen=True)
@@ -124,9 +130,9 @@ class Function:
 
 
 FUNCTIONS: tuple[Function, ...] = (
-    Function(name="predict", public=True, serves_model=True),
-    Function(name="explain", public=True, serves_model=True),
-    Function(name="preprocess", public=False),
+    Function(name="predict", public=True, serves_model=True, own_env=(EnvVar("API_TOKENS_URI", API_TOKENS),)),
+    Function(name="explain", public=True, serves_model=True, own_env=(EnvVar("API_TOKENS_URI", API_TOKENS),)),
+    Function(name="preprocess", public=False, own_env=(EnvVar("DEID_SECRET", DEID_SECRET, secret=True),)),
     Function(
         name="feedback",
         public=True,
@@ -139,7 +145,8 @@ FUNCTIONS: tuple[Function, ...] = (
         emits_events=True,
         own_env=(EnvVar("WEBHOOK_TOKEN", WEBHOOK_TOKEN, secret=True),),
     ),
-    Function(name="ingest", public=False, emits_events=True, serves_model=True),
+    Function(name="ingest", public=False, emits_events=True, serves_model=True,
+             own_env=(EnvVar("DEID_SECRET", DEID_SECRET, secret=True),)),
     Function(
         name="retrain",
         public=False,
@@ -149,6 +156,12 @@ FUNCTIONS: tuple[Function, ...] = (
             EnvVar("TRAINING_IMAGE", TRAINING_IMAGE),
             EnvVar("TRAINING_ENV_SECRET", TRAINING_ENV_SECRET),
         ),
+    ),
+    Function(  # the radiologist's worklist: labels take the feedback path, so it emits their events
+        name="review",
+        public=True,
+        emits_events=True,
+        own_env=(EnvVar("REVIEWER_TOKENS", REVIEWER_TOKENS, secret=True),),
     ),
     Function(name="canary", public=False, own_env=(EnvVar("CANARY_GATEWAY_URL", GATEWAY_URL),)),
     Function(name="monitor", public=False),

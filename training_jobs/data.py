@@ -191,12 +191,11 @@ def load_medmnist_npz(path: str | Path, image_size: int | None = None, *, need_t
     if data.get("format") is not None and str(data["format"]) == PROCESSED_FORMAT:
         return load_processed_npz(path, data)
     present = [s for s in SPLIT_NAMES if f"{s}_images" in data or f"{s}_labels" in data]
-    if not present:
-        keys = ", ".join(sorted(data)) or "none"
-        raise UserError(f"{path}: no <split>_images / <split>_labels keys (found: {keys})")
+    keys = ", ".join(sorted(data)) or "none"
     if need_train and "train" not in present:
-        keys = ", ".join(sorted(data)) or "none"
         raise UserError(f"{path}: missing keys train_images/train_labels (found: {keys})")
+    if not present:
+        raise UserError(f"{path}: no <split>_images / <split>_labels keys (found: {keys})")
     for split in present:
         for part in ("images", "labels"):
             if f"{split}_{part}" not in data:

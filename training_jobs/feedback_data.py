@@ -1,8 +1,8 @@
 """Radiologists' labels as training data: a retrain batch's feedback items → labelled examples for the train split.
 
-A batch (`s3://feedback/_state/batches/<id>.json`, written by `shared.retrain`) lists its items as
+A batch (`s3://triage-state/retrain/batches/<id>.json`, written by `shared.retrain`) lists its items as
 `feedback/<request_id>.json` (a label) and `raw-data/<key>` (new raw data, which `triage prepare` turns into a
-data set). A label reaches its image through the request index (`inference-results/requests/<id>.json`) and the
+data set). A label reaches its image through the request index (`triage-state/requests/<id>.json`) and the
 ingest result it points to (`bucket`/`key` of the upload). Synchronous predictions keep no image, so their labels
 are counted as skipped, never silently dropped.
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from shared.errors import NotFound, TriageError
 from shared.imaging import decode_image, to_model_input
-from shared.names import RESULT_BUCKET
+from shared.names import FEEDBACK_BUCKET, STATE_BUCKET
 from shared.names import request_record_key as request_index_key
 from shared.storage import Storage, split_s3_uri
 from training_jobs.data import SplitArrays, Splits, compute_data_hash
@@ -37,8 +37,8 @@ class FeedbackExamples:
 
 def _labelled_image(storage: Storage, label_key: str) -> tuple[bytes, str]:
     """The uploaded bytes a label refers to, and the label; NotFound when a link of the chain is missing."""
-    label = storage.get_json("feedback", label_key)
-    index = storage.get_json(RESULT_BUCKET, request_index_key(str(label["request_id"])))
+    label = storage.get_json(FEEDBACK_BUCKET, label_key)
+    index = storage.get_json(STATE_BUCKET, request_index_key(str(label["request_id"])))
     if not index.get("result"):
         raise LookupError("synchronous request: no stored image")
     result = storage.get_json(*split_s3_uri(index["result"]))
@@ -53,7 +53,7 @@ def load_feedback_batch(storage: Storage, batch_uri: str, image_size: int) -> Fe
     skipped: Counter[str] = Counter()
     for item in batch.get("items", []):
         bucket, _, key = str(item).partition("/")
-        if bucket != "feedback":
+        if bucket != FEEDBACK_BUCKET:
             continue  # raw-data items become a data set through `triage prepare`, not here
         try:
             data, label = _labelled_image(storage, key)

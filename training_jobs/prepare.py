@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.dicom import deidentify_bytes
+from shared.dicom import EPHEMERAL_SECRET, deidentify_bytes
 from shared.errors import ImageError, UserError
 from shared.imaging import sniff_format
 from shared.names import CLASS_NAMES, PROCESSED_BUCKET, RAW_BUCKET
@@ -240,7 +240,7 @@ def _upload(
         if _is_dicom(path):
             # Patient identifiers never reach the buckets, raw-data included (pixels are unchanged).
             try:
-                data = deidentify_bytes(path.read_bytes())
+                data = deidentify_bytes(path.read_bytes(), secret=EPHEMERAL_SECRET)  # UIDs: this run's own
             except ImageError as exc:
                 raise UserError(f"{path}: {exc.message}") from exc
             storage.put_bytes(RAW_BUCKET, f"{name}/{key}", data, "application/dicom")

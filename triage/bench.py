@@ -25,6 +25,7 @@ from typing import Any
 from load_tests.bench import bare_onnx, cold_start, faithfulness, local_model, parameter_count, upload_to_result
 from load_tests.images import load_images
 from load_tests.loadtest import LoadResult, run_load
+from load_tests.memory import peak_memory
 from load_tests.report import markdown, plot_latency, targets
 from shared.errors import UserError
 from triage.config import TriageEnv
@@ -94,13 +95,15 @@ def run(args: argparse.Namespace) -> int:
                               ("gateway", stack.urls["gateway"] + "/predict")):
                 print(f"warm {path} at concurrency {concurrency} ...", file=sys.stderr)
                 loads[f"{path}_c{concurrency}"] = run_load(url, body, requests=args.requests, concurrency=concurrency,
-                                                           content_type=content_type, warmup=30)
+                                                           content_type=content_type, warmup=30,
+                                                           token=stack.api_token)
         print("upload to result ...", file=sys.stderr)
         report["upload_to_result"] = upload_to_result(stack.s3(), images[: args.uploads])
         print("cold start ...", file=sys.stderr)
         spec = stack.function_spec("predict")
         report["cold_start"] = cold_start(lambda port: [*spec.argv[:-1], str(port)], {**os.environ, **spec.env},
-                                          spec.cwd, body, unused_port_block(args.cold_starts), content_type)
+                                          spec.cwd, body, unused_port_block(args.cold_starts), content_type,
+                                          token=stack.api_token)
     report["warm"] = {name: result.summary() for name, result in loads.items()}
     floor = report["bare_onnx"]["session_run"]["p50"]
     report["overhead_ms"] = {name: round(report["warm"][name]["p50_ms"] - floor, 3)
@@ -108,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     print("explanation faithfulness ...", file=sys.stderr)
     pixels = [image.pixels for image in images[: args.faithfulness_images]]
     report["faithfulness"] = faithfulness(model_uri, cache, pixels)
+    print("peak memory per request (7000 x 7000 PNG, JPEG, DICOM; a fresh process each) ...", file=sys.stderr)
+    report["memory"] = peak_memory(model_uri, cache / "memory")
     report["targets"] = targets(report)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     (out / "bench.md").write_text(markdown(report))

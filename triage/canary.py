@@ -39,6 +39,7 @@ from shared.canary import (
 from shared.config import CANARY_SERVICES, CanaryPolicy, CanarySettings, Settings, parse_steps
 from shared.errors import UserError
 from triage.config import TriageEnv
+from triage.stack.admin_token import read_token
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +91,7 @@ def settings_from_args(args: argparse.Namespace, env: TriageEnv, window: str) ->
         services=tuple(s for s in args.services.split(",") if s),
         gateway_url=None if knative else args.gateway or env.gateway_url,
         model_uri=None,  # canary the revisions that are deployed (a deploy made the challenger)
+        gateway_token=env.gateway_admin_token or read_token(env.run_dir),  # the local stack's, from its run dir
     )
 
 

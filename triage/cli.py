@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "loadtest": ("load_tests.loadtest", "send a bounded load to the gateway and report latencies"),
     "bench": ("triage.bench", "measure latency, cold start and upload-to-result; write a report"),
     "manifests": ("triage.manifests", "write the Kubernetes / Knative manifests as plain YAML"),
+    "tokens": ("triage.tokens", "add, rotate, revoke or list the API tokens of predict and explain"),
 }
 
 

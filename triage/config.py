@@ -44,6 +44,8 @@ class TriageEnv:
     in_cluster: bool = False  # KUBECONFIG or KUBERNETES_SERVICE_HOST: a Kubernetes API is reachable
     mlflow_tracking_uri: str | None = None
     pythonpath: str | None = None
+    gateway_admin_token: str | None = field(default=None, repr=False)  # GATEWAY_ADMIN_TOKEN: the gateway's /admin
+    api_tokens_uri: str | None = None  # API_TOKENS_URI: the token table `triage tokens` edits (else the stack's)
 
     @property
     def gateway_url(self) -> str:
@@ -64,4 +66,6 @@ class TriageEnv:
             in_cluster=bool(env.get("KUBECONFIG") or env.get("KUBERNETES_SERVICE_HOST")),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             pythonpath=env.get("PYTHONPATH") or None,
+            gateway_admin_token=env.get("GATEWAY_ADMIN_TOKEN") or None,
+            api_tokens_uri=env.get("API_TOKENS_URI") or None,
         )

@@ -1,7 +1,7 @@
 """canary: `triage.model.registered` starts a canary for that version; each PingSource wake-up steps it.
 
 An HTTP target that parses the CloudEvent itself (so GET /healthz and GET /metrics work too). The state lives
-in S3 (`inference-results/_canary/state.json`), since the function scales to zero between ticks. Traffic is
+in S3 (`triage-state/canary/state.json`), since the function scales to zero between ticks. Traffic is
 split on the Knative Services (in-cluster service account) or, with CANARY_GATEWAY_URL, on the local gateway
 (its revisions started there, its own /metrics observed unless PROMETHEUS_URL is set).
 Answers 200 with the decision; 502 when Prometheus, S3 or the Kubernetes API failed, so the event comes again.

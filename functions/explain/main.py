@@ -6,6 +6,7 @@ import flask
 import functions_framework
 
 from shared import http
+from shared.api_auth import ApiAuth
 from shared.config import Settings
 from shared.feedback import RequestRecorder
 from shared.model import get_model
@@ -14,26 +15,31 @@ from shared.storage import Storage
 
 SETTINGS = Settings.from_env()
 MODEL = get_model(SETTINGS)
+# Callers present an API token (design §5); the table is re-read when it changes (`triage tokens`).
+AUTH = ApiAuth.from_settings(SETTINGS)
 # Indexes each request id (off the latency path) so a radiologist can label it through feedback later.
 REQUESTS = RequestRecorder(lambda: Storage.from_settings(SETTINGS), source="explain")
 # Empty unless URL_ALLOW_NETWORKS is set (local stack and tests only): networks a {"url"} may point into.
 URL_ALLOW_NETWORKS: tuple[IPNetwork, ...] = parse_networks(SETTINGS.url_allow_networks)
 
 
+@AUTH.require("explain")
 def _explain(request: flask.Request) -> flask.Response:
     data, content_type = http.read_image(request, SETTINGS, allow_networks=URL_ALLOW_NETWORKS)
     method = request.args.get("method", "rollout")
-    explanation = MODEL(data, content_type, explain=method, request_id=http.request_id(request))
+    explanation = MODEL(data, content_type, explain=method)  # the request id is ours (see predict)
     prediction = explanation.prediction
-    REQUESTS.record(prediction.to_json())
+    REQUESTS.record(http.correlated(prediction.to_json(), request))
     if http.wants_png(request):
         headers = {
             "X-Request-Id": prediction.request_id,
             "X-Label": prediction.label,
             "X-Probability": f"{prediction.probability:.6f}",
         }
+        if http.correlation_id(request):
+            headers["X-Correlation-Id"] = http.correlation_id(request)
         return flask.Response(explanation.overlay_png, mimetype="image/png", headers=headers)
-    return http.json_response(explanation.to_json())
+    return http.json_response(http.correlated(explanation.to_json(), request))
 
 
 @functions_framework.http

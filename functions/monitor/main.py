@@ -2,7 +2,7 @@
 
 An HTTP target that parses the CloudEvent itself, so the same process serves GET /healthz and GET /metrics.
 `triage.prediction.created` → the rolling prediction summary; `triage.feedback.received` → the label joined with
-its prediction; the PingSource tick (`dev.knative.sources.ping`) → `inference-results/_monitor/report.json` and
+its prediction; the PingSource tick (`dev.knative.sources.ping`) → `triage-state/monitor/report.json` and
 the gauges. Any other event type is a 400; an S3 failure a 503, so the broker delivers the event again.
 """
 

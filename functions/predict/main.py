@@ -6,6 +6,7 @@ import flask
 import functions_framework
 
 from shared import http
+from shared.api_auth import ApiAuth
 from shared.config import Settings
 from shared.feedback import RequestRecorder
 from shared.model import get_model
@@ -14,17 +15,21 @@ from shared.storage import Storage
 
 SETTINGS = Settings.from_env()
 MODEL = get_model(SETTINGS)
+# Callers present an API token (design §5); the table is re-read when it changes (`triage tokens`).
+AUTH = ApiAuth.from_settings(SETTINGS)
 # Indexes each request id (off the latency path) so a radiologist can label it through feedback later.
 REQUESTS = RequestRecorder(lambda: Storage.from_settings(SETTINGS), source="predict")
 # Empty unless URL_ALLOW_NETWORKS is set (local stack and tests only): networks a {"url"} may point into.
 URL_ALLOW_NETWORKS: tuple[IPNetwork, ...] = parse_networks(SETTINGS.url_allow_networks)
 
 
+@AUTH.require("predict")
 def _predict(request: flask.Request) -> flask.Response:
     data, content_type = http.read_image(request, SETTINGS, allow_networks=URL_ALLOW_NETWORKS)
-    prediction = MODEL(data, content_type, request_id=http.request_id(request))
-    REQUESTS.record(prediction.to_json())
-    return http.json_response(prediction.to_json())
+    prediction = MODEL(data, content_type)  # the request id is ours; X-Request-Id is only a correlation field
+    answer = http.correlated(prediction.to_json(), request)
+    REQUESTS.record(answer)
+    return http.json_response(answer)
 
 
 @functions_framework.http

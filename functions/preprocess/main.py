@@ -2,7 +2,9 @@
 
 Answers JSON {format, shape, deidentified, sha256, stats, stored} or, with `Accept: image/png`, the normalized
 gray image as PNG at its own size. `?store=true` writes the de-identified bytes to `inference-inputs/<sha256>.<ext>`
-(which triggers inference there); nothing is stored before de-identification succeeded.
+(which triggers inference there); nothing is stored before de-identification succeeded. DICOM needs DEID_SECRET
+(503 without it); BurnedInAnnotation YES is refused (400) unless BURNED_IN_ANNOTATION=mark. The image is reported
+at its working size (at most 1024 pixels on the longer side).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ URL_ALLOW_NETWORKS: tuple[IPNetwork, ...] = parse_networks(SETTINGS.url_allow_ne
 
 def _preprocess(request: flask.Request) -> flask.Response:
     data, content_type = http.read_image(request, SETTINGS, allow_networks=URL_ALLOW_NETWORKS)
-    upload = clean_upload(data, content_type, max_pixels=SETTINGS.max_pixels)
+    upload = clean_upload(data, content_type, max_pixels=SETTINGS.max_pixels, deid_secret=SETTINGS.deid_secret,
+                          burned_in=SETTINGS.burned_in_annotation)
     if request.args.get("store", "").lower() in ("1", "true", "yes"):
         from shared.storage import Storage  # only storing requests pay for boto3
 

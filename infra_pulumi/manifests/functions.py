@@ -12,6 +12,7 @@ from typing import Any
 from infra_pulumi.manifests.kube import meta, resources, secret_env, service_account_with_role
 from infra_pulumi.manifests.settings import TRAINING_ENV_SECRET, ManifestSettings
 from shared import topology
+from shared.names import API_TOKENS_KEY, STATE_BUCKET
 
 __all__ = ["FUNCTIONS", "FunctionSpec", "function_env", "function_rbac_objects", "function_url", "knative_service"]
 
@@ -44,6 +45,7 @@ _KUBERNETES: dict[str, dict[str, Any]] = {
     "explain": {**_MODEL, "timeout_s": 60},
     "preprocess": {**_MEDIUM, "timeout_s": 30},
     "feedback": {**_SMALL, "timeout_s": 30},
+    "review": {**_MEDIUM, "timeout_s": 30},  # decodes the images it streams (DICOM too)
     "minio-source": {**_SMALL, "timeout_s": 30},
     "ingest": {**_MODEL, "timeout_s": 120},
     # One launcher: a batch of labels must never start two trainings.
@@ -88,6 +90,7 @@ def function_env(s: ManifestSettings, fn: FunctionSpec) -> list[dict]:
         topology.RETRAIN_BACKEND: "kubernetes",
         topology.TRAINING_IMAGE: s.image("training"),
         topology.TRAINING_ENV_SECRET: TRAINING_ENV_SECRET,
+        topology.API_TOKENS: f"s3://{STATE_BUCKET}/{API_TOKENS_KEY}",  # rotated with `triage tokens`, no redeploy
     }
     return [
         secret_env(var.name, var.value) if var.secret else {"name": var.name, "value": values[var.value]}

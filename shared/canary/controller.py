@@ -1,7 +1,7 @@
 """The canary controller: one observe → decide → apply step (`tick`), with the state kept in S3.
 
 The function scales to zero between PingSource wake-ups, so `CanaryController` loads the state from
-RESULT_BUCKET/CANARY_STATE_KEY before each step and saves it after. Each decision is logged (no patient data)
+STATE_BUCKET/CANARY_STATE_KEY before each step and saves it after. Each decision is logged (no patient data)
 and exported as metrics (`triage_canary_weight_percent`, `triage_canary_decisions_total`).
 """
 
@@ -33,7 +33,7 @@ from shared.canary.policy import (
 from shared.canary.traffic import Traffic
 from shared.config import CanaryPolicy
 from shared.errors import NotFound
-from shared.names import CANARY_STATE_KEY, RESULT_BUCKET
+from shared.names import CANARY_STATE_KEY, STATE_BUCKET
 from shared.storage import Storage
 
 __all__ = ["CanaryController", "load_state", "log_decision", "save_state", "tick"]
@@ -55,14 +55,14 @@ def log_decision(state: CanaryState, decision: Decision, services: Iterable[str]
 
 def load_state(storage: Storage) -> CanaryState | None:
     try:
-        data = storage.get_json(RESULT_BUCKET, CANARY_STATE_KEY)
+        data = storage.get_json(STATE_BUCKET, CANARY_STATE_KEY)
     except NotFound:
         return None
-    return CanaryState.from_json(data, f"s3://{RESULT_BUCKET}/{CANARY_STATE_KEY}")
+    return CanaryState.from_json(data, f"s3://{STATE_BUCKET}/{CANARY_STATE_KEY}")
 
 
 def save_state(storage: Storage, state: CanaryState) -> None:
-    storage.put_json(RESULT_BUCKET, CANARY_STATE_KEY, state.to_json())
+    storage.put_json(STATE_BUCKET, CANARY_STATE_KEY, state.to_json())
 
 
 def tick(

@@ -18,22 +18,27 @@ class GatewayTraffic:
     With `model_uri` (e.g. "models:/xray-vit/{version}") `prepare` starts a revision `v<version>` serving it, as
     Knative makes one from a changed template; without, the gateway's running revisions are canaried as they are.
     The challenger is each service's latest revision, the champion the other one with the most traffic.
+    `admin_token` is the gateway's admin token (GATEWAY_ADMIN_TOKEN), sent as a Bearer token on every call.
     """
 
-    def __init__(self, url: str, *, service: str | None = None, model_uri: str | None = None,
-                 transport: httpx.BaseTransport | None = None, timeout_s: float = 10.0,
-                 prepare_timeout_s: float = 300.0) -> None:
+    def __init__(self, url: str, *, admin_token: str | None = None, service: str | None = None,
+                 model_uri: str | None = None, transport: httpx.BaseTransport | None = None,
+                 timeout_s: float = 10.0, prepare_timeout_s: float = 300.0) -> None:
         self.url = url.rstrip("/")
         self.service = service
         self.model_uri = model_uri
         self.prepare_timeout_s = prepare_timeout_s  # a revision is ready once its processes loaded the model
-        self._client = httpx.Client(transport=transport, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+        self._client = httpx.Client(transport=transport, timeout=timeout_s, headers=headers)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
             response = self._client.request(method, f"{self.url}{path}", **kwargs)
         except httpx.HTTPError as exc:
             raise CanaryError(f"gateway {self.url} unreachable: {type(exc).__name__}") from exc
+        if response.status_code in (401, 403):
+            raise CanaryError(f"gateway {self.url} refused the admin token ({response.status_code}): set "
+                              "GATEWAY_ADMIN_TOKEN to the gateway's (the local stack keeps it in its run dir)")
         if response.status_code != 200:
             raise CanaryError(f"gateway {self.url} answered {response.status_code} to {method} {path}: "
                               f"{response.text[:200]}")

@@ -15,7 +15,7 @@ import httpx
 from shared.canary.errors import CanaryError
 from shared.canary.policy import CanaryState, FeedbackStats, Observation, RevisionStats
 from shared.errors import NotFound, UserError
-from shared.names import FEEDBACK_BUCKET, RESULT_BUCKET, request_record_key
+from shared.names import FEEDBACK_BUCKET, STATE_BUCKET, feedback_request_id, request_record_key
 from shared.storage import Storage
 
 __all__ = [
@@ -189,14 +189,14 @@ def feedback_accuracy(
     wanted = {str(v) for v in versions if v is not None}
     counts = {v: [0, 0] for v in wanted}
     for key in storage.list_keys(FEEDBACK_BUCKET)[-max_labels:]:
-        if not key.endswith(".json"):
-            continue
+        if feedback_request_id(key) is None:
+            continue  # not a label
         try:
             label = storage.get_json(FEEDBACK_BUCKET, key)
             if label.get("model") and label.get("predicted_label"):  # the feedback function copies both: no join
                 model, predicted = label["model"], label["predicted_label"]
             else:
-                answered = storage.get_json(RESULT_BUCKET, request_record_key(label["request_id"]))
+                answered = storage.get_json(STATE_BUCKET, request_record_key(label["request_id"]))
                 model, predicted = answered.get("model") or {}, answered.get("label")
             version = str(model.get("version"))
         except (NotFound, KeyError, TypeError, ValueError, AttributeError):

@@ -28,7 +28,8 @@ log = logging.getLogger("triage.canary")
 def backends(config: CanarySettings, settings: Settings) -> tuple[MetricsSource, Traffic]:
     """(metrics source, traffic backend) of `config`; `settings` says where the Kubernetes API is."""
     if config.gateway_url:
-        traffic: Traffic = GatewayTraffic(config.gateway_url, model_uri=config.model_uri)
+        traffic: Traffic = GatewayTraffic(config.gateway_url, model_uri=config.model_uri,
+                                          admin_token=config.gateway_token)
         if config.prometheus_url:
             return PrometheusSource(config.prometheus_url, flavor="gateway", window=config.window), traffic
         return GatewayMetricsSource(config.gateway_url), traffic  # no Prometheus needed locally

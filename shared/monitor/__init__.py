@@ -1,6 +1,6 @@
 """Monitoring of the served model: live accuracy on radiologists' labels, and drift of its predictions and inputs.
 
-What the `monitor` function keeps in S3 (bucket `inference-results`, prefix `_monitor/`, keys in shared.names):
+What the `monitor` function keeps in S3 (bucket `triage-state`, prefix `monitor/`, keys in shared.names):
 `state.json`, the rolling summary of prediction events (`predictions`); `labels.json`, labels joined with their
 predictions (`labels`); `report.json`, written on each PingSource tick (`report`, gauges in `metrics`). Drift is
 judged against the model card's val split or the first window (`drift`), with PSI / KS (`statistics`). The two

@@ -21,7 +21,7 @@ from shared.monitor.drift import load_card
 from shared.monitor.labels import record_label
 from shared.monitor.predictions import record_prediction
 from shared.monitor.report import write_report
-from shared.names import FEEDBACK_RECEIVED, MONITOR_REPORT_KEY, PING, PREDICTION_CREATED, RESULT_BUCKET
+from shared.names import FEEDBACK_RECEIVED, MONITOR_REPORT_KEY, PING, PREDICTION_CREATED, STATE_BUCKET
 from shared.storage import Storage, StorageUnavailable
 
 __all__ = ["Monitor"]
@@ -64,7 +64,7 @@ class Monitor:
                 body = {"status": record_label(self.storage, self.config, request_id, now=self.now())}
             elif kind == PING:
                 report = write_report(self.storage, self.config, now=self.now(), card=self.card())
-                where = f"s3://{RESULT_BUCKET}/{MONITOR_REPORT_KEY}"
+                where = f"s3://{STATE_BUCKET}/{MONITOR_REPORT_KEY}"
                 body = {"status": "reported", "drift": report["drift"], "report": where}
             else:
                 raise BadEvent(

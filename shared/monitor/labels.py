@@ -1,7 +1,7 @@
-"""The label join (`inference-results/_monitor/labels.json`): radiologists' labels with the predictions they judge.
+"""The label join (`triage-state/monitor/labels.json`): radiologists' labels with the predictions they judge.
 
 One entry per request: `feedback/<request_id>.json` joined with the stored prediction
-`inference-results/requests/<request_id>.json` (a changed label replaces the old one), kept for labels of the last
+`triage-state/requests/<request_id>.json` (a changed label replaces the old one), kept for labels of the last
 `window_days`, at most the latest `window_labels`. Events bring labels one by one (`record_label`); each tick
 catches up on the ones whose events were missed or changed (`sync_labels`).
 """
@@ -22,9 +22,9 @@ from shared.names import (
     FEEDBACK_RECEIVED,
     MONITOR_LABELS_KEY,
     REQUEST_ID,
-    RESULT_BUCKET,
-    RETRAIN_STATE_PREFIX,
+    STATE_BUCKET,
     feedback_key,
+    feedback_request_id,
     request_record_key,
 )
 from shared.storage import Storage
@@ -44,7 +44,7 @@ def _joined_label(storage: Storage, request_id: str) -> tuple[str, dict[str, Any
         record = json.loads(stored.data)
     except ValueError:
         record = None
-    prediction = storage.get_json_object(RESULT_BUCKET, request_record_key(request_id)) or {}
+    prediction = storage.get_json_object(STATE_BUCKET, request_record_key(request_id)) or {}
     if not isinstance(record, dict):
         return etag, None
     # The stored prediction is the truth; the label record's copy of it serves when the index is gone.
@@ -96,22 +96,22 @@ def record_label(storage: Storage, config: MonitorConfig, request_id: str, *, no
         labels[request_id] = entry
         return "updated", {"labels": _prune_labels(labels, config, now)}
 
-    return storage.update_json(RESULT_BUCKET, MONITOR_LABELS_KEY, mutate, conflict=MonitorStateConflict)
+    return storage.update_json(STATE_BUCKET, MONITOR_LABELS_KEY, mutate, conflict=MonitorStateConflict)
 
 
 def _listed_labels(storage: Storage, cutoff: datetime) -> list[tuple[datetime, str, str]]:
-    """(last modified, request id, etag) of the label objects modified since `cutoff` (retrain's state is no label)."""
+    """(last modified, request id, etag) of the label objects modified since `cutoff` (any other object is no label)."""
     return [
-        (item.last_modified, item.key[: -len(".json")], item.etag)
+        (item.last_modified, request_id, item.etag)
         for item in storage.iter_objects(FEEDBACK_BUCKET)
-        if not item.key.startswith(RETRAIN_STATE_PREFIX) and item.key.endswith(".json") and item.last_modified >= cutoff
+        if (request_id := feedback_request_id(item.key)) is not None and item.last_modified >= cutoff
     ]
 
 
 def sync_labels(storage: Storage, config: MonitorConfig, *, now: datetime) -> dict[str, Any]:
     """Bring labels.json up to date with the feedback bucket (labels whose events were missed or changed)."""
     listed = sorted(_listed_labels(storage, now - timedelta(days=config.window_days)), reverse=True)
-    known = (storage.get_json_object(RESULT_BUCKET, MONITOR_LABELS_KEY) or {}).get("labels") or {}
+    known = (storage.get_json_object(STATE_BUCKET, MONITOR_LABELS_KEY) or {}).get("labels") or {}
     fresh: dict[str, dict[str, Any]] = {}
     for _modified, request_id, etag in listed[: config.window_labels]:
         if REQUEST_ID.match(request_id) and known.get(request_id, {}).get("etag") != etag:
@@ -127,4 +127,4 @@ def sync_labels(storage: Storage, config: MonitorConfig, *, now: datetime) -> di
         labels = _prune_labels(labels, config, now)
         return labels, {"labels": labels}
 
-    return storage.update_json(RESULT_BUCKET, MONITOR_LABELS_KEY, mutate, conflict=MonitorStateConflict)
+    return storage.update_json(STATE_BUCKET, MONITOR_LABELS_KEY, mutate, conflict=MonitorStateConflict)

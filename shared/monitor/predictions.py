@@ -1,4 +1,4 @@
-"""The rolling summary of `triage.prediction.created` events (`inference-results/_monitor/state.json`).
+"""The rolling summary of `triage.prediction.created` events (`triage-state/monitor/state.json`).
 
 Hourly buckets over the last `window_days`, per model version (probability histogram, positives, urgent, the
 histogram of the inputs' mean intensity), the ids of the events counted (the same event twice counts once) and
@@ -18,7 +18,7 @@ from shared.config import MonitorConfig
 from shared.events import BadEvent
 from shared.monitor.state import MonitorStateConflict, as_object
 from shared.monitor.statistics import INTENSITY_BINS, LABELS, POSITIVE, UNVERSIONED, histogram_bin, ratio
-from shared.names import MONITOR_STATE_KEY, PREDICTION_CREATED, RESULT_BUCKET
+from shared.names import MONITOR_STATE_KEY, PREDICTION_CREATED, STATE_BUCKET
 from shared.storage import Storage
 from shared.timestamps import parse_utc
 
@@ -131,12 +131,12 @@ def record_prediction(
             reference["complete"] = reference["n"] >= config.reference_size
         return "counted", state
 
-    return storage.update_json(RESULT_BUCKET, MONITOR_STATE_KEY, mutate, conflict=MonitorStateConflict)
+    return storage.update_json(STATE_BUCKET, MONITOR_STATE_KEY, mutate, conflict=MonitorStateConflict)
 
 
 def read_summary(storage: Storage, config: MonitorConfig) -> dict[str, Any]:
     """The stored summary (`hours`, `references`, `events_counted`); a fresh one when absent or unusable."""
-    return _usable_state(storage.get_json_object(RESULT_BUCKET, MONITOR_STATE_KEY), config)
+    return _usable_state(storage.get_json_object(STATE_BUCKET, MONITOR_STATE_KEY), config)
 
 
 def _merge(total: dict[str, Any], summary: Mapping[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The PingSource tick's report (`inference-results/_monitor/report.json`) and the gauges set from it.
+"""The PingSource tick's report (`triage-state/monitor/report.json`) and the gauges set from it.
 
 Live accuracy per model version, the window's prediction summary, drift statistics against the reference and
 `drift: true|false`.
@@ -16,7 +16,7 @@ from shared.monitor.labels import sync_labels
 from shared.monitor.metrics import export_gauges
 from shared.monitor.predictions import read_summary, window_summary
 from shared.monitor.statistics import INTENSITY_BINS, live_accuracy
-from shared.names import MONITOR_REPORT_KEY, RESULT_BUCKET
+from shared.names import MONITOR_REPORT_KEY, STATE_BUCKET
 from shared.storage import Storage
 from shared.timestamps import utc_iso
 
@@ -24,7 +24,7 @@ __all__ = ["write_report"]
 
 
 def write_report(storage: Storage, config: MonitorConfig, *, now: datetime, card: ModelCard | None) -> dict[str, Any]:
-    """Recompute live accuracy and drift, write `_monitor/report.json`, set the gauges; returns the report."""
+    """Recompute live accuracy and drift, write `monitor/report.json`, set the gauges; returns the report."""
     labels = sync_labels(storage, config, now=now)
     state = read_summary(storage, config)
     window = window_summary(state, config, now=now)
@@ -52,6 +52,6 @@ def write_report(storage: Storage, config: MonitorConfig, *, now: datetime, card
         "drift_by_version": drift,
         "input_drift_statistic": f"mean intensity of each model input, {INTENSITY_BINS} bins over [0, 1]",
     }
-    storage.put_json(RESULT_BUCKET, MONITOR_REPORT_KEY, report)
+    storage.put_json(STATE_BUCKET, MONITOR_REPORT_KEY, report)
     export_gauges(report, now)
     return report

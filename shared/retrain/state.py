@@ -2,7 +2,7 @@
 
 Items are the radiologists' labels (FEEDBACK_BUCKET/<request_id>.json) and new training objects (RAW_BUCKET);
 one object counts as one item. When the unused items reach `min_labels`, they form a `Batch`. The state object
-(FEEDBACK_BUCKET/RETRAIN_STATE_KEY) records every batch and which batch used each item; it is only replaced
+(STATE_BUCKET/RETRAIN_STATE_KEY) records every batch and which batch used each item; it is only replaced
 through `Storage.update_json` (a compare-and-swap), so two retrain instances racing on the same labels cannot
 both reserve them: the loser re-reads and finds the batch taken. A batch is reserved ("launching") before the
 backend is called and marked "launched" after; a failed launch frees its items for the next event, and a
@@ -27,8 +27,9 @@ from shared.names import (
     OBJECT_CREATED,
     RAW_BUCKET,
     RETRAIN_STATE_KEY,
-    RETRAIN_STATE_PREFIX,
+    STATE_BUCKET,
     feedback_key,
+    feedback_request_id,
     retrain_batch_key,
 )
 from shared.retrain.batch import Batch
@@ -91,7 +92,7 @@ def _blocking(batch: Mapping[str, Any] | None, now: float, stale_after_s: float)
 def _items(storage: Storage, new_item: str | None) -> set[str]:
     """Every item (`bucket/key`) there is: labels (not the state), raw data, and the just-announced one."""
     items = {f"{FEEDBACK_BUCKET}/{key}" for key in storage.iter_keys(FEEDBACK_BUCKET)
-             if not key.startswith(RETRAIN_STATE_PREFIX)}
+             if feedback_request_id(key) is not None}
     items |= {f"{RAW_BUCKET}/{key}" for key in storage.iter_keys(RAW_BUCKET)}
     if new_item:
         items.add(new_item)
@@ -127,7 +128,7 @@ def maybe_launch(
             return held, None
         # Write the item list first: the job may start before we mark the batch launched.
         listing = {"batch_id": batch.id, "items": list(batch.items)}
-        storage.put_json(FEEDBACK_BUCKET, retrain_batch_key(batch.id), listing)
+        storage.put_json(STATE_BUCKET, retrain_batch_key(batch.id), listing)
         batches[batch.id] = {
             "status": "launching",
             "items": len(batch.items),
@@ -138,7 +139,7 @@ def maybe_launch(
         used.update({item: batch.id for item in batch.items})
         return batch, state
 
-    reserved = storage.update_json(FEEDBACK_BUCKET, RETRAIN_STATE_KEY, reserve, conflict=RetrainStateConflict)
+    reserved = storage.update_json(STATE_BUCKET, RETRAIN_STATE_KEY, reserve, conflict=RetrainStateConflict)
     if isinstance(reserved, RetrainDecision):
         return reserved
     batch = reserved
@@ -160,7 +161,7 @@ def _update_batch(storage: Storage, batch_id: str, changes: Mapping[str, Any]) -
         state["batches"].setdefault(batch_id, {}).update(changes)
         return None, state
 
-    storage.update_json(FEEDBACK_BUCKET, RETRAIN_STATE_KEY, record, conflict=RetrainStateConflict)
+    storage.update_json(STATE_BUCKET, RETRAIN_STATE_KEY, record, conflict=RetrainStateConflict)
 
 
 def item_from_event(event: CloudEvent) -> str | None:

@@ -36,7 +36,8 @@ def test_registered_model_starts_at_the_first_step_and_pings_advance_it(client_f
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
         # No CANARY_MODEL_URI: the gateway's running challenger is canaried as it is (no revision to start).
-        client = client_for("canary", CANARY_GATEWAY_URL=gateway.url, PROMETHEUS_URL=prom.url, CANARY_MODEL_URI="",
+        client = client_for("canary", CANARY_GATEWAY_URL=gateway.url, GATEWAY_ADMIN_TOKEN=gateway.admin_token,
+                            PROMETHEUS_URL=prom.url, CANARY_MODEL_URI="",
                             CANARY_STEPS="10,50,100", CANARY_MIN_REQUESTS="20")
         assert client.get("/healthz").status_code == 200
         headers, body = event_to_binary_http(model_registered_event("7", "run-1"))

@@ -45,6 +45,20 @@ def test_accept_png_answers_the_overlay_image(client) -> None:
     assert response.headers["X-Label"] in ("normal", "pneumonia")
 
 
+def test_the_callers_request_id_is_only_a_correlation_field(client, storage) -> None:
+    from shared.names import request_record_key
+
+    caller = {"X-Request-Id": "study-42"}
+    as_json = client.post("/", data=png_bytes(), content_type="image/png", headers=caller).get_json()
+    as_png = client.post("/", data=png_bytes(), content_type="image/png", headers={**caller, "Accept": "image/png"})
+    client.module.REQUESTS.flush()
+    assert as_json["correlation_id"] == as_png.headers["X-Correlation-Id"] == "study-42"
+    ids = {as_json["request_id"], as_png.headers["X-Request-Id"]}
+    assert len(ids) == 2 and "study-42" not in ids
+    for request_id in ids:
+        assert storage.get_json("triage-state", request_record_key(request_id))["correlation_id"] == "study-42"
+
+
 def test_each_input_form_gets_a_heatmap(client, server: LocalServer, monkeypatch) -> None:
     multipart = {"file": (io.BytesIO(png_bytes()), "x.png", "image/png")}
     assert heatmap_size(client.post("/", data=jpeg_bytes(32), content_type="image/jpeg")) == (32, 32)

@@ -20,7 +20,7 @@ def deliver(client, event):
 def test_an_upload_event_gets_a_result_and_a_knative_reply_and_a_redelivery_changes_nothing(
     client_for, storage, s3_server
 ):
-    client = client_for("ingest", S3_ENDPOINT_URL=s3_server, K_SINK="")
+    client = client_for("ingest", DEID_SECRET="ingest-fn-secret", S3_ENDPOINT_URL=s3_server, K_SINK="")
     event = uploaded(storage, "p1.png", png_bytes(28))
 
     response = deliver(client, event)
@@ -39,7 +39,7 @@ def test_an_upload_event_gets_a_result_and_a_knative_reply_and_a_redelivery_chan
 
 
 def test_with_k_sink_the_prediction_event_is_published_once(client_for, storage, s3_server, sink):
-    client = client_for("ingest", S3_ENDPOINT_URL=s3_server, K_SINK=sink.url)
+    client = client_for("ingest", DEID_SECRET="ingest-fn-secret", S3_ENDPOINT_URL=s3_server, K_SINK=sink.url)
     event = uploaded(storage, "p2.png", png_bytes(28, seed=5))
     assert deliver(client, event).get_json()["status"] == "created"
     assert deliver(client, event).get_json()["status"] == "duplicate"
@@ -47,7 +47,7 @@ def test_with_k_sink_the_prediction_event_is_published_once(client_for, storage,
 
 
 def test_a_bad_image_is_a_final_200_with_an_error_result(client_for, storage, s3_server):
-    client = client_for("ingest", S3_ENDPOINT_URL=s3_server, K_SINK="")
+    client = client_for("ingest", DEID_SECRET="ingest-fn-secret", S3_ENDPOINT_URL=s3_server, K_SINK="")
     response = deliver(client, uploaded(storage, "junk.png", b"not an image at all"))
     assert response.status_code == 200
     assert response.get_json()["status"] == "error"
@@ -55,14 +55,14 @@ def test_a_bad_image_is_a_final_200_with_an_error_result(client_for, storage, s3
 
 
 def test_s3_down_is_a_5xx_so_the_broker_retries(client_for):
-    client = client_for("ingest", S3_ENDPOINT_URL="http://127.0.0.1:9", K_SINK="")
+    client = client_for("ingest", DEID_SECRET="ingest-fn-secret", S3_ENDPOINT_URL="http://127.0.0.1:9", K_SINK="")
     response = deliver(client, object_created_event("inference-inputs", "a.png", "e", 1))
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "storage_unavailable"
 
 
 def test_requests_that_are_not_object_events_are_400(client_for, s3_server):
-    client = client_for("ingest", S3_ENDPOINT_URL=s3_server, K_SINK="")
+    client = client_for("ingest", DEID_SECRET="ingest-fn-secret", S3_ENDPOINT_URL=s3_server, K_SINK="")
     assert client.post("/", data=b"hello", content_type="text/plain").status_code == 400
     wrong = event_to_binary_http(object_created_event("inference-inputs", "a.png", "e", 1))
     headers = {**wrong[0], "ce-type": "something.else"}
@@ -70,6 +70,25 @@ def test_requests_that_are_not_object_events_are_400(client_for, s3_server):
 
 
 def test_healthz_is_ready_once_the_model_is_loaded(client_for, s3_server):
-    client = client_for("ingest", S3_ENDPOINT_URL=s3_server, K_SINK="")
+    client = client_for("ingest", DEID_SECRET="ingest-fn-secret", S3_ENDPOINT_URL=s3_server, K_SINK="")
     client.module.MODEL.ensure_loaded()
     assert client.get("/healthz").status_code == 200
+
+
+def test_an_event_whose_key_is_not_a_string_is_a_422_and_writes_nothing(client_for, storage, s3_server):
+    import json
+
+    client = client_for("ingest", DEID_SECRET="ingest-fn-secret", S3_ENDPOINT_URL=s3_server, K_SINK="")
+    etag = storage.put_bytes("inference-inputs", "typed.png", png_bytes(28))
+    before = set(storage.list_keys("inference-results"))
+    for data in ({"bucket": "inference-inputs", "key": {"a": 1}, "etag": etag},
+                 {"bucket": "inference-inputs", "key": "typed.png", "etag": etag, "size": "28"},
+                 {"bucket": ["inference-inputs"], "key": "typed.png", "etag": etag}):
+        headers = {"ce-specversion": "1.0", "ce-id": "typed", "ce-source": "minio:inference-inputs",
+                   "ce-type": "io.minio.object.created", "content-type": "application/json"}
+
+        response = client.post("/", data=json.dumps(data), headers=headers)
+
+        assert response.status_code == 422, response.data
+        assert response.get_json()["error"]["code"] == "invalid_field"
+    assert set(storage.list_keys("inference-results")) == before  # no "{'a': 1}.json", nothing at all

@@ -143,3 +143,24 @@ def test_a_real_s3_to_sns_notification_from_the_local_server_reaches_the_sink(cl
     finally:
         server.shutdown()
         httpx.post(f"{s3_server}/moto-api/reset")  # drop the topic and the notification that point at this server
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("key", {"a": 1}), ("key", 7), ("bucket", ["inference-inputs"]), ("size", "10"), ("eTag", {"x": 1}),
+     ("s3.object", "a.png"), ("s3.bucket", "inference-inputs")],
+)
+def test_a_notification_field_of_the_wrong_type_is_a_422_and_nothing_is_published(client, sink, where, value):
+    item = record("inference-inputs", "a.png")
+    if where == "bucket":
+        item["s3"]["bucket"]["name"] = value
+    elif where.startswith("s3."):
+        item["s3"][where[3:]] = value
+    else:
+        item["s3"]["object"][where] = value
+
+    response = client.post("/", data=minio_body(item), headers=bearer(), content_type="application/json")
+
+    assert response.status_code == 422, response.data
+    assert response.get_json()["error"]["code"] == "invalid_field"
+    assert sink.events == []

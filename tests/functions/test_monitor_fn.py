@@ -64,7 +64,7 @@ def test_events_then_a_tick_write_the_report_and_export_the_gauges(client, stora
     assert tick.status_code == 200 and tick.get_json()["status"] == "reported"
     assert tick.get_json()["drift"] is False
 
-    report = storage.get_json("inference-results", MONITOR_REPORT_KEY)
+    report = storage.get_json("triage-state", MONITOR_REPORT_KEY)
     assert report["predictions"]["n"] == 8 and report["predictions"]["positive_rate"] == 0.5
     assert report["predictions"]["urgent_rate"] == 0.25 and report["events_counted"] == 8
     version = report["live_accuracy"]["by_version"]["7"]

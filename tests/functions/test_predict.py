@@ -56,9 +56,26 @@ def test_each_input_form_gets_a_prediction(client, server: LocalServer, monkeypa
     assert probabilities["raw png"] == probabilities["multipart"] == probabilities["url"]
 
 
-def test_the_callers_request_id_is_kept(client) -> None:
-    response = client.post("/", data=png_bytes(), content_type="image/png", headers={"X-Request-Id": "study-42"})
-    assert response.get_json()["request_id"] == "study-42"
+def test_the_callers_request_id_is_only_a_correlation_field(client, storage) -> None:
+    # Contract change (issue 8): request ids are the service's own; X-Request-Id comes back as `correlation_id`.
+    from shared.feedback import record_request
+    from shared.names import request_record_key
+
+    record_request(storage, {"request_id": "ingest-1", "label": "normal"}, source="ingest")  # another's record
+    answers = [
+        client.post("/", data=png_bytes(), content_type="image/png", headers={"X-Request-Id": caller_id}).get_json()
+        for caller_id in ("study-42", "study-42", "ingest-1")
+    ]
+    client.module.REQUESTS.flush()
+    assert [a["correlation_id"] for a in answers] == ["study-42", "study-42", "ingest-1"]
+    ids = [a["request_id"] for a in answers]
+    assert len(set(ids)) == 3 and not {"study-42", "ingest-1"} & set(ids)
+    assert len(ids[0]) == 32 and int(ids[0], 16) >= 0  # 128 random bits (uuid4), not a counter anyone can guess
+    records = [storage.get_json("triage-state", request_record_key(i)) for i in ids]  # two requests, two records
+    assert [(r["source"], r["correlation_id"]) for r in records] == [("predict", "study-42")] * 2 + [
+        ("predict", "ingest-1")]
+    assert storage.get_json("triage-state", request_record_key("ingest-1"))["source"] == "ingest"  # untouched
+    assert not storage.exists("triage-state", request_record_key("study-42"))
 
 
 def test_every_bad_input_is_a_4xx_json_error_and_the_process_keeps_serving(
@@ -107,7 +124,8 @@ def test_metrics_has_latency_predictions_model_cold_start_and_upload_to_result(c
     assert "# TYPE triage_upload_to_result_seconds histogram" in text
 
 
-def test_a_real_functions_framework_process_loads_after_the_fork_and_serves(tiny_model_dir, tmp_path) -> None:
+def test_a_real_functions_framework_process_loads_after_the_fork_and_serves(tiny_model_dir, tmp_path,
+                                                                            api_tokens) -> None:
     """gunicorn builds the app in its master and forks a worker: the session must be created in the worker."""
     import os
     import subprocess
@@ -124,6 +142,7 @@ def test_a_real_functions_framework_process_loads_after_the_fork_and_serves(tiny
         "MODEL_URI": str(tiny_model_dir),
         "MODEL_CACHE_DIR": str(tmp_path),
         "PYTHONPATH": str(PROJECT_ROOT),
+        "API_TOKENS_URI": str(api_tokens[0].path),
     }
     command = [sys.executable, "-m", "functions_framework", "--target", "predict", "--host", "127.0.0.1",
                "--port", str(port), "--source", str(PROJECT_ROOT / "functions" / "predict" / "main.py")]  # fmt: skip
@@ -141,7 +160,8 @@ def test_a_real_functions_framework_process_loads_after_the_fork_and_serves(tiny
             assert process.poll() is None, process.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the process never became ready"
             time.sleep(0.1)
-        request = urllib.request.Request(f"{base}/", data=png_bytes(), headers={"Content-Type": "image/png"})
+        headers = {"Content-Type": "image/png", "Authorization": f"Bearer {api_tokens[1]}"}
+        request = urllib.request.Request(f"{base}/", data=png_bytes(), headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
             assert set(json.loads(response.read())) == PREDICTION_KEYS
@@ -159,4 +179,4 @@ def test_each_prediction_is_indexed_so_feedback_can_find_it(client, s3_server: s
     storage.ensure_buckets()
     request_id = assert_prediction(client.post("/", data=png_bytes(), content_type="image/png"), "png")["request_id"]
     client.module.REQUESTS.flush()
-    assert storage.exists("inference-results", request_record_key(request_id))
+    assert storage.exists("triage-state", request_record_key(request_id))

@@ -16,10 +16,12 @@ from tests.functions.bad_requests import (
 from tests.functions.tiny_model import dicom_bytes, png_bytes
 from tests.local_http import LocalServer
 
+SECRET = "preprocess-test-secret"
+
 
 @pytest.fixture
 def client(client_for):
-    return client_for("preprocess", MAX_BODY_BYTES=str(BODY_LIMIT))
+    return client_for("preprocess", MAX_BODY_BYTES=str(BODY_LIMIT), DEID_SECRET=SECRET)
 
 
 def test_png_gives_shape_and_stats(client) -> None:
@@ -39,7 +41,7 @@ def test_accept_png_returns_the_normalized_image(client) -> None:
 
 
 def test_stored_dicom_has_no_patient_identifiers(client_for, s3_server: str) -> None:
-    client = client_for("preprocess", S3_ENDPOINT_URL=s3_server)
+    client = client_for("preprocess", S3_ENDPOINT_URL=s3_server, DEID_SECRET=SECRET)
     storage = Storage.from_settings(Settings(s3_endpoint_url=s3_server))
     storage.ensure_buckets()
     response = client.post("/?store=true", data=dicom_bytes(patient_name="DOE^JANE"), content_type="application/dicom")
@@ -62,3 +64,12 @@ def test_preprocess_is_ready_without_a_model(client_for, tmp_path) -> None:
     client = client_for("preprocess", MODEL_URI=str(tmp_path / "no-model"))
     assert client.get("/healthz").status_code == 200
     assert "triage_request_duration_seconds" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_without_deid_secret_a_dicom_is_a_503_and_nothing_is_stored(client_for, s3_server: str) -> None:
+    client = client_for("preprocess", S3_ENDPOINT_URL=s3_server, DEID_SECRET="")
+    storage = Storage.from_settings(Settings(s3_endpoint_url=s3_server))
+    before = set(storage.list_keys("inference-inputs"))
+    response = client.post("/?store=true", data=dicom_bytes(), content_type="application/dicom")
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "deidentification_not_configured"
+    assert set(storage.list_keys("inference-inputs")) == before

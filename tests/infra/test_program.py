@@ -249,3 +249,12 @@ def test_bad_config_stops_before_any_resource() -> None:
     with pytest.raises(InfraConfigError, match="xray-triage:node_count"):
         run_program({**BASE_CONFIG, "node_count": "0"}, STACK_SECRETS, mocks)
     assert mocks.resources == []
+
+
+def test_pulumi_deploys_the_review_worklist_publicly(deployed) -> None:
+    mocks, outputs = deployed
+    services = {o["metadata"]["name"]: o for o in config_group_objects(mocks, "functions-objects")
+                if o["kind"] == "Service"}
+    assert "networking.knative.dev/visibility" not in services["review"]["metadata"]["labels"]
+    urls, _ = outputs["function_urls"]
+    assert urls["review"] == f"http://review.xray-triage.{FLOATING_IP}.sslip.io"

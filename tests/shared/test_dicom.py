@@ -13,10 +13,21 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from shared.dicom import BASIC_PROFILE, decode_dicom, deidentify, deidentify_bytes, read_dataset
+from shared.dicom import (
+    BASIC_PROFILE,
+    MAX_SEQUENCE_DEPTH,
+    DeidentificationNotConfigured,
+    burned_in_annotation,
+    decode_dicom,
+    deidentify,
+    deidentify_bytes,
+    read_dataset,
+)
 from shared.errors import ImageError, PayloadTooLarge
 from shared.imaging import decode_image
 from training_jobs.phantom import FAKE_PATIENT, PhantomDicomSpec, make_phantom, write_phantom_dicom
+
+SECRET = "this-installation's-secret"
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +163,7 @@ def test_compressed_transfer_syntaxes_decode_to_the_same_pixels(
 def test_a_compressed_dicom_is_deidentified_without_touching_its_pixels(tmp_path: Path, phantom: np.ndarray) -> None:
     source = write_phantom_dicom(tmp_path / "plain.dcm", phantom, PhantomDicomSpec(bits=12))
     original = _compressed(source, "JPEGLosslessProcess14_1")
-    cleaned = deidentify_bytes(original)
+    cleaned = deidentify_bytes(original, secret=SECRET)
     assert FAKE_PATIENT["PatientName"].encode() not in cleaned and FAKE_PATIENT["PatientID"].encode() not in cleaned
     assert read_dataset(cleaned).file_meta.TransferSyntaxUID == read_dataset(original).file_meta.TransferSyntaxUID
     np.testing.assert_array_equal(decode_image(cleaned), decode_image(original))
@@ -194,7 +205,7 @@ def test_basic_profile_tags_match_the_dicom_dictionary() -> None:
     assert len(BASIC_PROFILE) > 150
     for tag, keyword, action in BASIC_PROFILE:
         assert tag_for_keyword(keyword) == tag, keyword
-        assert action in ("X", "Z", "U")
+        assert action in ("X", "Z", "D", "U")
 
 
 def _dummy(vr: str) -> object:
@@ -227,13 +238,15 @@ def test_deidentify_handles_every_attribute_of_the_profile() -> None:
         ds.add_new(tag, vr, _dummy(vr))
     ds.add_new(0x00091010, "LO", "private vendor data")
     ds.add_new(0x60003000, "OW", b"\x00\x01" * 4)  # overlay data (burned-in annotations)
-    originals = {tag: ds[tag].value for tag, _, action in BASIC_PROFILE if action == "U"}
-    deidentify(ds)
+    originals = {tag: ds[tag].value for tag, _, action in BASIC_PROFILE if action in ("D", "U")}
+    deidentify(ds, secret=SECRET)
     for tag, keyword, action in BASIC_PROFILE:
         if action == "X":
             assert tag not in ds, keyword
         elif action == "Z":
             assert tag in ds and not ds[tag].value, keyword
+        elif action == "D":  # a dummy of the same VR (an empty sequence), never the original
+            assert tag in ds and ds[tag].value != originals[tag] and "IDENTIFYING" not in str(ds[tag].value), keyword
         else:
             assert ds[tag].value and ds[tag].value != originals[tag], keyword
     assert 0x00091010 not in ds and 0x60003000 not in ds
@@ -247,7 +260,7 @@ def test_deidentified_file_keeps_pixels_and_leaks_no_identifier(tmp_path: Path, 
     nested.PatientName = FAKE_PATIENT["PatientName"]  # identifiers inside a sequence item are scrubbed too
     ds.ProcedureCodeSequence = Sequence([nested])
     original = _save(ds)
-    cleaned = deidentify_bytes(original)
+    cleaned = deidentify_bytes(original, secret=SECRET)
     for value in FAKE_PATIENT.values():
         if len(value) > 2:  # one-letter values (sex "O") occur in any byte string
             assert value.encode() not in cleaned, value
@@ -263,13 +276,115 @@ def test_uids_are_replaced_consistently_across_files(tmp_path: Path, phantom: np
     first = pydicom.dcmread(write_phantom_dicom(tmp_path / "a.dcm", phantom))
     second = pydicom.dcmread(write_phantom_dicom(tmp_path / "b.dcm", phantom))
     second.StudyInstanceUID = first.StudyInstanceUID  # two images of one study
-    a, b = deidentify(first), deidentify(second)
+    a, b = deidentify(first, secret=SECRET), deidentify(second, secret=SECRET)
     assert a.StudyInstanceUID == b.StudyInstanceUID
     assert a.SOPInstanceUID != b.SOPInstanceUID
-    other_site = deidentify(pydicom.dcmread(tmp_path / "a.dcm"), salt="another-secret")
+    other_site = deidentify(pydicom.dcmread(tmp_path / "a.dcm"), secret="another-secret")
     assert other_site.StudyInstanceUID != a.StudyInstanceUID
 
 
 def test_deidentify_bytes_rejects_non_dicom() -> None:
     with pytest.raises(ImageError):
-        deidentify_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+        deidentify_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100, secret=SECRET)
+
+
+# --- hostile attributes: a 400 naming the attribute, never a 500 (issue 8) ---------------------------------------
+def _nested(depth: int, *, undefined_length: bool) -> bytes:
+    """A DICOM whose ProcedureCodeSequence holds ConceptCodeSequences nested `depth` deep, encoded by hand (explicit
+    VR little endian): pydicom itself takes seconds to write such a file."""
+    import struct
+
+    undefined = 0xFFFFFFFF
+    content = b"\x08\x00\x00\x01SH" + struct.pack("<H", 2) + b"X "  # CodeValue "X"
+    for _ in range(depth):
+        if undefined_length:
+            item = b"\xfe\xff\x00\xe0" + struct.pack("<I", undefined) + content + b"\xfe\xff\x0d\xe0" + b"\0" * 4
+            content = b"\x40\x00\x68\xa1SQ\0\0" + struct.pack("<I", undefined) + item + b"\xfe\xff\xdd\xe0" + b"\0" * 4
+        else:
+            item = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(content)) + content
+            content = b"\x40\x00\x68\xa1SQ\0\0" + struct.pack("<I", len(item)) + item
+    ds = pydicom.dcmread(io.BytesIO(_phantom_bytes()))
+    holder = Dataset()
+    holder.CodeValue = "PLACEHOLDER"
+    holder.is_undefined_length_sequence_item = True
+    ds.ProcedureCodeSequence = Sequence([holder])
+    ds["ProcedureCodeSequence"].is_undefined_length = True
+    placeholder = b"\x08\x00\x00\x01SH" + struct.pack("<H", 12) + b"PLACEHOLDER "
+    data = _save(ds)
+    assert data.count(placeholder) == 1
+    return data.replace(placeholder, content)
+
+
+def _phantom_bytes() -> bytes:
+    from tests.functions.tiny_model import dicom_bytes
+
+    return dicom_bytes(16)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "named"),
+    [
+        ({"WindowCenter": "100", "WindowWidth": "0"}, "(0028,1051)"),
+        ({"WindowCenter": "100", "WindowWidth": "50", "VOILUTFunction": "WEIRD"}, "(0028,1056)"),
+    ],
+)
+def test_a_window_pydicom_cannot_apply_is_a_400_naming_the_attribute(tmp_path: Path, attrs: dict, named: str) -> None:
+    data = _dicom_with(tmp_path, np.array([[0, 400], [1000, 4095]]), **attrs)
+    with pytest.raises(ImageError) as caught:
+        decode_image(data)
+    assert caught.value.status == 400 and named in caught.value.message
+
+
+@pytest.mark.parametrize("undefined_length", [False, True])
+def test_sequences_nested_2000_deep_are_a_400(undefined_length: bool) -> None:
+    data = _nested(2000, undefined_length=undefined_length)
+    for call in (decode_image, lambda d: deidentify_bytes(d, secret=SECRET)):
+        with pytest.raises(ImageError) as caught:
+            call(data)
+        assert caught.value.status == 400 and "nested deeper than" in caught.value.message
+
+
+def test_sequences_nested_a_few_levels_still_decode() -> None:
+    assert decode_image(_nested(MAX_SEQUENCE_DEPTH - 2, undefined_length=True)).shape == (16, 16)
+
+
+# --- de-identification: the whole of PS3.15 E.1-1, a keyed hash for UIDs, no public salt (issue 8) ----------------
+def test_content_creator_and_clinical_trial_subject_are_not_kept(tmp_path: Path, phantom: np.ndarray) -> None:
+    ds = pydicom.dcmread(write_phantom_dicom(tmp_path / "p.dcm", phantom))
+    ds.ContentCreatorName = "CREATOR^CAROL"
+    ds.ClinicalTrialSubjectID = "SUBJ-4711"
+    ds.ClinicalTrialSponsorName = "ACME TRIALS"
+    cleaned = deidentify_bytes(_save(ds), secret=SECRET)
+    for value in (b"CREATOR^CAROL", b"SUBJ-4711", b"ACME TRIALS"):
+        assert value not in cleaned
+    out = read_dataset(cleaned)
+    assert out.ContentCreatorName == ""  # Z: type 2 stays present
+    assert out.ClinicalTrialSubjectID == "ANONYMIZED"  # D: a dummy of the VR
+
+
+def test_replaced_uids_are_a_keyed_hash_not_the_public_salted_sha256(tmp_path: Path, phantom: np.ndarray) -> None:
+    import hashlib
+
+    ds = pydicom.dcmread(write_phantom_dicom(tmp_path / "p.dcm", phantom))
+    original = str(ds.StudyInstanceUID)
+    public = "2.25." + str(int.from_bytes(hashlib.sha256(f"xray-triage:{original}".encode()).digest()[:16], "big"))
+    ours = deidentify(pydicom.dcmread(tmp_path / "p.dcm"), secret=SECRET).StudyInstanceUID
+    theirs = deidentify(pydicom.dcmread(tmp_path / "p.dcm"), secret="another-installation").StudyInstanceUID
+    assert ours != public and ours != theirs and ours.startswith("2.25.") and len(ours) <= 64
+
+
+@pytest.mark.parametrize("secret", [None, ""])
+def test_without_a_secret_nothing_is_deidentified(tmp_path: Path, phantom: np.ndarray, secret: str | None) -> None:
+    data = write_phantom_dicom(tmp_path / "p.dcm", phantom).read_bytes()
+    with pytest.raises(DeidentificationNotConfigured) as caught:
+        deidentify_bytes(data, secret=secret)
+    assert caught.value.status == 503 and "DEID_SECRET" in caught.value.message
+    with pytest.raises(DeidentificationNotConfigured):
+        deidentify(pydicom.dcmread(tmp_path / "p.dcm"), secret=secret)
+
+
+def test_burned_in_annotation_is_read_from_the_header(tmp_path: Path, phantom: np.ndarray) -> None:
+    ds = pydicom.dcmread(write_phantom_dicom(tmp_path / "p.dcm", phantom))
+    assert not burned_in_annotation(_save(ds))
+    ds.BurnedInAnnotation = "YES"
+    assert burned_in_annotation(_save(ds))

@@ -142,3 +142,46 @@ def test_binary_encoding_names_json_data_even_without_a_datacontenttype():
     assert {k.lower(): v for k, v in headers.items()}["content-type"] == "application/json"
     assert json.loads(body) == {"a": 1}
     assert event_to_binary_http(CloudEvent({"type": "t", "source": "s"}, None))[1] == b""
+
+
+# --- data types are checked at the edge: a 422 naming the field (issue 8) -----------------------------------------
+@pytest.mark.parametrize(
+    ("event_type", "data", "field"),
+    [
+        ("io.minio.object.created", {"bucket": "inference-inputs", "key": {"a": 1}, "etag": "e"}, "key"),
+        ("io.minio.object.created", {"bucket": 3, "key": "k", "etag": "e"}, "bucket"),
+        ("io.minio.object.created", {"bucket": "b", "key": "k", "etag": ["e"]}, "etag"),
+        ("io.minio.object.created", {"bucket": "b", "key": "k", "etag": "e", "size": True}, "size"),
+        ("io.minio.object.created", {"bucket": "b", "key": "k", "etag": "e", "size": -1}, "size"),
+        ("triage.prediction.created", {"probability": "0.9", "label": "normal"}, "probability"),
+        ("triage.prediction.created", {"probability": 0.9, "label": {"x": 1}}, "label"),
+        ("triage.feedback.received", {"request_id": 12, "label": "normal"}, "request_id"),
+        ("triage.model.registered", {"version": {"v": 1}}, "version"),
+    ],
+)
+def test_event_data_of_the_wrong_type_is_a_422_naming_the_field(event_type: str, data: dict, field: str) -> None:
+    from shared.events import InvalidEventData, event_data, make_event
+
+    with pytest.raises(InvalidEventData) as caught:
+        event_data(make_event(event_type, "test", data))
+    assert caught.value.status == 422 and f"'{field}'" in caught.value.message
+
+
+def test_event_data_of_the_right_types_passes() -> None:
+    from shared.events import event_data, make_event, model_registered_event, object_created_event
+
+    assert event_data(object_created_event("b", "k", "e", 3), "bucket", "key", "etag")["key"] == "k"
+    assert event_data(model_registered_event(4, None), "version")["version"] == "4"
+    assert event_data(make_event("triage.prediction.created", "t", {"probability": 1, "label": "normal"}))
+
+
+@pytest.mark.parametrize("attribute", ["type", "id", "time", "source"])
+def test_a_structured_event_with_an_attribute_that_is_an_object_is_a_422(attribute: str) -> None:
+    import json
+
+    from shared.events import InvalidEventData, event_from_http
+
+    body = {"specversion": "1.0", "type": "t", "source": "s", "id": "1", "time": "2026-01-01T00:00:00Z", "data": {}}
+    body[attribute] = {"a": 1}
+    with pytest.raises(InvalidEventData):
+        event_from_http({"content-type": "application/cloudevents+json"}, json.dumps(body))

@@ -136,7 +136,7 @@ def test_the_reviewer_named_in_the_body_is_kept_beside_the_token_name():
 
 def test_record_request_indexes_a_prediction_under_its_request_id(storage):
     answered(storage, "abc", "pneumonia")
-    record = storage.get_json("inference-results", request_record_key("abc"))
+    record = storage.get_json("triage-state", request_record_key("abc"))
     assert record["label"] == "pneumonia" and record["source"] == "predict"
     with pytest.raises(ValueError):
         record_request(storage, {"request_id": "../x"}, source="predict")
@@ -149,6 +149,6 @@ def test_request_recorder_indexes_predictions_in_the_background_so_they_accept_f
     recorder.record({"request_id": "sync-2", "label": "normal"})
     recorder.flush()
 
-    assert storage.list_keys("inference-results", "requests/") == ["requests/sync-1.json", "requests/sync-2.json"]
+    assert storage.list_keys("triage-state", "requests/") == ["requests/sync-1.json", "requests/sync-2.json"]
     request = parse_feedback(body(request_id="sync-1", label="normal"), "Bearer tok-ann", TOKENS)
     assert submit_feedback(storage, request, RecordingSink().publisher()).status == "stored"

@@ -133,8 +133,8 @@ def test_metrics_exposes_request_latency_by_function_route_and_status(app: flask
     assert 'triage_request_duration_seconds_bucket{function="unit",le="0.005",route="/",status="400"}' in text
 
 
-def test_request_id_and_accept_negotiation(app: flask.Flask) -> None:
+def test_correlation_id_and_accept_negotiation(app: flask.Flask) -> None:
     with app.test_request_context("/", headers={"X-Request-Id": "abc-123", "Accept": "image/png"}):
-        assert http.request_id(flask.request) == "abc-123" and http.wants_png(flask.request)
+        assert http.correlation_id(flask.request) == "abc-123" and http.wants_png(flask.request)
     with app.test_request_context("/", headers={"X-Request-Id": "<script>", "Accept": "*/*"}):
-        assert http.request_id(flask.request) is None and not http.wants_png(flask.request)
+        assert http.correlation_id(flask.request) is None and not http.wants_png(flask.request)

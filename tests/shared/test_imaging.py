@@ -158,3 +158,46 @@ def test_encode_png_round_trips() -> None:
     np.testing.assert_allclose(decode_image(encode_png(image / 255.0)), image / 255.0, atol=1e-6)
     rgb = np.zeros((4, 5, 3), np.uint8)
     assert Image.open(io.BytesIO(encode_png(rgb))).mode == "RGB"
+
+
+# --- working size: a 7000 x 7000 image is decoded to at most WORKING_SIDE, never copied at full size (issue 8) ----
+def _big(kind: str, width: int, height: int) -> bytes:
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = ((x * 7 + y * 3) % 256).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=kind, quality=95)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["PNG", "JPEG"])
+def test_a_large_image_is_decoded_to_the_working_size(kind: str) -> None:
+    from shared.imaging import WORKING_SIDE
+
+    out = decode_image(_big(kind, 7000, 3500))
+    # PNG: box-averaged by 7; JPEG: decoded at 1/4 scale by libjpeg, then averaged by 2.
+    assert out.shape == {"PNG": (500, 1000), "JPEG": (438, 875)}[kind] and max(out.shape) <= WORKING_SIDE
+    assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_the_working_size_is_the_box_average_of_the_full_image() -> None:
+    data = _big("PNG", 2100, 1500)
+    full = decode_image(data, max_side=None)
+    reduced = decode_image(data)  # factor 3 (2100 / 1024 rounded up)
+    expected = full.reshape(500, 3, 700, 3).mean(axis=(1, 3))
+    assert reduced.shape == (500, 700)
+    np.testing.assert_allclose(reduced, expected, atol=1e-5)
+
+
+def test_images_within_the_working_size_are_unchanged() -> None:
+    data = _big("PNG", 1024, 300)
+    np.testing.assert_array_equal(decode_image(data), decode_image(data, max_side=None))
+
+
+def test_a_large_dicom_is_brought_to_the_working_size_after_its_luts() -> None:
+    from load_tests.memory import large_image
+
+    data, content_type = large_image("dicom", side=3000)
+    out = decode_image(data, content_type)
+    full = decode_image(data, content_type, max_side=None)
+    assert out.shape == (1000, 1000) and full.shape == (3000, 3000)
+    np.testing.assert_allclose(out, full.reshape(1000, 3, 1000, 3).mean(axis=(1, 3)), atol=1e-5)

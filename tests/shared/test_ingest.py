@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 
 import boto3
+import numpy as np
 import pytest
 from botocore.config import Config
 from prometheus_client import REGISTRY
@@ -19,12 +21,21 @@ from tests.functions.event_sink import RecordingSink
 from tests.functions.tiny_model import build_tiny_model_dir, dicom_bytes, png_bytes
 
 UPLOADED = "2026-11-26T10:00:00Z"
+SECRET = "ingest-test-secret"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> TriageModel:
+def model_dir_settings(tmp_path_factory: pytest.TempPathFactory):
+    """settings(**changes) → Settings of the tiny model (with this test's DEID_SECRET) and the changes."""
     model_dir = build_tiny_model_dir(tmp_path_factory.mktemp("ingest-model") / "model")
-    loaded = TriageModel(Settings(model_uri=str(model_dir), model_cache_dir=tmp_path_factory.mktemp("cache")))
+    cache = tmp_path_factory.mktemp("cache")
+    return lambda **changes: Settings(**{"model_uri": str(model_dir), "model_cache_dir": cache, "deid_secret": SECRET,
+                                         **changes})
+
+
+@pytest.fixture(scope="module")
+def model(model_dir_settings) -> TriageModel:
+    loaded = TriageModel(model_dir_settings())
     loaded.load()
     return loaded
 
@@ -60,7 +71,7 @@ def test_an_upload_gives_a_result_naming_the_model_a_heatmap_and_the_upload_to_r
     assert upload_to_result_sum() - before == pytest.approx(1.5)
     heatmap = storage.get_bytes("inference-results", "ward3/chest.png.heatmap.png")
     assert heatmap.startswith(b"\x89PNG")
-    index = storage.get_json("inference-results", f"requests/{obj.request_id}.json")
+    index = storage.get_json("triage-state", f"requests/{obj.request_id}.json")
     assert index["label"] == result["label"] and index["source"] == "ingest"
     # Without a publisher the prediction event is handed back for a Knative reply.
     assert outcome.event["type"] == PREDICTION_CREATED and outcome.event.get_data()["key"] == "ward3/chest.png"
@@ -81,9 +92,7 @@ def test_the_same_event_twice_writes_one_result_and_emits_one_event(storage, mod
     assert (first.status, second.status) == ("created", "duplicate")
     assert storage.head("inference-results", "twice.png.json") == written  # not rewritten
     assert len(sink.events) == 1 and sink.events[0].get_data()["request_id"] == obj.request_id
-    assert storage.list_keys("inference-results") == sorted(
-        ["twice.png.json", "twice.png.heatmap.png", f"requests/{obj.request_id}.json"]
-    )
+    assert storage.list_keys("inference-results") == sorted(["twice.png.json", "twice.png.heatmap.png"])
 
 
 def test_a_new_version_of_the_same_key_is_triaged_again_and_an_old_event_is_stale(storage, model):
@@ -165,3 +174,73 @@ def test_s3_unreachable_raises_a_5xx_so_the_broker_retries(model):
 def test_objects_of_other_buckets_are_ignored(storage, model):
     assert ingest_object(storage, model, ObjectVersion("raw-data", "x.npz", "e")).status == "ignored"
     assert storage.list_keys("inference-results") == []
+
+
+# --- bad inputs give a stored error result, not a retry loop; burned-in images; no secret (issue 8) ---------------
+def _dicom_with(**attrs: object) -> bytes:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(28)))
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("attrs", "named"),
+    [({"WindowCenter": "100", "WindowWidth": "0"}, "(0028,1051)"),
+     ({"WindowCenter": "100", "WindowWidth": "9", "VOILUTFunction": "WEIRD"}, "(0028,1056)")],
+)
+def test_a_dicom_the_decoder_refuses_gets_a_stored_error_result(storage, model, attrs: dict, named: str):
+    obj = upload(storage, f"bad/{named}.dcm", _dicom_with(**attrs))
+
+    outcome = ingest_object(storage, model, obj)  # returns (200): the broker does not retry
+
+    assert outcome.status == "error"
+    result = storage.get_json("inference-results", f"bad/{named}.dcm.json")
+    assert result["status"] == "error" and result["error"]["code"] == "bad_image"
+    assert named in result["error"]["message"]
+    assert not storage.exists("inference-results", f"bad/{named}.dcm.heatmap.png")
+
+
+def test_a_burned_in_dicom_is_refused_with_a_stored_error_and_no_heatmap(storage, model):
+    obj = upload(storage, "burned/refused.dcm", _dicom_with(BurnedInAnnotation="YES"))
+
+    assert ingest_object(storage, model, obj).status == "error"
+
+    result = storage.get_json("inference-results", "burned/refused.dcm.json")
+    assert result["error"]["code"] == "burned_in_annotation"
+    assert not storage.exists("inference-results", "burned/refused.dcm.heatmap.png")
+
+
+def test_a_marked_burned_in_dicom_has_a_flag_and_a_heatmap_without_its_pixels(storage, model_dir_settings):
+    from PIL import Image
+
+    from shared.explain import overlay_png
+
+    marked = TriageModel(model_dir_settings(burned_in_annotation="mark"))
+    data = _dicom_with(BurnedInAnnotation="YES")
+    obj = upload(storage, "burned/marked.dcm", data)
+
+    assert ingest_object(storage, marked, obj).status == "created"
+
+    result = storage.get_json("inference-results", "burned/marked.dcm.json")
+    assert result["burned_in_annotation"] is True
+    stored = Image.open(io.BytesIO(storage.get_bytes("inference-results", "burned/marked.dcm.heatmap.png")))
+    heatmap = marked(data, "application/dicom", explain="occlusion").heatmap
+    map_alone = Image.open(io.BytesIO(overlay_png(np.zeros_like(heatmap), heatmap)))  # on black: no image pixel
+    np.testing.assert_array_equal(np.asarray(stored), np.asarray(map_alone))
+
+
+def test_without_a_secret_a_dicom_is_not_ingested_and_nothing_is_written(storage, model_dir_settings):
+    from shared.dicom import DeidentificationNotConfigured
+
+    unconfigured = TriageModel(model_dir_settings(deid_secret=None))
+    obj = upload(storage, "nosecret/img.dcm", dicom_bytes(28))
+
+    with pytest.raises(DeidentificationNotConfigured):  # 503: the broker retries once the operator sets it
+        ingest_object(storage, unconfigured, obj)
+
+    assert storage.list_keys("inference-results", "nosecret/") == []

@@ -150,3 +150,54 @@ def test_the_prediction_carries_the_input_drift_statistic(loaded: TriageModel) -
     prediction = loaded(png_bytes(), "image/png")
     assert prediction.mean_intensity == pytest.approx(float(imaging.decode_image(png_bytes()).mean()), abs=1e-3)
     assert "mean_intensity" not in prediction.to_json()
+
+
+# --- working size and burned-in annotations (issue 8) -------------------------------------------------------------
+def _burned_in_dicom(size: int = 28) -> bytes:
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(size)))
+    ds.BurnedInAnnotation = "YES"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_7000_pixel_image_reaches_the_model_steps_at_the_working_size(loaded: TriageModel) -> None:
+    from load_tests.memory import large_image
+    from shared.imaging import WORKING_SIDE
+
+    data, content_type = large_image("png")
+    assert len(data) < 200_000  # compresses well: the hostile case
+    image = loaded.decode(data, content_type)
+    assert max(image.shape) <= WORKING_SIDE and image.dtype == np.float32
+    explanation = loaded(data, content_type, explain="occlusion")
+    assert max(explanation.heatmap.shape) <= WORKING_SIDE  # the overlay's display size is bounded too
+
+
+def test_a_burned_in_image_is_refused_by_default(loaded: TriageModel) -> None:
+    from shared.dicom import BurnedInAnnotation
+
+    with pytest.raises(BurnedInAnnotation) as caught:
+        loaded(_burned_in_dicom(), "application/dicom", explain="occlusion")
+    assert caught.value.status == 400 and "(0028,0301)" in caught.value.message
+
+
+def test_a_burned_in_image_is_marked_and_its_pixels_stay_out_of_the_heatmap(model_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    model = TriageModel(Settings(model_uri=str(model_dir), model_cache_dir=tmp_path, burned_in_annotation="mark"))
+    explanation = model(_burned_in_dicom(), "application/dicom", explain="occlusion")
+    assert explanation.prediction.to_json()["burned_in_annotation"] is True
+    overlay = np.asarray(Image.open(io.BytesIO(explanation.overlay_png)).convert("RGB"), np.float32)
+    heat_only = np.asarray(Image.open(io.BytesIO(saliency_overlay(explanation.heatmap))).convert("RGB"), np.float32)
+    np.testing.assert_array_equal(overlay, heat_only)  # the map on black: not one pixel of the image
+    assert "burned_in_annotation" not in model(dicom_bytes(), "application/dicom").to_json()
+
+
+def saliency_overlay(heatmap: np.ndarray) -> bytes:
+    from shared.explain import overlay_png
+
+    return overlay_png(np.zeros_like(heatmap), heatmap)

@@ -112,3 +112,17 @@ def test_no_configured_tokens_refuses_everyone() -> None:
         security.check_bearer("Bearer anything", None)
     with pytest.raises(Forbidden):
         security.check_bearer("Bearer anything", {"alice": ""})
+
+
+@pytest.mark.parametrize(
+    "header, token", [("Bearer abc", "abc"), ("bearer  abc ", "abc"), (" BEARER xrt_1-2_3", "xrt_1-2_3")]
+)
+def test_the_bearer_token_is_parsed_once_for_every_check(header: str, token: str) -> None:
+    assert security.bearer_token(header) == token
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer   ", "Basic abc", "Token abc", "abc"])
+def test_a_missing_or_malformed_authorization_is_401(header: str | None) -> None:
+    with pytest.raises(Unauthorized) as error:
+        security.bearer_token(header)
+    assert error.value.status == 401 and "Bearer" in error.value.message

@@ -19,7 +19,18 @@ from tests.shared.canary.test_policy import NOW
 from tests.stack.upstream import Upstream
 from triage.canary import run_canary
 from triage.cli import main
+from triage.stack.admin_token import write_token
 from triage.stack.gateway import Gateway, GatewayServer, Route
+
+ADMIN_TOKEN = "canary-admin-token"
+
+
+@pytest.fixture(autouse=True)
+def admin_token_env(monkeypatch, tmp_path):
+    """`triage canary` takes the gateway's admin token from GATEWAY_ADMIN_TOKEN (else the run dir's file)."""
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("RUN_DIR", str(tmp_path / "run"))
+
 
 HEALTHY = {"requests": {"champion": "400", "challenger": "80"}, "errors": {"challenger": "0"},
            "p99": {"champion": "0.040", "challenger": "0.045"}}
@@ -32,7 +43,7 @@ def gateway():
         "predict": Route("predict", dict(revisions)),
         "explain": Route("explain", dict(revisions)),
         "feedback": Route("feedback", {"default": "http://127.0.0.1:9"}),
-    })).start()
+    }), admin_token=ADMIN_TOKEN).start()
     yield server
     server.stop()
 
@@ -45,7 +56,8 @@ def test_healthy_challenger_is_stepped_to_100_and_promoted(gateway, capsys):
         state, _ = start_canary(None, "7", None, policy, NOW)
         source = PrometheusSource(prom.url, flavor="gateway", window="1m")
         state, decision = run_canary(
-            state, policy, observer(source, None, ("predict", "explain")), GatewayTraffic(gateway.url),
+            state, policy, observer(source, None, ("predict", "explain")),
+            GatewayTraffic(gateway.url, admin_token=ADMIN_TOKEN),
             interval_s=0.01, max_duration_s=60, emit=lambda line: None,
             sleep=lambda _s: splits.append(gateway.gateway.traffic()["predict"]))
         assert [s["challenger"] for s in splits] == [10, 25, 50, 100]
@@ -109,7 +121,8 @@ def real_gateway(challenger_status: int):
             return next(draws)
 
     server = GatewayServer(Gateway({"predict": Route("predict", {"champion": champion.url,
-                                                                 "challenger": challenger.url})}, draw=draw)).start()
+                                                                 "challenger": challenger.url})}, draw=draw),
+                           admin_token=ADMIN_TOKEN).start()
     try:
         yield server
     finally:
@@ -135,7 +148,8 @@ def test_gateway_metrics_alone_judge_each_step_of_real_traffic():
             send(server.url, 100)
 
         state, decision = run_canary(state, policy, observer(GatewayMetricsSource(server.url), None, ("predict",)),
-                                     GatewayTraffic(server.url), interval_s=0.01, max_duration_s=60,
+                                     GatewayTraffic(server.url, admin_token=ADMIN_TOKEN), interval_s=0.01,
+                                     max_duration_s=60,
                                      emit=lambda line: None, sleep=step)
         assert splits == [10, 25, 50, 100] and state.status == "promoted"
         assert server.gateway.traffic()["predict"] == {"champion": 0, "challenger": 100}
@@ -172,10 +186,33 @@ def test_an_unreachable_gateway_is_retried_then_fails_not_reported_as_nothing_to
 
 
 def test_no_challenger_revision_means_nothing_to_do(capsys):
-    server = GatewayServer(Gateway({"predict": Route("predict", {"default": "http://127.0.0.1:9"})})).start()
+    server = GatewayServer(Gateway({"predict": Route("predict", {"default": "http://127.0.0.1:9"})}),
+                           admin_token=ADMIN_TOKEN).start()
     try:
         code = main(["canary", "--gateway", server.url, "--interval", "0.05", "--json"])
     finally:
         server.stop()
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and result["status"] == "nothing_to_do" and result["revisions"] == {}
+
+
+def test_cli_reads_the_admin_token_from_the_run_dir_and_fails_clearly_without_it(capsys, monkeypatch, tmp_path):
+    server = GatewayServer(Gateway({"predict": Route("predict", {"champion": "http://127.0.0.1:9",
+                                                                 "challenger": "http://127.0.0.1:9"})}),
+                           admin_token="the-stacks-own-token").start()
+    args = ["canary", "--gateway", server.url, "--interval", "0.05", "--max-duration", "0.3", "--json"]
+    try:
+        monkeypatch.delenv("GATEWAY_ADMIN_TOKEN")
+        code = main(args)  # no token anywhere: every call is refused, and the canary says why
+        out = capsys.readouterr().out.strip().splitlines()
+        assert code == 1 and any("refused the admin token (401)" in line for line in out)
+        assert server.gateway.traffic()["predict"] == {"champion": 100, "challenger": 0}
+
+        write_token(tmp_path / "run", "the-stacks-own-token")  # where the stack's gateway writes it
+        splits = []
+        original = server.gateway.set_traffic
+        monkeypatch.setattr(server.gateway, "set_traffic", lambda t, s=None: splits.append(t) or original(t, s))
+        main(args)
+        assert splits and splits[0]["challenger"] == 10  # authorized: the first step was applied
+    finally:
+        server.stop()

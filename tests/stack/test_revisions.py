@@ -7,11 +7,15 @@ import sys
 import httpx
 import pytest
 
+from shared.canary.errors import CanaryError
 from shared.canary.gateway import GatewayTraffic
 from tests.stack.upstream import Upstream
 from triage.stack.gateway import Gateway, GatewayServer, Route
 from triage.stack.processes import port_is_free, unused_port_block
 from triage.stack.revisions import RevisionLauncher, RevisionTemplate
+
+ADMIN_TOKEN = "revisions-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 # A stand-in function process: healthy at once, answers every POST with the model it was started with.
 FAKE_FUNCTION = """
@@ -45,7 +49,7 @@ def gateway(tmp_path):
                  for service in champions}
     launcher = RevisionLauncher(templates, tmp_path, ready_timeout_s=30)
     routes = {service: Route(service, {"champion": upstream.url}) for service, upstream in champions.items()}
-    server = GatewayServer(Gateway(routes, launcher=launcher)).start()
+    server = GatewayServer(Gateway(routes, launcher=launcher), admin_token=ADMIN_TOKEN).start()
     yield server, templates
     server.stop()
     launcher.stop_all()
@@ -61,7 +65,7 @@ def served_by(client: httpx.Client, service: str) -> tuple[str, str]:
 
 def test_a_new_revision_of_every_service_starts_at_zero_percent_and_takes_traffic_when_routed(gateway):
     server, _ = gateway
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN) as client:
         created = client.put("/admin/revisions", json={"name": "v8", "model_uri": "models:/xray-vit/8"})
         assert created.status_code == 200, created.text
         for service in ("predict", "ingest"):
@@ -81,7 +85,7 @@ def test_a_new_revision_of_every_service_starts_at_zero_percent_and_takes_traffi
 
 def test_revisions_at_zero_percent_are_retired_to_free_their_port_slots(gateway):
     server, templates = gateway
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN) as client:
         assert client.put("/admin/revisions", json={"name": "v8", "model_uri": "m8"}).status_code == 200
         assert client.put("/admin/traffic", json={"champion": 0, "v8": 100}).status_code == 200  # promoted
         assert client.put("/admin/revisions", json={"name": "v9", "model_uri": "m9"}).status_code == 200
@@ -97,7 +101,7 @@ def test_revisions_at_zero_percent_are_retired_to_free_their_port_slots(gateway)
 
 def test_a_revision_that_cannot_start_is_a_clear_503_and_changes_no_route(gateway):
     server, templates = gateway
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN) as client:
         failed = client.put("/admin/revisions", json={"name": "v8", "model_uri": "models:/broken/8"})
         assert failed.status_code == 503 and "v8 did not start" in failed.json()["error"]["message"]
         assert client.get("/admin/revisions").json()["predict"] == {"traffic": {"champion": 100}, "latest": None,
@@ -106,9 +110,10 @@ def test_a_revision_that_cannot_start_is_a_clear_503_and_changes_no_route(gatewa
 
 
 def test_a_gateway_without_a_launcher_says_so():
-    server = GatewayServer(Gateway({"predict": Route("predict", {"champion": "http://127.0.0.1:9"})})).start()
+    server = GatewayServer(Gateway({"predict": Route("predict", {"champion": "http://127.0.0.1:9"})}),
+                           admin_token=ADMIN_TOKEN).start()
     try:
-        response = httpx.put(server.url + "/admin/revisions", json={"name": "v8", "model_uri": "m"})
+        response = httpx.put(server.url + "/admin/revisions", json={"name": "v8", "model_uri": "m"}, headers=ADMIN)
         assert response.status_code == 503 and "--launch" in response.json()["error"]["message"]
     finally:
         server.stop()
@@ -116,7 +121,9 @@ def test_a_gateway_without_a_launcher_says_so():
 
 def test_the_canarys_gateway_traffic_prepares_the_version_and_splits_between_the_right_revisions(gateway):
     server, _ = gateway
-    traffic = GatewayTraffic(server.url, model_uri="models:/xray-vit/{version}")
+    with pytest.raises(CanaryError, match="GATEWAY_ADMIN_TOKEN"):
+        GatewayTraffic(server.url, model_uri="models:/xray-vit/{version}").prepare("8")
+    traffic = GatewayTraffic(server.url, model_uri="models:/xray-vit/{version}", admin_token=ADMIN_TOKEN)
     traffic.prepare("8")
     pairs = traffic.revisions()
     assert pairs == {service: {"champion": "champion", "challenger": "v8"} for service in ("predict", "ingest")}

@@ -71,3 +71,14 @@ def test_broker_triggers_and_ticks_come_from_the_topology(tmp_path):
     env = stack.env()
     assert env["CANARY_GATEWAY_URL"] == stack.urls["gateway"] and env["K_SINK"] == stack.urls["broker"]
     assert env["MLFLOW_TRACKING_URI"] == ""  # no registry of the caller's leaks in
+
+
+def test_the_de_identification_secret_is_made_once_per_installation(tmp_path):
+    """Replaced DICOM UIDs stay consistent across restarts: the keyed hash's secret is kept in the run folder."""
+    from triage.stack.stack import installation_secret
+
+    first = installation_secret(tmp_path / "run", "deid-secret")
+    assert len(first) >= 40 and installation_secret(tmp_path / "run", "deid-secret") == first
+    assert (tmp_path / "run" / "deid-secret").stat().st_mode & 0o777 == 0o600
+    assert installation_secret(tmp_path / "other", "deid-secret") != first
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["deid-secret"]

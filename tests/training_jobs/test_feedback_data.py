@@ -15,7 +15,7 @@ from shared.storage import Storage
 from training_jobs.data import SplitArrays, make_splits
 from training_jobs.feedback_data import load_feedback_batch, with_feedback
 
-BATCH_URI = "s3://feedback/_state/batches/b1.json"
+BATCH_URI = "s3://triage-state/retrain/batches/b1.json"
 
 
 def png(value: int) -> bytes:
@@ -42,7 +42,7 @@ def batch(storage: Storage) -> Storage:
     uploaded_and_labelled(storage, "r3", "sync", None, "pneumonia")  # a synchronous predict: no stored image
     storage.put_json("feedback", "r4.json", {"request_id": "r4", "label": "normal"})  # its request is gone
     items = ["feedback/r1.json", "feedback/r2.json", "feedback/r3.json", "feedback/r4.json", "raw-data/new.npz"]
-    storage.put_json("feedback", "_state/batches/b1.json", {"batch_id": "b1", "items": items})
+    storage.put_json("triage-state", "retrain/batches/b1.json", {"batch_id": "b1", "items": items})
     return storage
 
 
@@ -73,5 +73,5 @@ def test_a_missing_batch_is_a_clear_error(storage: Storage, s3_server: str, monk
     monkeypatch.setenv("S3_ENDPOINT_URL", s3_server)
     split = SplitArrays(np.zeros((2, 1, 28, 28), np.float32), np.array([0, 1]))
     splits = make_splits({"train": split}, 28, synthetic=True, source="phantom")
-    with pytest.raises(UserError, match="--feedback-batch s3://feedback/_state/batches/none.json"):
-        _add_feedback(splits, "s3://feedback/_state/batches/none.json")
+    with pytest.raises(UserError, match="--feedback-batch s3://triage-state/retrain/batches/none.json"):
+        _add_feedback(splits, "s3://triage-state/retrain/batches/none.json")

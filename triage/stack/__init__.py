@@ -4,9 +4,10 @@ process supervision; the functions themselves are the same code as in production
 - `Stack` / `StackConfig` / `StackPorts`: start everything on 127.0.0.1 (`stack`, `ports`); `triage up` (`up`),
   `triage demo` (`demo`); `wiring`: shared.topology's environment and event routes, as run locally.
 - `models`: which model is served, and the first one trained when the registry has none.
-- `gateway` (+ `routing`, `revisions`, `review.html`): Knative routing and the radiologist's review page.
+- `gateway` (+ `routing`, `revisions`): Knative routing (`/review` goes to the review function).
 - `broker` (+ `triggers`, `delivery_queue`, `pings`): Knative Eventing's broker, retries, dead letters, PingSources.
-- `s3server`: moto's S3 with bucket notifications relayed as MinIO webhook calls.
+- `s3server` (+ `write_through`, `object_store`, `outbox`) and `relay`: moto's S3 with every write on disk before
+  it answers, uploads notified through a durable outbox that the relay process delivers as MinIO webhook calls.
 - `processes`: the child-process supervisor; `httpd`: the stand-ins' HTTP plumbing; `mlflow_server`, `prometheus`.
 """
 

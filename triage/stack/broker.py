@@ -5,6 +5,10 @@ trigger, so a delivery survives a broker restart and outlasts a subscriber that 
 delivery is retried with backoff (Knative's `delivery` spec: retry, backoffPolicy, backoffDelay) and, when the
 retries are spent, stored in the `dead-letter` bucket with its last error. A subscriber may answer with a
 CloudEvent (a Knative reply event); the broker publishes it like any other.
+
+Log lines name an event by its id and type, an object by `names.key_ref` (hospitals name files after patients),
+and a failed attempt by its HTTP status or exception type only: a subscriber's answer may quote the key, so it
+goes into the dead-letter record (the hospital's storage), never into a log line or the queue's last error.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from cloudevents.http import CloudEvent, from_http, from_json
 
 from shared.dead_letter import dead_letter_record, store_dead_letter
 from shared.events import MAX_EVENT_BYTES, event_to_binary_http
+from shared.names import key_ref
 from shared.storage import Storage
 from triage.stack.delivery_queue import Delivery, DeliveryQueue
 from triage.stack.httpd import StackHandler, serve_in_thread, threading_server
@@ -74,6 +79,17 @@ def event_to_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
     return headers, body
 
 
+def event_ref(event: CloudEvent) -> str:
+    """How a log line names an event: `id=… type=…`, plus `obj:<hash>` when it announces an object."""
+    attributes = event.get_attributes()
+    ref = f"{attributes.get('id')} type={attributes.get('type')}"
+    data = event.data if isinstance(event.data, dict) else {}
+    bucket, key = data.get("bucket", attributes.get("bucket")), data.get("key")
+    if isinstance(bucket, str) and isinstance(key, str):
+        ref += f" {key_ref(bucket, key)}"
+    return ref
+
+
 def reply_event(reply: SubscriberReply) -> CloudEvent | None:
     """The CloudEvent a subscriber answered with, if any (binary `ce-*` headers or a structured body)."""
     headers = {k.lower(): v for k, v in reply.headers.items()}
@@ -120,7 +136,7 @@ class Broker:
         names = [t.name for t in self.triggers.values() if t.matches(attributes)]
         count = self.queue.enqueue(names, to_json(event).decode(), self._clock())
         self._count("received")
-        log.info("event %s type=%s -> %s", attributes.get("id"), attributes.get("type"), names or "no trigger")
+        log.info("event %s -> %s", event_ref(event), names or "no trigger")
         self._wake.set()
         return count
 
@@ -142,22 +158,24 @@ class Broker:
                 self._count("delivered")
                 return True
             status: int | None = reply.status
-            error = f"HTTP {reply.status}: {reply.body[:300].decode('utf-8', 'replace')}"
+            summary = f"HTTP {reply.status}"
+            error = f"{summary}: {reply.body[:300].decode('utf-8', 'replace')}"
         except Exception as exc:  # noqa: BLE001 - any failure to deliver is a failed attempt, retried
-            status, error = None, f"{type(exc).__name__}: {exc}"
-        self._fail(delivery, trigger, event, error, status)
+            status, error, summary = None, f"{type(exc).__name__}: {exc}", type(exc).__name__
+        self._fail(delivery, trigger, event, error, summary, status)
         return False
 
-    def _fail(self, delivery: Delivery, trigger: Trigger, event: CloudEvent, error: str,
+    def _fail(self, delivery: Delivery, trigger: Trigger, event: CloudEvent, error: str, summary: str,
               status: int | None = None) -> None:
+        """`error` (the subscriber's answer) goes to the dead-letter record only; logs and the queue get `summary`."""
         failures = delivery.attempts + 1
         self._count("failed_attempts")
         spec = trigger.delivery or self.delivery
         if failures <= spec.retry:
             delay = spec.delay_after(failures)
-            log.warning("delivery %s to %s failed (%d), retry in %.2fs: %s", delivery.id, trigger.name, failures,
-                        delay, error)
-            self.queue.failed(delivery.id, error, self._clock() + delay)
+            log.warning("delivery %s of event %s to %s failed (%d: %s), retry in %.2fs", delivery.id, event_ref(event),
+                        trigger.name, failures, summary, delay)
+            self.queue.failed(delivery.id, summary, self._clock() + delay)
             return
         # The record Knative's dead-letter sink would store: the event with Knative's error extensions, in
         # shared.dead_letter's form, keyed by the trigger's name (a service name in the cluster).
@@ -171,10 +189,12 @@ class Broker:
             if self._dead_letter is not None:
                 self._dead_letter(record)
         except Exception as exc:  # noqa: BLE001 - keep the event queued rather than lose it
-            log.error("dead-letter sink failed for delivery %s: %s; trying again later", delivery.id, exc)
-            self.queue.failed(delivery.id, error, self._clock() + max(spec.backoff_delay_s, 1.0))
+            log.error("dead-letter sink failed for delivery %s (%s); trying again later", delivery.id,
+                      type(exc).__name__)
+            self.queue.failed(delivery.id, summary, self._clock() + max(spec.backoff_delay_s, 1.0))
             return
-        log.error("delivery %s to %s dead-lettered after %d attempts: %s", delivery.id, trigger.name, failures, error)
+        log.error("delivery %s of event %s to %s dead-lettered after %d attempts (%s)", delivery.id, event_ref(event),
+                  trigger.name, failures, summary)
         self.queue.dead(delivery.id)
         self._count("dead_lettered")
 

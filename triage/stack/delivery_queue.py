@@ -1,4 +1,4 @@
-"""The durable outbox of the broker and the S3 webhook relay: deliveries in SQLite, due, leased, done or dead.
+"""The broker's durable outbox: deliveries in SQLite, due, leased, done or dead.
 
 A delivery is written before its sender is answered and is leased while it is attempted, so a crash between
 the two makes it due again (at least once); retries are scheduled by the caller through `failed(next_at)`.

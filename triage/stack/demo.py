@@ -149,7 +149,7 @@ def run_demo(stack: Stack, images: list[tuple[str, bytes, str]], out_dir: Path,
 
     gateway = stack.urls["gateway"]
     name, data, _ = images[0]
-    with httpx.Client(base_url=gateway, timeout=60) as client:
+    with httpx.Client(base_url=gateway, timeout=60, headers=stack.api_headers) as client:  # the stack's API token
         print(f"\nPOST {gateway}/predict ({name})", flush=True)
         response = client.post("/predict", content=data, headers={"Content-Type": _content_type(name)})
         prediction = response.json()
@@ -226,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
           + (f", time to result median {np.median(times):.2f} s, max {max(times):.2f} s" if times else ""))
     print(f"heatmaps: s3://{RESULT_BUCKET}/ (in the stack) and {out_dir}")
     print(f"logs: {stack.config.run_dir / 'logs'}; demo took {time.monotonic() - started:.0f} s")
+    print(f"worklist: {stack.urls['gateway']}/review, reviewer token {stack.reviewer_token} (`triage up` serves it)")
     if report.failures:
         print(f"demo FAILED: {len(report.failures)} problem(s): " + "; ".join(report.failures), file=sys.stderr)
     if args.json:

@@ -7,8 +7,11 @@ those revisions (what `triage canary` drives); the response header `X-Triage-Rev
 that served. `PUT /admin/revisions` with `{"name": "v8", "model_uri": ...}` starts a new revision of every
 routed model function at 0 % (what a new Knative revision is; the canary function's prepare step), and
 `GET /admin/revisions` names each service's latest one. `/ingest` is routed too: the broker delivers
-bucket events through the gateway, so ingest follows the same split as on Knative. `/review` is a minimal
-page for a radiologist: upload, see prediction and heatmap, confirm or correct.
+bucket events through the gateway, so ingest follows the same split as on Knative. `/review` proxies to the
+review function (the radiologist's worklist), like the others.
+
+The admin API needs the gateway's admin token (`triage.stack.admin_token`): 401 without it, 403 with another.
+HTTP framing (malformed or slow requests) is `triage.stack.httpd`'s: JSON errors, bounded waits.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import logging
 import socket
 import threading
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import generate_latest
 
+from triage.config import TriageEnv
+from triage.stack.admin_token import admin_refusal, new_token, write_token
 from triage.stack.httpd import StackHandler, serve_in_thread, threading_server
 from triage.stack.revisions import RevisionLauncher, load_launch_config
 from triage.stack.routing import Gateway, RevisionConflict, RevisionsUnavailable, Route, TrafficError
@@ -39,7 +43,6 @@ REVISION_HEADER = "X-Triage-Revision"
 # Hop-by-hop headers are the proxy's own business (RFC 9110 §7.6.1), never forwarded.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length"}
-REVIEW_PAGE = resources.files("triage.stack").joinpath("review.html").read_bytes()  # read once, at start
 MAX_BODY_BYTES = 64 * 1024 * 1024  # above every function's own limit (MAX_BODY_BYTES): they answer their own 413
 
 
@@ -80,6 +83,7 @@ class _Upstreams(threading.local):
 class _Handler(StackHandler):
     gateway: Gateway
     upstreams: _Upstreams
+    admin_token: str
     timeout_s: float = 60.0
     max_body_bytes = MAX_BODY_BYTES
 
@@ -89,18 +93,27 @@ class _Handler(StackHandler):
             self.answer_json(200, {"status": "ok"})
         elif path == "/metrics":
             self.answer(200, generate_latest(self.gateway.registry), "text/plain; version=0.0.4")
-        elif path in ("/review", "/review/"):
-            self.answer(200, REVIEW_PAGE, "text/html; charset=utf-8")
         elif path == "/admin/traffic":
-            self.answer_json(200, self.gateway.traffic())
+            if self._admin_allowed():
+                self.answer_json(200, self.gateway.traffic())
         elif path == "/admin/revisions":
-            self.answer_json(200, self.gateway.revisions())
+            if self._admin_allowed():
+                self.answer_json(200, self.gateway.revisions())
         else:
             self._proxy()
+
+    def _admin_allowed(self) -> bool:
+        """True for a caller with the admin token; otherwise it has its 401 / 403."""
+        refused = admin_refusal(self.headers.get("Authorization"), self.admin_token)
+        if refused is not None:
+            self.answer_error(*refused, extra={"WWW-Authenticate": 'Bearer realm="triage-gateway-admin"'})
+        return refused is None
 
     def do_PUT(self) -> None:  # noqa: N802
         actions = {"/admin/traffic": self._set_traffic, "/admin/revisions": self._create_revision}
         action = actions.get(self.path.split("?", 1)[0])
+        if action is not None and not self._admin_allowed():
+            return
         body = self.read_body()
         if body is None:
             return
@@ -141,7 +154,7 @@ class _Handler(StackHandler):
         if body is None:
             return
         if service not in self.gateway.routes:
-            self.answer_error(404, "not_found", f"no route {path} (have /{', /'.join(self.gateway.routes)}, /review)")
+            self.answer_error(404, "not_found", f"no route {path} (have /{', /'.join(self.gateway.routes)})")
             return
         upstream_path = "/" + rest.split("?", 1)[0] if rest else "/"
         if query or "?" in rest:
@@ -158,23 +171,19 @@ class _Handler(StackHandler):
             return
         self.gateway.latency.labels(service, revision).observe(time.perf_counter() - started)
         self.gateway.requests.labels(service, revision, str(status)).inc()
-        self.send_response(status)
-        for name, value in response_headers:
-            if name.lower() not in HOP_BY_HOP:
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(content)))
-        self.send_header(REVISION_HEADER, revision)
-        self.end_headers()
-        self.wfile.write(content)
+        headers = [(name, value) for name, value in response_headers if name.lower() not in HOP_BY_HOP]
+        self.respond(status, [*headers, (REVISION_HEADER, revision)], content)
 
 
 class GatewayServer:
-    """The gateway on an HTTP port, in a background thread."""
+    """The gateway on an HTTP port, in a background thread; `admin_token` (a fresh one when None) guards /admin."""
 
-    def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 60.0) -> None:
+    def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 60.0, *,
+                 admin_token: str | None = None) -> None:
         self.gateway = gateway
+        self.admin_token = admin_token or new_token()
         handler = type("GatewayHandler", (_Handler,), {"gateway": gateway, "upstreams": _Upstreams(),
-                                                        "timeout_s": timeout_s})
+                                                        "timeout_s": timeout_s, "admin_token": self.admin_token})
         self.httpd = threading_server(handler, host, port)
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
 
@@ -223,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         if launcher is not None:
             launcher.stop_all()
         return 1
-    server = GatewayServer(gateway, port=args.port).start()
-    log.info("gateway on %s, traffic %s", server.url, server.gateway.traffic())
+    # The stack hands its processes one token (GATEWAY_ADMIN_TOKEN); `triage canary` reads it from this file.
+    server = GatewayServer(gateway, port=args.port, admin_token=TriageEnv.from_env().gateway_admin_token).start()
+    token_path = write_token(args.run_dir, server.admin_token)
+    log.info("gateway on %s, traffic %s, admin token in %s", server.url, server.gateway.traffic(), token_path)
     stopped.wait()
     server.stop()
     if launcher is not None:

@@ -2,7 +2,7 @@
 
 Knative makes a new revision when a Service's template changes (the canary's `prepare` step sets MODEL_URI);
 locally, `PUT /admin/revisions {"name": "v8", "model_uri": ...}` on the gateway does the same through this
-launcher: the same functions-framework command as the champion's, on a port of its own, with `REVISION` and
+launcher: the same command as the champion's (`triage.stack.function_server`), on a port of its own, with `REVISION` and
 `MODEL_URI` set. Each service has a few port slots; a revision at 0 % everywhere is retired to free one.
 """
 

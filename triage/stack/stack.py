@@ -8,6 +8,7 @@ which variables and which events reach them come from `shared.topology`, through
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 import time
@@ -24,9 +25,11 @@ from triage.stack.models import checked_uri, resolve_models, train_first_model
 from triage.stack.ports import ALL_FUNCTIONS, MODEL_FUNCTIONS, REVISION_SLOTS, StackPorts
 from triage.stack.processes import ChildFailed, ProcessSpec, Supervisor, check_ports_free
 from triage.stack.prometheus import INSTALL_HINT, prometheus_spec
-from triage.stack.s3server import s3_client
+from triage.stack.s3server import HEALTH_PATH as S3_HEALTH_PATH
+from triage.stack.s3server import outbox_dir, s3_client
 from triage.stack.triggers import DeliverySpec
 from triage.stack.wiring import LocalValues, broker_config, stack_env
+from triage.tokens import issue_local_token, local_table
 
 __all__ = ["Stack", "StackConfig"]
 
@@ -45,6 +48,7 @@ class StackConfig:
     delivery: DeliverySpec = field(default_factory=lambda: DeliverySpec(retry=6, backoff_delay_s=0.5))
     webhook_token: str | None = None
     reviewer_tokens: str | None = None
+    admin_token: str | None = None  # the gateway's admin API (GATEWAY_ADMIN_TOKEN, else a fresh one)
     extra_env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 90.0
     train_data: Path | None = None  # DATA=path.npz for the first model instead of phantoms
@@ -54,6 +58,25 @@ class StackConfig:
     canary_tick_s: float | None = None  # the canary's tick: one step decision per tick
 
 
+def installation_secret(run_dir: Path, name: str) -> str:
+    """The secret kept in `run_dir/name` (mode 0600), made once: the same for every start of this installation."""
+    path = run_dir / name
+    if path.is_file():
+        return path.read_text().strip()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    partial = path.with_name(f".{name}.{os.getpid()}")
+    partial.write_text(value + "\n")
+    partial.chmod(0o600)
+    try:
+        os.link(partial, path)  # fails if another start made it first: then theirs is the secret
+    except FileExistsError:
+        value = path.read_text().strip()
+    finally:
+        partial.unlink()
+    return value
+
+
 class Stack:
     """The local stack as a context manager; `urls` says where everything is."""
 
@@ -61,12 +84,15 @@ class Stack:
         self.triage_env = env or TriageEnv.from_env()
         # Tokens and S3 credentials as the functions read them (Settings); fresh random tokens when unset.
         self.settings = Settings.from_env()
+        # DICOM UIDs are a keyed hash: one secret per installation, kept in the run folder across restarts.
+        self.deid_secret = self.settings.deid_secret or installation_secret(Path(config.run_dir), "deid-secret")
         self.config = replace(
             config,
             run_dir=Path(config.run_dir).resolve(),
             webhook_token=config.webhook_token or self.settings.webhook_token or secrets.token_urlsafe(24),
             reviewer_tokens=config.reviewer_tokens or self.settings.reviewer_tokens
             or f"radiologist:{secrets.token_urlsafe(18)}",
+            admin_token=config.admin_token or self.triage_env.gateway_admin_token or secrets.token_urlsafe(24),
         )
         for name in self.config.functions:
             if name not in ALL_FUNCTIONS:
@@ -87,6 +113,7 @@ class Stack:
         self.model_uri: str | None = None
         self.challenger_uri: str | None = None
         self.started_at: dict[str, float] = {}
+        self.api_token: str | None = None  # issued at start: the stack's own caller of predict / explain
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -108,10 +135,21 @@ class Stack:
             print(text, file=self.echo, flush=True)
 
     @property
+    def admin_headers(self) -> dict[str, str]:
+        """`Authorization` with the gateway's admin token, for /admin/traffic and /admin/revisions."""
+        return {"Authorization": f"Bearer {self.config.admin_token}"}
+
+    @property
     def reviewer_token(self) -> str:
         """The first reviewer's token (the demo and tests post feedback with it)."""
         assert self.config.reviewer_tokens is not None
         return self.config.reviewer_tokens.split(",")[0].split(":", 1)[1]
+
+    @property
+    def api_headers(self) -> dict[str, str]:
+        """`Authorization` with the stack's API token, for calls of /predict and /explain (demo, bench, tests)."""
+        assert self.api_token is not None, "the stack is not started"
+        return {"Authorization": f"Bearer {self.api_token}"}
 
     def env(self) -> dict[str, str]:
         """Environment every function and helper process gets (`wiring.stack_env`), then `extra_env`."""
@@ -120,7 +158,9 @@ class Stack:
             s3_url=self.urls["s3"], broker_url=self.urls["broker"], gateway_url=self.urls["gateway"],
             mlflow_url=self.urls.get("mlflow"), model_uri=self.model_uri,
             access_key=self.settings.aws_access_key_id, secret_key=self.settings.aws_secret_access_key,
-            webhook_token=cfg.webhook_token or "", reviewer_tokens=cfg.reviewer_tokens or "")
+            webhook_token=cfg.webhook_token or "", reviewer_tokens=cfg.reviewer_tokens or "",
+            admin_token=cfg.admin_token or "",
+            api_tokens=str(local_table(cfg.run_dir)), deid_secret=self.deid_secret)
         env = stack_env(values, run_dir=cfg.run_dir, threads=self.triage_env.threads,
                         pythonpath=self.triage_env.pythonpath)
         return {**env, **cfg.extra_env}
@@ -128,6 +168,7 @@ class Stack:
     def start(self) -> None:
         cfg = self.config
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        self.api_token = issue_local_token(cfg.run_dir)  # `triage tokens add NAME` adds more to the same table
         if cfg.model_uri:  # a typo in a path should not cost a start of S3 and MLflow first
             checked_uri(cfg.model_uri, "--model / MODEL_URI")
         if cfg.challenger_uri:
@@ -135,7 +176,7 @@ class Stack:
         ports = cfg.ports
         check_ports_free([
             ProcessSpec("s3", [], port=ports.s3, port_env=PORT_ENV["s3"]),
-            ProcessSpec("s3-notify", [], port=ports.s3_notify, port_env=PORT_ENV["s3_notify"]),
+            ProcessSpec("relay", [], port=ports.s3_notify, port_env=PORT_ENV["s3_notify"]),
             ProcessSpec("broker", [], port=ports.broker, port_env=PORT_ENV["broker"]),
             ProcessSpec("gateway", [], port=ports.gateway, port_env=PORT_ENV["gateway"]),
             *([ProcessSpec("mlflow", [], port=ports.mlflow, port_env=PORT_ENV["mlflow"])] if cfg.mlflow else []),
@@ -165,13 +206,19 @@ class Stack:
         return [sys.executable, "-m", module, *args]
 
     def _start_s3(self) -> None:
+        """S3 (writes on disk before answering), then the relay that delivers its outbox to minio-source."""
         ports = self.config.ports
+        data_dir = self.config.run_dir / "s3"
+        self.supervisor.start(ProcessSpec(
+            "s3", self._py("triage.stack.s3server", "--port", str(ports.s3), "--data-dir", str(data_dir)),
+            env=self.env(), port=ports.s3, port_env=PORT_ENV["s3"],
+            health_url=f"{self.urls['s3']}{S3_HEALTH_PATH}", ready_timeout_s=60, cwd=PROJECT_ROOT))
         minio_source = self._function_url("minio_source") if "minio_source" in self.config.functions else \
             "http://127.0.0.1:9/"  # no adapter: the relay keeps the notifications until one is there
         self.supervisor.start(ProcessSpec(
-            "s3", self._py("triage.stack.s3server", "--port", str(ports.s3), "--relay-port", str(ports.s3_notify),
-                           "--data-dir", str(self.config.run_dir / "s3"), "--webhook-url", minio_source),
-            env=self.env(), port=ports.s3, port_env=PORT_ENV["s3"],
+            "relay", self._py("triage.stack.relay", "--port", str(ports.s3_notify), "--outbox",
+                              str(outbox_dir(data_dir)), "--webhook-url", minio_source),
+            env=self.env(), port=ports.s3_notify, port_env=PORT_ENV["s3_notify"],
             health_url=f"http://127.0.0.1:{ports.s3_notify}/healthz", ready_timeout_s=60, cwd=PROJECT_ROOT))
 
     def _subscriber_url(self, target: str) -> str:
@@ -205,8 +252,8 @@ class Stack:
 
     @staticmethod
     def function_argv(target: str, port: int | str) -> list[str]:
-        binary = Path(sys.executable).with_name("functions-framework")
-        return [str(binary) if binary.exists() else "functions-framework", "--target", target,
+        """functions-framework's app under its gunicorn, with waits on slow clients bounded (`function_server`)."""
+        return [sys.executable, "-m", "triage.stack.function_server", "--target", target,
                 "--source", str(PROJECT_ROOT / "functions" / target / "main.py"), "--host", "127.0.0.1",
                 "--port", str(port)]
 
@@ -236,6 +283,8 @@ class Stack:
                                             "traffic": {"champion": 100}} for service in routed}
         if "feedback" in cfg.functions:
             routes["feedback"] = {"revisions": {"default": self.function_urls["feedback"]}}
+        if "review" in cfg.functions:  # the radiologist's worklist at /review, as on Knative
+            routes["review"] = {"revisions": {"default": self.function_urls["review"]}}
         path = cfg.run_dir / "gateway.json"
         path.write_text(json.dumps(routes, indent=2))
         # How the gateway starts further revisions (no secrets here: they reach them through its environment).

@@ -57,12 +57,19 @@ def run(args: argparse.Namespace) -> int:
             token_file = stack.config.run_dir / "reviewer-token"
             token_file.write_text(stack.reviewer_token + "\n")
             token_file.chmod(0o600)
+            api_token_file = stack.config.run_dir / "api-token"
+            api_token_file.write_text(f"{stack.api_token}\n")
+            api_token_file.chmod(0o600)
             print("\nxray-triage local stack is up:")
             for name, url in urls.items():
                 if name != "functions":
                     print(f"  {name:<10} {url}")
             print(f"  model      {stack.model_uri}")
             print(f"  reviewer token for /review and /feedback: in {token_file}")
+            print(f"  API token for /predict and /explain (Authorization: Bearer ...): in {api_token_file}; "
+                  "more with `triage tokens add NAME`")
+            admin_token_file = stack.config.run_dir / "gateway-admin-token"
+            print(f"  gateway admin token for /admin/* and triage canary: in {admin_token_file}")
             print("Ctrl-C stops everything.", flush=True)
             if args.json:
                 print(json.dumps(urls), flush=True)

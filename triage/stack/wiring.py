@@ -3,7 +3,7 @@
 The functions' environment contract and event routes are production's; what is local only is added here:
 events for a model function go through the gateway (so its revisions split them, as Knative's do), the
 PingSources tick every `local_every_s` (or the stack's override), the canary steps the gateway
-(CANARY_GATEWAY_URL), and each function runs one gunicorn worker.
+(CANARY_GATEWAY_URL, with its admin token GATEWAY_ADMIN_TOKEN), and each function runs one gunicorn worker.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ class LocalValues:
     secret_key: str
     webhook_token: str
     reviewer_tokens: str
+    api_tokens: str | None = None  # the API token table (a file in the run dir)
+    admin_token: str = ""  # the gateway's admin token (local only: Knative has no such API)
+    deid_secret: str = ""  # the keyed hash of replaced DICOM UIDs (generated per stack run unless DEID_SECRET is set)
 
     def values(self) -> dict[str, str | None]:
         return {
@@ -53,6 +56,8 @@ class LocalValues:
             topology.S3_SECRET_KEY: self.secret_key,
             topology.WEBHOOK_TOKEN: self.webhook_token,
             topology.REVIEWER_TOKENS: self.reviewer_tokens,
+            topology.API_TOKENS: self.api_tokens,
+            topology.DEID_SECRET: self.deid_secret or None,
         }
 
 
@@ -67,6 +72,8 @@ def stack_env(values: LocalValues, *, run_dir: Path, threads: int, pythonpath: s
         "WORKERS": "1",
         "THREADS": str(threads),
     }
+    if values.admin_token:  # the gateway guards /admin with it; the canary function steps the gateway with it
+        env["GATEWAY_ADMIN_TOKEN"] = values.admin_token
     for name in ALL_FUNCTIONS:
         env.update(topology.environment(topology.function(name), values.values()))
     return env

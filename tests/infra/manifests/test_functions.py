@@ -22,7 +22,7 @@ def test_functions_scale_to_zero_with_limits_and_secret_references(objects: list
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == manifests.SECRET_NAME
     # Only the clinician-facing functions are reachable from outside.
     public = {n for n, s in services.items() if "networking.knative.dev/visibility" not in s["metadata"]["labels"]}
-    assert public == {"predict", "explain", "feedback"}
+    assert public == {"predict", "explain", "feedback", "review"}  # review: the radiologist's worklist
     webhook_env = {e["name"] for e in services["minio-source"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "WEBHOOK_TOKEN" in webhook_env
 
@@ -42,3 +42,19 @@ def test_every_function_of_the_topology_is_a_service_with_its_env_contract() -> 
     env = {e["name"]: e.get("value") for e in retrain["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["RETRAIN_BACKEND"] == "kubernetes"
     assert env["TRAINING_IMAGE"] == "ghcr.io/example/xray-triage/training:0.3.1"
+
+
+def test_the_review_worklist_is_a_public_scale_to_zero_service_that_validates(objects: list[dict]) -> None:
+    from tests.infra.kubernetes_schemas import validation_errors
+
+    review = {s["metadata"]["name"]: s for s in knative_services(objects)}["review"]
+    assert validation_errors(review) == []
+    labels = review["metadata"]["labels"]
+    assert "networking.knative.dev/visibility" not in labels and labels["xray-triage/emits-events"] == "true"
+    template = review["spec"]["template"]
+    assert template["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "0"
+    container = template["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["REVIEWER_TOKENS"]["valueFrom"]["secretKeyRef"] == {"name": manifests.SECRET_NAME,
+                                                                   "key": "reviewer_tokens"}
+    assert container["image"].endswith("/review:0.3.1") and container["readinessProbe"]["httpGet"]["path"] == "/healthz"

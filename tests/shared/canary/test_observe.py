@@ -74,7 +74,7 @@ def test_histogram_quantile_interpolates_like_prometheus():
 
 
 def put_labelled(storage, request_id: str, version: str, predicted: str, truth: str) -> None:
-    storage.put_json("inference-results", f"requests/{request_id}.json",
+    storage.put_json("triage-state", f"requests/{request_id}.json",
                      {"request_id": request_id, "label": predicted, "model": {"name": "xray-vit", "version": version}})
     storage.put_json("feedback", f"{request_id}.json",
                      {"request_id": request_id, "label": truth, "reviewer": "dr-a", "time": "2026-11-26T11:00:00Z"})

@@ -20,7 +20,7 @@ def test_no_drift_while_predictions_look_like_the_first_window(storage):
     assert detail["reference"]["histogram_source"] == "first_window"
     assert detail["psi_intensity"] is None  # these events carry no input intensity: not judged, not an error
     assert report["predictions"]["n"] == 40 and report["predictions"]["positive_rate"] == 0.5
-    assert storage.get_json("inference-results", MONITOR_REPORT_KEY) == report
+    assert storage.get_json("triage-state", MONITOR_REPORT_KEY) == report
 
 
 def test_a_shift_of_the_probabilities_is_flagged_as_drift(storage):

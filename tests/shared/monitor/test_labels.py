@@ -30,7 +30,7 @@ def test_labels_are_joined_with_their_predictions_per_model_version(storage):
     assert (by_version["3"]["n"], by_version["3"]["accuracy"], by_version["3"]["sensitivity"]) == (2, 0.5, 1.0)
     assert by_version["3"]["specificity"] == 0.0
     assert (by_version["4"]["n"], by_version["4"]["accuracy"]) == (1, 1.0)
-    assert set(storage.get_json("inference-results", MONITOR_LABELS_KEY)["labels"]) == {"r1", "r2", "r3"}
+    assert set(storage.get_json("triage-state", MONITOR_LABELS_KEY)["labels"]) == {"r1", "r2", "r3"}
 
 
 def test_a_changed_label_replaces_the_old_one_and_missed_events_are_caught_up_on_tick(storage):
@@ -38,7 +38,7 @@ def test_a_changed_label_replaces_the_old_one_and_missed_events_are_caught_up_on
     label(storage, "r2", "normal", "normal")  # no event ever reaches the monitor for these two
     assert live_accuracy(sync_labels(storage, CONFIG, now=NOW).values())["overall"]["accuracy"] == 0.5
 
-    submit_feedback(storage, FeedbackRequest("r1", "pneumonia", "bob", "bob"), NullPublisher())  # corrected
+    submit_feedback(storage, FeedbackRequest("r1", "pneumonia", "ann", "ann"), NullPublisher())  # corrected
     assert record_label(storage, CONFIG, "r1", now=NOW) == "updated"
     labels = sync_labels(storage, CONFIG, now=NOW)
     assert len(labels) == 2 and live_accuracy(labels.values())["overall"]["accuracy"] == 1.0

@@ -16,20 +16,20 @@ from tests.shared.monitor.streams import CONFIG, NOW, prediction, send_predictio
 def test_the_same_prediction_event_twice_counts_once(storage):
     assert send_predictions(storage, [0.9, 0.2]) == ["counted", "counted"]
     assert send_predictions(storage, [0.9]) == ["duplicate"]  # the broker redelivers event 0
-    state = storage.get_json("inference-results", MONITOR_STATE_KEY)
+    state = storage.get_json("triage-state", MONITOR_STATE_KEY)
     assert state["events_counted"] == 2 and sum(state["hours"]["2026-11-26T12"]["3"]["histogram"]) == 2
 
 
 def test_a_corrupt_state_object_is_started_afresh_not_fatal(storage):
-    storage.put_bytes("inference-results", MONITOR_STATE_KEY, b"{not json", "application/json")
+    storage.put_bytes("triage-state", MONITOR_STATE_KEY, b"{not json", "application/json")
     assert send_predictions(storage, [0.9]) == ["counted"]
-    assert storage.get_json("inference-results", MONITOR_STATE_KEY)["events_counted"] == 1
+    assert storage.get_json("triage-state", MONITOR_STATE_KEY)["events_counted"] == 1
 
 
 def test_predictions_older_than_the_window_are_not_counted(storage):
     old = prediction(1, 0.4, when=NOW - timedelta(days=8))
     assert record_prediction(storage, CONFIG, "old-event", old, now=NOW) == "too_old"
-    assert not storage.exists("inference-results", MONITOR_STATE_KEY)
+    assert not storage.exists("triage-state", MONITOR_STATE_KEY)
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def test_a_malformed_prediction_is_refused_naming_the_field_and_nothing_is_writt
     data = {**prediction(1, 0.7), field: value}
     with pytest.raises(BadEvent, match=f"'{field}'"):
         record_prediction(storage, CONFIG, "e1", data, now=NOW)
-    assert not storage.exists("inference-results", MONITOR_STATE_KEY)
+    assert not storage.exists("triage-state", MONITOR_STATE_KEY)
 
 
 def test_concurrent_events_are_all_counted(storage):
@@ -53,7 +53,7 @@ def test_concurrent_events_are_all_counted(storage):
     for thread in threads:
         thread.join()
     assert outcomes == ["counted"] * 4
-    assert storage.get_json("inference-results", MONITOR_STATE_KEY)["events_counted"] == 4
+    assert storage.get_json("triage-state", MONITOR_STATE_KEY)["events_counted"] == 4
 
 
 def test_an_intensity_outside_the_unit_range_is_a_bad_event(storage):
@@ -62,4 +62,4 @@ def test_an_intensity_outside_the_unit_range_is_a_bad_event(storage):
         data = {**event.get_data(), "input": {"mean_intensity": bad}}
         with pytest.raises(BadEvent, match="mean_intensity"):
             record_prediction(storage, CONFIG, event["id"], data, now=NOW)
-    assert storage.get_json_versioned("inference-results", MONITOR_STATE_KEY)[0] is None
+    assert storage.get_json_versioned("triage-state", MONITOR_STATE_KEY)[0] is None

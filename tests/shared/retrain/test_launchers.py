@@ -55,7 +55,7 @@ def test_kubernetes_backend_creates_a_valid_training_job(tmp_path):
     assert container["command"] == ["triage", "train", "--data", "s3://processed/"]
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env["RETRAIN_BATCH_ID"] == batch.id and env["S3_ENDPOINT_URL"] == "http://minio:9000"
-    assert env["RETRAIN_BATCH_URI"] == f"s3://feedback/_state/batches/{batch.id}.json"
+    assert env["RETRAIN_BATCH_URI"] == f"s3://triage-state/retrain/batches/{batch.id}.json"
 
 
 def test_kubernetes_backend_treats_an_existing_job_as_launched_and_other_errors_as_failures(tmp_path):

@@ -55,7 +55,7 @@ def test_launches_once_when_the_threshold_is_passed_and_never_twice_for_the_same
     command, env = runner.calls[0]
     assert command[1:] == ["-m", "triage.cli", "train", "--data", "d"]  # `triage` runs as a module of this Python
     assert env["RETRAIN_BATCH_ID"] == decision.batch_id
-    batch = storage.get_json("feedback", f"_state/batches/{decision.batch_id}.json")
+    batch = storage.get_json("triage-state", f"retrain/batches/{decision.batch_id}.json")
     assert batch["items"] == ["feedback/r1.json", "feedback/r2.json", "feedback/r3.json"]
 
     add_labels(storage, "r4", "r5")  # two new labels: below the threshold again
@@ -71,7 +71,7 @@ def test_new_raw_data_objects_count_and_a_just_announced_label_counts_before_it_
     storage.put_bytes("raw-data", "sets/new.npz", b"npz")
     decision = maybe_launch(storage, config, launcher, new_item="feedback/in-flight.json")
     assert decision.status == "launched"
-    assert storage.get_json("feedback", f"_state/batches/{decision.batch_id}.json")["items"] == [
+    assert storage.get_json("triage-state", f"retrain/batches/{decision.batch_id}.json")["items"] == [
         "feedback/in-flight.json",
         "raw-data/sets/new.npz",
     ]
@@ -125,10 +125,10 @@ def test_a_reservation_left_by_a_killed_process_is_taken_over_only_when_stale(st
     with pytest.raises(LaunchError):
         maybe_launch(storage, config, LocalLauncher(config, runner=crash), clock=lambda: 1000.0)
     # A failure we saw is released at once; a silent death leaves "launching" behind:
-    state = storage.get_json("feedback", "_state/retrain.json")
+    state = storage.get_json("triage-state", "retrain/state.json")
     [batch_id] = state["batches"]
     state["batches"][batch_id]["status"] = "launching"
-    storage.put_json("feedback", "_state/retrain.json", state)
+    storage.put_json("triage-state", "retrain/state.json", state)
 
     held = maybe_launch(storage, config, launcher, clock=lambda: 1030.0)
     assert (held.status, held.pending, runner.calls) == ("waiting", 0, [])  # its labels are still reserved

@@ -1,0 +1,135 @@
+"""A function's local process (`triage.stack.function_server`): functions-framework under gunicorn whose threads no
+slow client can hold — 50 connections sending their headers a byte at a time do not stall a normal request."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from shared.config import PROJECT_ROOT
+from triage.stack import function_server
+from triage.stack.function_server import _BoundedSocket
+from triage.stack.processes import unused_port_block
+from triage.stack.stack import Stack
+
+HELLO = """
+import functions_framework
+
+@functions_framework.http
+def hello(request):
+    return {"ok": True, "bytes": len(request.get_data())}
+"""
+
+
+@pytest.fixture
+def function_port(tmp_path):
+    source = tmp_path / "main.py"
+    source.write_text(HELLO)
+    port = unused_port_block(1)[0]
+    argv = Stack.function_argv("hello", port)  # how the stack starts every function
+    argv[argv.index("--source") + 1] = str(source)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "THREADS": "2", "WORKERS": "1"}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_the_stack_starts_functions_under_the_bounded_server():
+    argv = Stack.function_argv("predict", 8101)
+    assert argv[:3] == [sys.executable, "-m", "triage.stack.function_server"]
+    assert argv[argv.index("--source") + 1].endswith("functions/predict/main.py")
+
+
+def test_slow_header_connections_do_not_stall_a_normal_request(function_port):
+    port, _ = function_port
+    slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    stop = threading.Event()
+
+    def drip() -> None:  # each sends a header byte now and then, and never ends its head
+        for sock in slow:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        while not stop.wait(0.3):
+            for sock in slow:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X")
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    try:
+        time.sleep(1.5)  # every slow connection has reached the server and is mid-head
+        for _ in range(3):
+            started = time.monotonic()
+            response = httpx.post(f"http://127.0.0.1:{port}/", content=b"abc", timeout=20)
+            assert response.status_code == 200 and response.json() == {"ok": True, "bytes": 3}
+            assert time.monotonic() - started < 5.0  # unbounded before: it waited for the slow clients' threads
+    finally:
+        stop.set()
+        dripper.join(timeout=5)
+        for sock in slow:
+            sock.close()
+
+
+def test_refusals_of_the_function_server_are_json(function_port):
+    port, _ = function_port
+    for raw, status in [(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+                        (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400)]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status}".encode()) and b"application/json" in head, answer[:200]
+        assert json.loads(body)["error"]["message"]
+
+
+def test_a_head_is_gathered_without_waiting_and_expires(monkeypatch):
+    monkeypatch.setattr(function_server, "HEAD_TIMEOUT_S", 0.2)
+    server_side, client_side = socket.socketpair()
+    try:
+        bounded = _BoundedSocket(server_side)
+        assert bounded.gather_head() == "wait"  # nothing yet: back to the poller, no thread waits
+        client_side.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        assert bounded.gather_head() == "wait"  # half a head
+        client_side.sendall(b"\r\n")
+        assert bounded.gather_head() == "ready"
+        bounded.head_read()
+        assert bounded.recv(7) == b"GET / H"  # the parser gets the gathered bytes first
+
+        slow = _BoundedSocket(server_side)
+        client_side.sendall(b"GET / HTTP/1.1\r\n")
+        assert slow.gather_head() == "wait"
+        time.sleep(0.3)
+        client_side.sendall(b"X")
+        assert slow.gather_head() == "expired"  # a head still not whole HEAD_TIMEOUT_S after its first byte
+    finally:
+        server_side.close()
+        client_side.close()
+
+
+def test_a_head_past_its_time_is_answered_408_in_json():
+    answer = function_server._timeout_answer()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"Content-Type: application/json" in head
+    assert b'"request_timeout"' in body and f"Content-Length: {len(body)}".encode() in head

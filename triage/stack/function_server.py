@@ -1,0 +1,152 @@
+"""How each function runs in the local stack: functions-framework's app under its gunicorn, with bounded waits.
+
+`python -m triage.stack.function_server --target predict --source functions/predict/main.py --port 8101` is
+`functions-framework` with the same options, served by the same gunicorn gthread worker, plus what that worker
+lacks against slow clients: it parses a request head on a pool thread, so 50 connections that send their
+headers a byte at a time hold every thread and stall the function (measured: 29 s). `BoundedThreadWorker`
+gathers each request head without a thread (a partial head goes back to the poller until more arrives), closes
+a head that is not whole within `HEAD_TIMEOUT_S` of its first byte (with a JSON 408), bounds every read of a
+body by `IDLE_TIMEOUT_S` of silence, and answers gunicorn's own refusals (400, 431, 501) in the design's JSON
+instead of HTML. Request lines and header fields are limited as in gunicorn's defaults (functions-framework
+turns the line limit off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import socket
+import time
+from typing import Any
+
+from gunicorn import util
+from gunicorn.workers import gthread
+
+from triage.stack.httpd import ERROR_CODES, error_answer
+
+__all__ = ["GUNICORN_OPTIONS", "HEAD_TIMEOUT_S", "IDLE_TIMEOUT_S", "BoundedThreadWorker", "main"]
+
+HEAD_TIMEOUT_S = 10.0  # the whole request head, from its first byte
+IDLE_TIMEOUT_S = 30.0  # the longest silence while a body is read
+MAX_HEAD_BYTES = 64 * 1024  # past this the parser takes over (and answers its limits)
+GUNICORN_OPTIONS: dict[str, Any] = {
+    "worker_class": "triage.stack.function_server.BoundedThreadWorker",
+    "keepalive": 5,  # seconds an idle kept-alive (or headless) connection is kept
+    "limit_request_line": 8190,
+    "limit_request_fields": 100,
+    "limit_request_field_size": 8190,
+}
+_READY, _WAIT, _EXPIRED = "ready", "wait", "expired"
+
+
+def _timeout_answer() -> bytes:
+    return error_answer(408, "request_timeout", f"the request head did not arrive within {HEAD_TIMEOUT_S:g} s")
+
+
+def _write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """gunicorn's `util.write_error`, in the design's JSON (its own writes an HTML page)."""
+    code = {500: "internal", 403: "forbidden", 417: "expectation_failed"}.get(status) or ERROR_CODES.get(
+        status, "bad_request")
+    util.write_nonblock(sock, error_answer(status, code, message or reason))
+
+
+class _BoundedSocket:
+    """A client socket that first hands gunicorn's parser the head gathered without blocking, then reads the
+    body with a timeout; everything else is the socket's own."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.reading_head = True
+        self.head = bytearray()
+        self.head_deadline: float | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def gather_head(self) -> str:
+        """Take what has arrived, without waiting: ready once the head is whole, over the limit or the peer closed."""
+        self._sock.setblocking(False)
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                return _READY  # the parser meets the same error and closes quietly
+            if not data:
+                return _READY
+            if self.head_deadline is None:
+                self.head_deadline = time.monotonic() + HEAD_TIMEOUT_S
+            self.head += data
+            if b"\r\n\r\n" in self.head or b"\n\n" in self.head or len(self.head) > MAX_HEAD_BYTES:
+                return _READY
+        if self.head_deadline is not None and time.monotonic() > self.head_deadline:
+            return _EXPIRED
+        return _WAIT
+
+    def head_read(self) -> None:
+        self.reading_head, self.head_deadline = False, None
+
+    def next_request(self) -> None:
+        self.reading_head = True
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        if self.head:
+            data, self.head = bytes(self.head[:size]), self.head[size:]
+            return data
+        self._sock.settimeout(IDLE_TIMEOUT_S)  # a read that times out fails the request, the thread goes free
+        return self._sock.recv(size, *flags)
+
+
+class BoundedThreadWorker(gthread.ThreadWorker):
+    """gunicorn's gthread worker whose pool threads never wait for a request head (see the module docstring)."""
+
+    def init_process(self) -> None:
+        util.write_error = _write_json_error  # this worker process's refusals (handle_error) in JSON
+        super().init_process()
+
+    def enqueue_req(self, conn: gthread.TConn) -> None:
+        if not isinstance(conn.sock, _BoundedSocket):
+            conn.sock = _BoundedSocket(conn.sock)
+        super().enqueue_req(conn)
+
+    def handle(self, conn: gthread.TConn) -> Any:
+        sock: _BoundedSocket = conn.sock
+        pipelined = conn.parser is not None and conn.parser.unreader.buf.getbuffer().nbytes
+        if sock.reading_head and not pipelined:
+            state = sock.gather_head()
+            if state == _WAIT:
+                return gthread._DEFER  # back to the poller until more arrives; gunicorn drops it after `keepalive`
+            if state == _EXPIRED:
+                with contextlib.suppress(OSError):
+                    sock.sendall(_timeout_answer())
+                return False
+            conn.data_ready = True  # the head is here: no further wait before parsing it
+        sock.head_read()
+        return super().handle(conn)
+
+    def handle_request(self, req: Any, conn: gthread.TConn) -> Any:
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            conn.sock.next_request()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m triage.stack.function_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--target", required=True, help="the function's name in its source file")
+    parser.add_argument("--source", required=True, help="the function's main.py")
+    parser.add_argument("--signature-type", default="http", choices=("http", "event", "cloudevent"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    from functions_framework import create_app
+    from functions_framework._http import create_server  # what the functions-framework command runs
+
+    app = create_app(args.target, args.source, args.signature_type)
+    create_server(app, False, **GUNICORN_OPTIONS).run(args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
