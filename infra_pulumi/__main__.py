@@ -6,9 +6,11 @@ import pulumi
 
 from infra_pulumi.cluster import Cluster, ClusterArgs
 from infra_pulumi.config import InfraConfig, StackSecrets, from_pulumi
+from infra_pulumi.dicom_receiver import DicomReceiver
 from infra_pulumi.functions import Functions
 from infra_pulumi.kubernetes_objects import KubernetesObjectsArgs
 from infra_pulumi.manifests import DATA_NODE_LABEL, ManifestSettings
+from infra_pulumi.manifests.dicom_receiver import DICOM_PORT
 from infra_pulumi.monitoring import Monitoring
 from infra_pulumi.network import Network, NetworkArgs
 from infra_pulumi.object_store import ObjectStore
@@ -57,6 +59,8 @@ def compose(cfg: InfraConfig, secrets: StackSecrets) -> dict[str, pulumi.Output]
         "functions", on_platform(*platform.ready, object_store.objects, registry.objects, monitoring.objects)
     )
 
+    DicomReceiver("dicom-receiver", on_platform(*platform.ready, object_store.objects))
+
     def at(port: int) -> pulumi.Output[str]:
         return fip.apply(lambda ip: f"http://{ip}:{port}")
 
@@ -68,6 +72,7 @@ def compose(cfg: InfraConfig, secrets: StackSecrets) -> dict[str, pulumi.Output]
         "mlflow_url": at(8000),
         "grafana_url": at(3000),
         "prometheus_url": at(9090),
+        "dicom_receiver": fip.apply(lambda ip: f"{cfg.dicom_ae_title}@{ip}:{DICOM_PORT}"),
         "kubeconfig": pulumi.Output.secret(cluster.kubeconfig),
     }
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import UserError
+from shared.names import AE_TITLE
 
 PROJECT = "xray-triage"
 
@@ -92,6 +93,12 @@ class InfraConfig:
     model_uri: str = "models:/xray-vit@champion"
     max_scale: int = 5
     target_concurrency: int = 4
+    # The DICOM receiver: its AE title and the modalities' calling AE titles it accepts (empty: any); its port is
+    # open only to cidrs["dicom"] (`dicom_cidrs`, the hospital's networks; none by default: closed).
+    dicom_ae_title: str = "XRAYTRIAGE"
+    dicom_allowed_aes: tuple[str, ...] = ()
+    # Where export returns the SR and the heatmap: the hospital PACS's DICOMweb base (unset: export skips, counted).
+    pacs_stow_url: str = ""
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -153,6 +160,15 @@ def _cidrs(key: str, values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(str(n) for n in networks)
 
 
+def _ae_titles(key: str, values: tuple[str, ...]) -> tuple[str, ...]:
+    """DICOM AE titles: 1 to 16 printable ASCII characters, no backslash (PS3.5), spaces trimmed."""
+    titles = tuple(value.strip() for value in values)
+    for title in titles:
+        if not AE_TITLE.fullmatch(title):
+            raise _error(key, f"{title!r} is not an AE title (1 to 16 printable ASCII characters, no backslash)")
+    return titles
+
+
 def load_config(get: Getter, stack: str, has_secret: Callable[[str], bool]) -> InfraConfig:
     """Validate every key; raise `InfraConfigError` naming the first bad key. Creates nothing."""
     for key in REQUIRED_KEYS:
@@ -186,6 +202,12 @@ def load_config(get: Getter, stack: str, has_secret: Callable[[str], bool]) -> I
         key = f"{service}_cidrs"
         default = public if service in PUBLIC_SERVICES else admin
         cidrs[service] = _cidrs(key, _list(get, key, default) or ())
+    cidrs["dicom"] = _cidrs("dicom_cidrs", _list(get, "dicom_cidrs", ()) or ())  # never a default: hospitals only
+    dicom_ae_title, *_ = _ae_titles("dicom_ae_title", (get("dicom_ae_title") or "XRAYTRIAGE",))
+    dicom_allowed_aes = _ae_titles("dicom_allowed_aes", _list(get, "dicom_allowed_aes", ()) or ())
+    pacs_stow_url = (get("pacs_stow_url") or "").strip()
+    if pacs_stow_url and not re.match(r"^https?://[^\s/]+(/\S*)?$", pacs_stow_url):
+        raise _error("pacs_stow_url", f"{pacs_stow_url!r} is not an http(s) URL (the PACS's DICOMweb base)")
 
     versions = dict(DEFAULT_VERSIONS)
     for key in DEFAULT_VERSIONS:
@@ -245,6 +267,9 @@ def load_config(get: Getter, stack: str, has_secret: Callable[[str], bool]) -> I
         model_uri=get("model_uri") or "models:/xray-vit@champion",
         max_scale=_int(get, "max_scale", 5, minimum=1),
         target_concurrency=_int(get, "target_concurrency", 4, minimum=1),
+        dicom_ae_title=dicom_ae_title,
+        dicom_allowed_aes=dicom_allowed_aes,
+        pacs_stow_url=pacs_stow_url,
     )
 
 

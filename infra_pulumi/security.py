@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_openstack as openstack
 
+from infra_pulumi.manifests.dicom_receiver import DICOM_PORT
+
 
 @dataclass(frozen=True)
 class ServicePorts:
@@ -27,6 +29,8 @@ SERVICE_PORTS: tuple[ServicePorts, ...] = (
     ServicePorts("mlflow", (8000,), "MLflow tracking server and registry"),
     ServicePorts("prometheus", (9090,), "Prometheus"),
     ServicePorts("grafana", (3000,), "Grafana"),
+    # Open only to dicom_cidrs (the hospital's networks), never by default.
+    ServicePorts("dicom", (DICOM_PORT,), "DICOM receiver (C-STORE) for the hospital's modalities and PACS"),
 )
 
 

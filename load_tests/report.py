@@ -11,7 +11,7 @@ from load_tests.bench import TARGETS
 from load_tests.loadtest import LoadResult
 from load_tests.memory import MEMORY_LIMIT_MB
 
-__all__ = ["markdown", "memory_lines", "plot_latency", "targets"]
+__all__ = ["burst_lines", "cold_floor", "markdown", "memory_lines", "plot_latency", "targets"]
 
 
 def targets(report: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
@@ -24,6 +24,8 @@ def targets(report: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
         "warm_p99_ms_c1 (gateway)": (TARGETS["warm_p99_ms_c1"], warm["gateway_c1"]["p99_ms"]),
         "cold_start_s": (TARGETS["cold_start_s"], report["cold_start"]["median_s"]),
         "upload_to_result_p95_s": (TARGETS["upload_to_result_p95_s"], report["upload_to_result"]["p95_s"]),
+        **({"burst_flag_p95_s": (TARGETS["burst_flag_p95_s"], report["upload_burst"]["flag_p95_s"])}
+           if "upload_burst" in report else {}),
         **({"peak_rss_mb (any request, 7000x7000)": (MEMORY_LIMIT_MB, report["memory"]["max_peak_mb"])}
            if "memory" in report else {}),
     }
@@ -42,6 +44,24 @@ def memory_lines(memory: dict[str, Any] | None) -> list[str]:
         else:
             lines.append(f"| {row['request']} | {row['kind']} | failed: {row['error']} | | |")
     return [*lines, "", f"within the limit: {'yes' if memory['within_limit'] else 'no'}", ""]
+
+
+def cold_floor(cold: dict[str, Any]) -> str:
+    """The floor beside the cold start: a bare process importing onnxruntime and opening the model."""
+    floor = cold.get("floor")
+    if not floor:
+        return ""
+    return (f"; its floor (a bare Python importing onnxruntime, opening the model, one run): median "
+            f"{floor['median_s']} s, so the function adds {round(cold['median_s'] - floor['median_s'], 3)} s")
+
+
+def burst_lines(burst: dict[str, Any] | None) -> list[str]:
+    """The burst's flag (result with label and urgency) and heatmap times."""
+    if not burst:
+        return []
+    return [f"- burst of {burst['n']} uploads at once: the flag (label, probability, urgent) p50 "
+            f"{burst['flag_p50_s']} s, p95 {burst['flag_p95_s']} s, max {burst['flag_max_s']} s; the heatmap p95 "
+            f"{burst['heatmap_p95_s']} s ({burst['heatmaps']} of {burst['n']} within the run)"]
 
 
 def plot_latency(results: dict[str, LoadResult], path: Path) -> None:
@@ -86,10 +106,10 @@ def markdown(report: dict[str, Any]) -> str:
               "", "## Cold start and upload to result", "",
               f"- cold start (process start → first successful prediction): median "
               f"{report['cold_start']['median_s']} s over {len(report['cold_start']['samples_s'])} "
-              f"({report['cold_start']['samples_s']})",
+              f"({report['cold_start']['samples_s']})" + cold_floor(report["cold_start"]),
               f"- upload to result through the bucket: p50 {report['upload_to_result']['p50_s']} s, p95 "
               f"{report['upload_to_result']['p95_s']} s, max {report['upload_to_result']['max_s']} s "
-              f"(n {report['upload_to_result']['n']})", "",
+              f"(n {report['upload_to_result']['n']})", *burst_lines(report.get("upload_burst")), "",
               "## Explanation faithfulness (deletion ↓ / insertion ↑ AUC, predicted-class probability)", "",
               "| map | deletion AUC | insertion AUC |", "| --- | --- | --- |"]
     for name in ("rollout", "occlusion", "random"):

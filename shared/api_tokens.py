@@ -30,7 +30,7 @@ __all__ = [
     "token_hash",
 ]
 
-API_FUNCTIONS = ("predict", "explain")  # what a token may be allowed to call (the OIP / OpenAPI routes go with them)
+API_FUNCTIONS = ("predict", "explain", "dicomweb")  # what a token may call (OIP / OpenAPI routes go with them)
 TOKEN_PREFIX = "xrt_"  # makes a leaked token recognisable (secret scanners, log review)
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import UserError
-from shared.names import API_TOKENS_KEY, BUCKETS, STATE_BUCKET
+from shared.names import AE_TITLE, API_TOKENS_KEY, BUCKETS, STATE_BUCKET
 
 __all__ = [
     "BUCKETS",
@@ -27,6 +27,8 @@ __all__ = [
     "CanaryPolicy",
     "CanarySettings",
     "ConfigError",
+    "EXPORT_METHODS",
+    "ExportSettings",
     "MonitorConfig",
     "RetrainConfig",
     "Settings",
@@ -93,6 +95,22 @@ def _positive(env: Mapping[str, str], name: str, default: float, unit: str, *, w
     return value
 
 
+def _ae_title(name: str, raw: str) -> str:
+    """A DICOM AE title (PS3.5: 1 to 16 characters of the default repertoire, no backslash), spaces trimmed."""
+    title = raw.strip()
+    if not AE_TITLE.fullmatch(title):
+        raise ConfigError(f"environment variable {name}: {raw!r} is not an AE title (1 to 16 printable ASCII "
+                          "characters, no backslash)")
+    return title
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _whole(env, name, default)
+    if not 0 < value < 65536:
+        raise ConfigError(f"environment variable {name}={env.get(name)!r} is not a port number")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every environment variable the functions read, in one place."""
@@ -140,6 +158,13 @@ class Settings:
     retrain_batch_uri: str | None = None  # s3://triage-state/retrain/batches/<id>.json: the labels to train on
     # Revision label this process serves (the gateway / Knative route splits traffic between revisions).
     revision: str = "champion"
+    # The DICOM receiver (C-STORE SCP, shared.pacs.receiver): its AE title and port, the calling AE titles it
+    # accepts (DICOM_ALLOWED_AES, comma-separated; empty: any), concurrent associations, the PDU size it offers.
+    dicom_ae_title: str = "XRAYTRIAGE"
+    dicom_port: int = 11112
+    dicom_allowed_aes: tuple[str, ...] = ()
+    dicom_max_associations: int = 10
+    dicom_max_pdu_bytes: int = 262_144
     # Kubernetes API (canary, retrain): a kubeconfig file, else the in-cluster service account's host and port.
     kubeconfig: str | None = None
     kubernetes_service_host: str | None = None
@@ -179,6 +204,12 @@ class Settings:
             retrain_batch_id=env.get("RETRAIN_BATCH_ID") or None,
             retrain_batch_uri=env.get("RETRAIN_BATCH_URI") or None,
             revision=env.get("REVISION", "champion"),
+            dicom_ae_title=_ae_title("DICOM_AE_TITLE", env.get("DICOM_AE_TITLE") or "XRAYTRIAGE"),
+            dicom_port=_port(env, "DICOM_PORT", 11112),
+            dicom_allowed_aes=tuple(_ae_title("DICOM_ALLOWED_AES", title)
+                                    for title in (env.get("DICOM_ALLOWED_AES") or "").split(",") if title.strip()),
+            dicom_max_associations=int(_positive(env, "DICOM_MAX_ASSOCIATIONS", 10, "whole number", whole=True)),
+            dicom_max_pdu_bytes=int(_positive(env, "DICOM_MAX_PDU_BYTES", 262_144, "whole number", whole=True)),
             kubeconfig=kubeconfig.split(os.pathsep)[0] if kubeconfig else None,
             kubernetes_service_host=env.get("KUBERNETES_SERVICE_HOST") or None,
             kubernetes_service_port=env.get("KUBERNETES_SERVICE_PORT") or "443",
@@ -374,4 +405,51 @@ class RetrainConfig:
             github_api=env.get("GITHUB_API_URL") or cls.github_api,
             stale_after_s=_real(env, "RETRAIN_STALE_AFTER_S", cls.stale_after_s, "number of seconds"),
             job_env={name: value for name, value in job_env.items() if value},
+        )
+
+
+# --- export (results back to the PACS) ----------------------------------------------------------------------------
+EXPORT_METHODS = ("stow", "cstore")  # EXPORT_METHOD: DICOMweb STOW-RS (the default) or a DIMSE C-STORE
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """Where and how the export function sends the SR and the Secondary Capture (read once, `from_env`)."""
+
+    method: str = "stow"
+    stow_url: str | None = None  # PACS_STOW_URL: the DICOMweb base (Orthanc: http://host:8042/dicom-web)
+    pacs_host: str | None = None  # PACS_HOST / PACS_PORT / PACS_AE_TITLE: the C-STORE SCP
+    pacs_port: int = 4242
+    pacs_ae_title: str = "ORTHANC"
+    calling_ae_title: str = "XRAYTRIAGE"  # EXPORT_AE_TITLE: our AE title as the SCU
+    timeout_s: float = 10.0  # EXPORT_TIMEOUT_S: connect / response timeout of one attempt
+    attempts: int = 2  # EXPORT_ATTEMPTS: tries within one delivery before answering 5xx (the broker retries too)
+    backoff_s: float = 0.5  # EXPORT_BACKOFF_S: wait before the second try, doubled each further one
+
+    def __post_init__(self) -> None:
+        if self.method not in EXPORT_METHODS:
+            raise ConfigError(f"EXPORT_METHOD={self.method!r} is not one of {', '.join(EXPORT_METHODS)}")
+        if not 0 < self.pacs_port < 65536:
+            raise ConfigError(f"environment variable PACS_PORT={self.pacs_port} is not a port number")
+        if self.attempts < 1 or self.timeout_s <= 0 or self.backoff_s < 0:
+            raise ConfigError("EXPORT_ATTEMPTS must be at least 1, EXPORT_TIMEOUT_S positive, EXPORT_BACKOFF_S >= 0")
+
+    @property
+    def configured(self) -> bool:
+        """A destination is set for the chosen method (else every export is a 503: the operator's to fix)."""
+        return bool(self.stow_url if self.method == "stow" else self.pacs_host)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ExportSettings:
+        env = os.environ if env is None else env
+        return cls(
+            method=_choice(env, "EXPORT_METHOD", EXPORT_METHODS),
+            stow_url=env.get("PACS_STOW_URL") or None,
+            pacs_host=env.get("PACS_HOST") or None,
+            pacs_port=_whole(env, "PACS_PORT", cls.pacs_port),
+            pacs_ae_title=env.get("PACS_AE_TITLE") or cls.pacs_ae_title,
+            calling_ae_title=env.get("EXPORT_AE_TITLE") or cls.calling_ae_title,
+            timeout_s=_positive(env, "EXPORT_TIMEOUT_S", cls.timeout_s, "number of seconds"),
+            attempts=_whole(env, "EXPORT_ATTEMPTS", cls.attempts),
+            backoff_s=_real(env, "EXPORT_BACKOFF_S", cls.backoff_s, "number of seconds"),
         )

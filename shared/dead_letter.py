@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from cloudevents.http import CloudEvent
 
+from shared import metrics
 from shared.names import DEAD_LETTER_BUCKET
 from shared.storage import Storage
 from shared.timestamps import utc_iso
@@ -63,7 +64,9 @@ def dead_letter_record(event: CloudEvent, *, error: str | None = None, subscribe
 
 
 def store_dead_letter(storage: Storage, record: dict[str, Any]) -> str:
-    """Write `record` to `dead-letter/<subscriber>/<event id>.json` (a redelivery overwrites the same key)."""
+    """Write `record` to `dead-letter/<subscriber>/<event id>.json` (a redelivery overwrites the same key) and
+    count it in `triage_dead_letters_total` (a redelivery to the sink counts again: the alert asks "any?")."""
     key = f"{_UNSAFE.sub('-', record['subscriber'])}/{_UNSAFE.sub('-', str(record['event']['id']))}.json"
     storage.put_json(DEAD_LETTER_BUCKET, key, record)
+    metrics.DEAD_LETTERS.labels(subscriber=record["subscriber"]).inc()
     return key

@@ -3,8 +3,9 @@
 A label is accepted only for a request the system answered. Every prediction is indexed under
 `triage-state/requests/<request_id>.json` (`record_request`; `names.STATE_BUCKET`, `names.request_record_key`):
 ingest writes it for every upload, and predict / explain for synchronous requests (`RequestRecorder`, off the
-request path) so that those can get feedback too. Request ids are the service's own (generated, or derived from
-bucket/key/etag by ingest); a caller's `X-Request-Id` is kept only as the record's `correlation_id`.
+request path, with back-pressure rather than drops: `shared.request_records`) so that those can get feedback too.
+Request ids are the service's own (generated, or derived from bucket/key/etag by ingest); a caller's
+`X-Request-Id` is kept only as the record's `correlation_id`.
 
 Resending the same label is a no-op (200, no event); a different label by the same reviewer replaces the stored
 one and emits a new event; a different label by another reviewer is kept beside it as a second opinion
@@ -16,10 +17,8 @@ failure never loses the label and a resend after it publishes the same event (sa
 from __future__ import annotations
 
 import logging
-import queue
 import re
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +27,7 @@ from shared.errors import InvalidField, NotFound
 from shared.events import Publisher, feedback_received_event
 from shared.names import CLASS_NAMES, FEEDBACK_BUCKET, REQUEST_ID, STATE_BUCKET, feedback_key, request_record_key
 from shared.payloads import parse_json_object
+from shared.request_records import RequestRecorder, record_request  # the writer lives there (no S3 import)
 from shared.security import check_bearer
 from shared.storage import Storage
 from shared.timestamps import utc_iso
@@ -47,72 +47,6 @@ LABELS = CLASS_NAMES
 log = logging.getLogger(__name__)
 _REVIEWER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 MAX_BODY_BYTES = 16 * 1024  # the feedback function reads at most this (shared.security.read_body)
-
-
-def record_request(
-    storage: Storage, prediction: Mapping[str, Any], *, source: str, result_uri: str | None = None
-) -> None:
-    """Index an answered request (`prediction` = Prediction.to_json(), plus anything else) for feedback."""
-    request_id = str(prediction["request_id"])
-    if not REQUEST_ID.match(request_id):
-        raise ValueError(f"request_id {request_id!r} is not a safe key")
-    record = {
-        "request_id": request_id,
-        "correlation_id": prediction.get("correlation_id"),
-        "source": source,
-        "label": prediction.get("label"),
-        "probability": prediction.get("probability"),
-        "urgent": prediction.get("urgent"),
-        "model": prediction.get("model"),
-        "result": result_uri,
-        "time": utc_iso(),
-    }
-    storage.put_json(STATE_BUCKET, request_record_key(request_id), record)
-
-
-class RequestRecorder:
-    """`record_request` on a background thread, so a synchronous predict does not wait for S3.
-
-    The queue is bounded: when S3 is slow and it fills up, a record is dropped with a warning rather than
-    holding the prediction back (that request then cannot get feedback). `flush()` waits for pending writes.
-    """
-
-    def __init__(self, storage: Storage | Callable[[], Storage], *, source: str, max_pending: int = 1000) -> None:
-        # A factory defers the S3 client (botocore takes ~0.2 s to build one) to the writer thread, off cold start.
-        self._storage = storage
-        self.source = source
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_pending)
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def record(self, prediction: Mapping[str, Any]) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():  # started lazily: after a fork, too
-                self._thread = threading.Thread(target=self._run, name="request-recorder", daemon=True)
-                self._thread.start()
-        try:
-            self._queue.put_nowait(dict(prediction))
-        except queue.Full:
-            log.warning("request index queue full; request %s will not accept feedback", prediction.get("request_id"))
-
-    @property
-    def storage(self) -> Storage:
-        if not isinstance(self._storage, Storage):
-            self._storage = self._storage()
-        return self._storage
-
-    def flush(self) -> None:
-        self._queue.join()
-
-    def _run(self) -> None:
-        while True:
-            prediction = self._queue.get()
-            try:
-                record_request(self.storage, prediction, source=self.source)
-            except Exception as exc:  # a lost index record must not kill the writer thread
-                log.warning("cannot index request %s: %s", prediction.get("request_id"), type(exc).__name__)
-            finally:
-                self._queue.task_done()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from shared.config import Settings
 from shared.errors import ImageError, InvalidField, PayloadTooLarge, TriageError, UnsupportedMediaType, UserError
 from shared.names import IMAGE_CONTENT_TYPES, REQUEST_ID
 from shared.payloads import parse_json
+from shared.route_templates import route_of
 from shared.security import IPNetwork, fetch_url, read_body
 
 __all__ = [
@@ -165,7 +166,7 @@ def serve(
 ) -> flask.Response:
     """Route "METHOD /path" to a handler (plus GET /healthz and GET /metrics), time it, and map errors to JSON."""
     start = time.perf_counter()
-    path = request.path.rstrip("/") or "/"
+    path = route_of(request.path.rstrip("/") or "/", [key.split(" ", 1)[1] for key in handlers])  # a template
     routes: dict[str, Callable[[], flask.Response]] = {
         "GET /healthz": lambda: _healthz(model),
         "GET /metrics": _metrics,

@@ -6,10 +6,15 @@ Per object version (bucket/key/etag), in this order:
 2. read the bytes of exactly that version (If-Match on the etag; a newer version → `stale`, its own event
    will come; the object gone → an error result);
 3. de-identify DICOM before anything derived from it exists;
-4. predict + occlusion-sensitivity heatmap;
-5. write the heatmap PNG, the request index, publish `triage.prediction.created` (when a publisher is given),
-   and the result JSON last: the result is the commit mark, so a crash anywhere before it leaves no result and
-   the redelivered event redoes the work (same request id, same keys, same event id).
+4. predict, then at once (the flag before the picture) the request index and the result JSON with the label,
+   probability and urgency and `heatmap: {"status": "pending", "method"}`: the worklist shows the case and its
+   urgency while the heatmap is still being computed;
+5. the occlusion-sensitivity heatmap (its occluded copies in one batched ONNX run), its PNG, publish
+   `triage.prediction.created` (when a publisher is given), and the result JSON again, last, with
+   `heatmap: {"status": "ready", "bucket", "key", "method", "completed_at"}`: this final result is the commit
+   mark. A redelivered event finds a result whose heatmap is still pending and redoes the work (same request id,
+   same keys, same event id); only a result whose heatmap is ready (or an error result) makes it a duplicate.
+   `completed_at` / `upload_to_result_s` time the flag (when the label became readable), not the picture.
 A bad image is the uploader's fault and final: an error result is stored (so nothing is lost silently) and the
 call succeeds, so the broker does not retry — a DICOM the decoders refuse (a window width of 0, an unknown VOI LUT
 function, sequences nested 2,000 deep) and one whose pixels carry burned-in text under BURNED_IN_ANNOTATION=refuse
@@ -40,13 +45,13 @@ from shared.events import (
     normalize_etag,
     prediction_created_event,
 )
-from shared.feedback import record_request
 from shared.names import INPUT_BUCKET, OBJECT_CREATED, RESULT_BUCKET, heatmap_key, result_key
+from shared.request_records import record_request
 from shared.storage import Stale, Storage, StorageUnavailable
 from shared.timestamps import parse_utc, utc_iso
 
 if TYPE_CHECKING:
-    from shared.model import Explanation, TriageModel
+    from shared.model import Prediction, TriageModel
 
 __all__ = ["EXPLAIN_METHOD", "IngestOutcome", "ObjectVersion", "ingest_object", "object_from_event"]
 
@@ -158,7 +163,7 @@ def _ingest(
     storage: Storage, model: TriageModel, obj: ObjectVersion, publisher: Publisher | None, now: Callable[[], datetime]
 ) -> IngestOutcome:
     existing = _existing_result(storage, obj.key)
-    if existing is not None and normalize_etag(existing.get("etag")) == obj.etag:
+    if existing is not None and normalize_etag(existing.get("etag")) == obj.etag and not _heatmap_pending(existing):
         return IngestOutcome("duplicate", obj, existing)
     model.ensure_loaded()  # NotReady / ModelLoadError (5xx) before anything is read: the event comes back
     t0 = time.perf_counter()
@@ -180,37 +185,57 @@ def _ingest(
             model.screen(data, "application/dicom")
             data = deidentify_bytes(data, secret=model.settings.deid_secret)
         timings["deidentify"] = _ms_since(t1)
+        flagged: list[dict[str, Any]] = []
+
+        def flag(prediction: Prediction) -> None:
+            """The result with the label, before the heatmap exists (the flag before the picture)."""
+            t2 = time.perf_counter()
+            result = _result(model, obj, prediction, len(data), timings, uploaded_at, now())
+            record_request(storage, result, source="ingest", result_uri=f"s3://{RESULT_BUCKET}/{result_key(obj.key)}")
+            result["timings_ms"]["storage_write"] = _ms_since(t2)
+            storage.put_json(RESULT_BUCKET, result_key(obj.key), result)
+            if result["upload_to_result_s"] is not None:
+                metrics.UPLOAD_TO_RESULT.observe(result["upload_to_result_s"])
+                if result["urgent"]:
+                    metrics.record_urgent_flagged(result["upload_to_result_s"])
+            flagged.append(result)
+
         explanation = model(data, "application/dicom" if dicom else None, explain=EXPLAIN_METHOD,
-                            request_id=obj.request_id)  # fmt: skip
+                            request_id=obj.request_id, on_prediction=flag)  # fmt: skip
     except UserError as exc:
         return _store_error(storage, model, obj, exc, uploaded_at, now)
-    t2 = time.perf_counter()
+    t3 = time.perf_counter()
     storage.put_bytes(RESULT_BUCKET, heatmap_key(obj.key), explanation.overlay_png, "image/png")
-    completed = now()
-    result = _result(model, obj, explanation, len(data), timings, uploaded_at, completed)
-    record_request(storage, result, source="ingest", result_uri=f"s3://{RESULT_BUCKET}/{result_key(obj.key)}")
+    result = flagged[0]
+    result["heatmap"] = {"status": "ready", "bucket": RESULT_BUCKET, "key": heatmap_key(obj.key),
+                         "method": EXPLAIN_METHOD, "completed_at": utc_iso(now())}  # fmt: skip
+    result["timings_ms"] = {**result["timings_ms"], "explain": round(explanation.prediction.timings_ms["explain"], 3),
+                            "heatmap_write": _ms_since(t3)}  # fmt: skip
     event = prediction_created_event(result)
     if publisher is not None:
         publisher.publish(event)  # before the commit mark: a failure here redoes the work, never skips the event
-    result["timings_ms"]["storage_write"] = _ms_since(t2)
     storage.put_json(RESULT_BUCKET, result_key(obj.key), result)
-    if result["upload_to_result_s"] is not None:
-        metrics.UPLOAD_TO_RESULT.observe(result["upload_to_result_s"])
     log.info("ingested %s/%s (%s) in %.1f ms", obj.bucket, obj.request_id, result["label"], _ms_since(t0))
     return IngestOutcome("created", obj, result, None if publisher is not None else event)
+
+
+def _heatmap_pending(result: dict[str, Any]) -> bool:
+    """A result written as the flag whose heatmap (and commit) never followed: the work is to be redone."""
+    heatmap = result.get("heatmap")
+    return result.get("status") == "ok" and isinstance(heatmap, dict) and heatmap.get("status") == "pending"
 
 
 def _result(
     model: TriageModel,
     obj: ObjectVersion,
-    explanation: Explanation,
+    answer: Prediction,
     size: int,
     timings: dict[str, float],
     uploaded_at: datetime | None,
     completed: datetime,
 ) -> dict[str, Any]:
-    """The result JSON of docs/contracts.md (storage_write is filled in just before it is written)."""
-    prediction = explanation.prediction.to_json()
+    """The result JSON of docs/contracts.md with the heatmap pending (storage_write is filled in before writing)."""
+    prediction = answer.to_json()
     upload_to_result = max(0.0, (completed - uploaded_at).total_seconds()) if uploaded_at else None
     return {
         **prediction,
@@ -220,9 +245,9 @@ def _result(
         "etag": obj.etag,
         "size": obj.size if obj.size is not None else size,
         "revision": getattr(model.settings, "revision", None),
-        "heatmap": {"bucket": RESULT_BUCKET, "key": heatmap_key(obj.key), "method": EXPLAIN_METHOD},
+        "heatmap": {"status": "pending", "method": EXPLAIN_METHOD},
         # What the monitor's input-drift statistic needs (never the pixels themselves).
-        "input": {"mean_intensity": round(explanation.prediction.mean_intensity, 4)},
+        "input": {"mean_intensity": round(answer.mean_intensity, 4)},
         "timings_ms": {**prediction["timings_ms"], **timings, "storage_write": 0.0},
         "uploaded_at": utc_iso(uploaded_at) if uploaded_at else None,
         "completed_at": utc_iso(completed),

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, overload
 
 import numpy as np
@@ -229,12 +229,24 @@ class TriageModel:
     # --- the inference order, written once ---------------------------------------------------------------------
     @overload
     def __call__(
-        self, data: bytes, content_type: str | None = None, *, explain: None = None, request_id: str | None = None
+        self,
+        data: bytes,
+        content_type: str | None = None,
+        *,
+        explain: None = None,
+        request_id: str | None = None,
+        on_prediction: Callable[[Prediction], None] | None = None,
     ) -> Prediction: ...
 
     @overload
     def __call__(
-        self, data: bytes, content_type: str | None = None, *, explain: str, request_id: str | None = None
+        self,
+        data: bytes,
+        content_type: str | None = None,
+        *,
+        explain: str,
+        request_id: str | None = None,
+        on_prediction: Callable[[Prediction], None] | None = None,
     ) -> Explanation: ...
 
     def __call__(
@@ -244,8 +256,13 @@ class TriageModel:
         *,
         explain: str | None = None,
         request_id: str | None = None,
+        on_prediction: Callable[[Prediction], None] | None = None,
     ) -> Prediction | Explanation:
-        """decode → preprocess → predict → (explain: "rollout" | "occlusion") → postprocess.
+        """decode → preprocess → predict → postprocess → (explain: "rollout" | "occlusion").
+
+        The prediction is complete before the heatmap is started: `on_prediction(prediction)` is called with it
+        then (ingest writes the flag there, before the picture), and the returned Explanation's prediction is the
+        same answer with the explain step's time added to its `timings_ms`.
 
         Raises ImageError (400; BurnedInAnnotation under BURNED_IN_ANNOTATION=refuse), UnsupportedMediaType (415),
         PayloadTooLarge (413), InvalidField (422: an unknown explain method) and NotReady / ModelLoadError (503).
@@ -262,14 +279,18 @@ class TriageModel:
             model_input = self.preprocess(image)
         with timer.step("predict"):
             logits, attention = self.predict(model_input, with_attention=explain == "rollout")
-        if explain is None:
-            with timer.step("postprocess"):
-                return self.postprocess(logits, model_input, timer.timings_ms, request_id, burned_in=marked)
-        with timer.step("explain"):
-            heatmap, overlay = self.explain(image, model_input, explain, attention, underlay=not marked)
         with timer.step("postprocess"):
             prediction = self.postprocess(logits, model_input, timer.timings_ms, request_id, burned_in=marked)
-            return Explanation(prediction, explain, heatmap, overlay)
+        if on_prediction is not None:
+            on_prediction(prediction)
+        if explain is None:
+            return prediction
+        with timer.step("explain"):
+            heatmap, overlay = self.explain(image, model_input, explain, attention, underlay=not marked,
+                                            logits=logits)  # fmt: skip
+        timings = {**prediction.timings_ms, "explain": timer.timings_ms["explain"]}
+        timings["total"] = timings.get("total", 0.0) + timings["explain"]
+        return Explanation(replace(prediction, timings_ms=timings), explain, heatmap, overlay)
 
     # --- the steps -----------------------------------------------------------------------------------------------
     def screen(self, data: bytes, content_type: str | None = None) -> bool:
@@ -308,11 +329,14 @@ class TriageModel:
         attention: np.ndarray | None = None,
         *,
         underlay: bool = True,
+        logits: np.ndarray | None = None,
     ) -> tuple[np.ndarray, bytes]:
         """(heatmap at the decoded image's size in [0, 1], its overlay as PNG: on the image, or alone without
-        `underlay`). The map is computed at the model's resolution; only it is upsampled, to the working size."""
+        `underlay`). The map is computed at the model's resolution; only it is upsampled, to the working size.
+        `logits` [1, 2] of the prediction spare occlusion its reference run."""
+        reference = None if logits is None else float(calibrated_probability(logits, self.temperature)[0])
         heatmap = saliency.resize_map(
-            self.saliency_map(model_input, method, None if attention is None else attention[0]),
+            self.saliency_map(model_input, method, None if attention is None else attention[0], reference=reference),
             (int(image.shape[0]), int(image.shape[1])),
         )
         return heatmap, saliency.overlay_png(image, heatmap, underlay=underlay)
@@ -356,11 +380,19 @@ class TriageModel:
         logits, _ = self.run(batch)
         return np.asarray(calibrated_probability(logits, self.temperature), dtype=np.float64)
 
-    def saliency_map(self, model_input: np.ndarray, method: str, attention: np.ndarray | None = None) -> np.ndarray:
+    def saliency_map(
+        self,
+        model_input: np.ndarray,
+        method: str,
+        attention: np.ndarray | None = None,
+        *,
+        reference: float | None = None,
+    ) -> np.ndarray:
         """The raw map of one model input [1, S, S] in [0, 1]: rollout [G, G] or occlusion [S, S].
 
         The benchmark scores these with `shared.explain.deletion_insertion_auc(model.probabilities, ...)`.
-        `attention` [depth, T, T] saves a second ONNX call when the caller already has it.
+        `attention` [depth, T, T] saves a second ONNX call when the caller already has it; so does `reference`
+        (the input's own probability) for occlusion, whose occluded copies then go through ONNX as one batch.
         """
         if method == "rollout":
             if attention is None:
@@ -368,7 +400,10 @@ class TriageModel:
             return saliency.attention_rollout(attention)
         if method == "occlusion":
             patch = int(self.loaded_card.config.get("patch") or max(1, self.image_size // 7))
-            return saliency.occlusion_map(self.probabilities, model_input, patch=patch)
+            # All windows of the default 28 px model in one ONNX run; larger models in batches of about as many pixels.
+            batch = max(16, saliency.OCCLUSION_BATCH * 28 * 28 // (self.image_size * self.image_size))
+            return saliency.occlusion_map(self.probabilities, model_input, patch=patch, reference=reference,
+                                          batch_size=batch)  # fmt: skip
         raise InvalidField(f"method: {method!r} is not one of {', '.join(EXPLAIN_METHODS)}")
 
 

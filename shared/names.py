@@ -12,6 +12,7 @@ import hashlib
 import re
 
 __all__ = [
+    "AE_TITLE",
     "API_TOKENS_KEY",
     "BUCKETS",
     "CLASS_NAMES",
@@ -19,6 +20,7 @@ __all__ = [
     "POSITIVE",
     "CANARY_STATE_KEY",
     "DEAD_LETTER_BUCKET",
+    "DICOM_INPUT_PREFIX",
     "FEEDBACK_BUCKET",
     "FEEDBACK_RECEIVED",
     "INPUT_BUCKET",
@@ -41,6 +43,7 @@ __all__ = [
     "SOURCE_INGEST",
     "SOURCE_RETRAIN",
     "STATE_BUCKET",
+    "dicom_instance_key",
     "feedback_key",
     "feedback_request_id",
     "heatmap_key",
@@ -71,6 +74,8 @@ IMAGE_CONTENT_TYPES = frozenset({"image/png", "image/jpeg", "application/dicom",
 
 # --- keys --------------------------------------------------------------------------------------------------------
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # a request id is also a key segment: nothing else passes
+# A DICOM AE title (PS3.5): 1 to 16 characters of the default repertoire without backslash, trimmed of spaces first.
+AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 
 
 def result_key(key: str) -> str:
@@ -81,6 +86,16 @@ def result_key(key: str) -> str:
 def heatmap_key(key: str) -> str:
     """Key in RESULT_BUCKET of the heatmap overlay for INPUT_BUCKET/`key`."""
     return f"{key}.heatmap.png"
+
+
+DICOM_INPUT_PREFIX = "dicom/"  # instances received over DICOM / DICOMweb, in INPUT_BUCKET
+
+
+def dicom_instance_key(study_uid: str, sop_instance_uid: str) -> str:
+    """Key in INPUT_BUCKET of one received DICOM instance: a hash of its UIDs, so the key names no identifier and
+    a resent instance lands on the same key."""
+    digest = hashlib.sha256(f"{study_uid}/{sop_instance_uid}".encode("ascii", "backslashreplace")).hexdigest()
+    return f"{DICOM_INPUT_PREFIX}{digest}.dcm"
 
 
 def request_record_key(request_id: str) -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "MLFLOW_URL",
     "MODEL_URI",
     "NAMESPACE",
+    "PACS_STOW_URL",
     "PING_SCHEDULES",
     "REGION",
     "RETRAIN_BACKEND",
@@ -82,6 +83,7 @@ REVIEWER_TOKENS = "reviewer_tokens"
 # Where the API token table of predict / explain is (hashes only, not a secret): the state bucket's object in
 # production, a file in the run dir locally. Rotated with `triage tokens`, re-read by the functions.
 API_TOKENS = "api_tokens"
+PACS_STOW_URL = "pacs_stow_url"  # the hospital PACS's DICOMweb base, where export sends the SR and the heatmap
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,14 @@ FUNCTIONS: tuple[Function, ...] = (
         emits_events=True,
         own_env=(EnvVar("REVIEWER_TOKENS", REVIEWER_TOKENS, secret=True),),
     ),
+    Function(name="dicomweb", public=True, own_env=(EnvVar("API_TOKENS_URI", API_TOKENS),)),  # STOW-RS ingest
     Function(name="canary", public=False, own_env=(EnvVar("CANARY_GATEWAY_URL", GATEWAY_URL),)),
     Function(name="monitor", public=False),
+    Function(  # results back to the PACS (DICOM inputs only): an SR + a Secondary Capture, UIDs keyed by DEID_SECRET
+        name="export",
+        public=False,
+        own_env=(EnvVar("DEID_SECRET", DEID_SECRET, secret=True), EnvVar("PACS_STOW_URL", PACS_STOW_URL)),
+    ),
     Function(name="dead-letter", public=False, local=False),
 )
 DEAD_LETTER_SINK = "dead-letter"  # the function that stores events which failed every retry
@@ -197,6 +205,7 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription("ingest-inference-inputs", OBJECT_CREATED, "ingest", INPUT_BUCKET),
     Subscription("retrain-raw-data", OBJECT_CREATED, "retrain", RAW_BUCKET),
     Subscription("monitor-predictions", PREDICTION_CREATED, "monitor"),
+    Subscription("export-predictions", PREDICTION_CREATED, "export"),  # export skips all but DICOM inputs
     Subscription("retrain-feedback", FEEDBACK_RECEIVED, "retrain"),
     Subscription("monitor-feedback", FEEDBACK_RECEIVED, "monitor"),
     Subscription("canary-model-registered", MODEL_REGISTERED, "canary"),

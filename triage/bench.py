@@ -2,8 +2,9 @@
 
 One run, on this machine: a bare ONNX Runtime call on the same input (the floor), warm HTTP predict at
 concurrency 1 and 8 (straight to the function and through the gateway), cold start (process start to first
-successful prediction), upload-to-result through the bucket, and the deletion / insertion AUC of attention
-rollout, occlusion and random maps. Writes bench.json, bench.md and latency.png under --out.
+successful prediction) beside its floor (a bare process opening the model), upload-to-result through the bucket
+(one at a time, and a burst of --burst uploads: the flag and the heatmap timed apart), and the deletion /
+insertion AUC of attention rollout, occlusion and random maps. Writes bench.json, bench.md and latency.png under --out.
 
 This module starts the processes (a model trained first when none is given, the local stack); the measuring
 and the report are `load_tests`' (`load_tests.bench`, `load_tests.report`), which take the images from
@@ -22,7 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from load_tests.bench import bare_onnx, cold_start, faithfulness, local_model, parameter_count, upload_to_result
+from load_tests.bench import (
+    bare_onnx,
+    cold_start,
+    cold_start_floor,
+    faithfulness,
+    local_model,
+    parameter_count,
+    upload_burst,
+    upload_to_result,
+)
 from load_tests.images import load_images
 from load_tests.loadtest import LoadResult, run_load
 from load_tests.memory import peak_memory
@@ -39,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "phantoms)")
     parser.add_argument("--requests", type=int, default=300, help="requests per warm-latency run (default 300)")
     parser.add_argument("--uploads", type=int, default=20, help="uploads for upload-to-result (default 20)")
+    parser.add_argument("--burst", type=int, default=40, help="uploads at once for the burst (default 40)")
     parser.add_argument("--cold-starts", type=int, default=3, help="fresh processes to time (default 3)")
     parser.add_argument("--faithfulness-images", type=int, default=16, help="images for the AUCs (default 16)")
     parser.add_argument("--data", type=Path, help="train on this .npz when there is no --model, and take the images "
@@ -55,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from triage.stack.stack import Stack, StackConfig
 
     env = TriageEnv.from_env()
-    if not 10 <= args.requests <= 5000 or not 2 <= args.uploads <= 200 or not 1 <= args.cold_starts <= 10:
-        raise UserError("--requests 10..5000, --uploads 2..200, --cold-starts 1..10")
+    if (not 10 <= args.requests <= 5000 or not 2 <= args.uploads <= 200 or not 1 <= args.cold_starts <= 10
+            or not 1 <= args.burst <= 400):
+        raise UserError("--requests 10..5000, --uploads 2..200, --cold-starts 1..10, --burst 1..400")
     data, model_uri = args.data or env.data, args.model or env.model_uri
     if data is not None and not Path(data).is_file():
         raise UserError(f"--data {data}: no such file")
@@ -99,11 +111,14 @@ def run(args: argparse.Namespace) -> int:
                                                            token=stack.api_token)
         print("upload to result ...", file=sys.stderr)
         report["upload_to_result"] = upload_to_result(stack.s3(), images[: args.uploads])
+        print(f"burst of {args.burst} uploads ...", file=sys.stderr)
+        report["upload_burst"] = upload_burst(stack.s3(), images, args.burst)
         print("cold start ...", file=sys.stderr)
         spec = stack.function_spec("predict")
         report["cold_start"] = cold_start(lambda port: [*spec.argv[:-1], str(port)], {**os.environ, **spec.env},
                                           spec.cwd, body, unused_port_block(args.cold_starts), content_type,
                                           token=stack.api_token)
+    report["cold_start"]["floor"] = cold_start_floor(onnx_path, size, args.cold_starts)
     report["warm"] = {name: result.summary() for name, result in loads.items()}
     floor = report["bare_onnx"]["session_run"]["p50"]
     report["overhead_ms"] = {name: round(report["warm"][name]["p50_ms"] - floor, 3)

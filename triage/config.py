@@ -46,6 +46,9 @@ class TriageEnv:
     pythonpath: str | None = None
     gateway_admin_token: str | None = field(default=None, repr=False)  # GATEWAY_ADMIN_TOKEN: the gateway's /admin
     api_tokens_uri: str | None = None  # API_TOKENS_URI: the token table `triage tokens` edits (else the stack's)
+    dicom_port: int = 11112  # DICOM_PORT: the local stack's DICOM receiver (C-STORE SCP)
+    orthanc_http_port: int = 8042  # ORTHANC_HTTP_PORT / ORTHANC_DICOM_PORT: the local stack's PACS (Orthanc)
+    orthanc_dicom_port: int = 4242
 
     @property
     def gateway_url(self) -> str:
@@ -68,4 +71,7 @@ class TriageEnv:
             pythonpath=env.get("PYTHONPATH") or None,
             gateway_admin_token=env.get("GATEWAY_ADMIN_TOKEN") or None,
             api_tokens_uri=env.get("API_TOKENS_URI") or None,
+            dicom_port=env_port(env, "DICOM_PORT") or 11112,
+            orthanc_http_port=env_port(env, "ORTHANC_HTTP_PORT") or 8042,
+            orthanc_dicom_port=env_port(env, "ORTHANC_DICOM_PORT") or 4242,
         )

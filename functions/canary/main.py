@@ -12,7 +12,7 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http
+from shared import http, openapi
 from shared.canary import CanaryController, controller_from_settings
 from shared.config import CanarySettings, Settings
 from shared.events import event_data, read_event_request
@@ -43,4 +43,4 @@ def _canary(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def canary(request: flask.Request) -> flask.Response:
-    return http.serve(request, {"POST /": _canary}, function="canary")
+    return http.serve(request, {"POST /": _canary, **openapi.routes("canary")}, function="canary")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http
+from shared import http, openapi
 from shared.config import Settings
 from shared.dead_letter import dead_letter_record, store_dead_letter
 from shared.events import read_event_request
@@ -26,4 +26,4 @@ def _store(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def dead_letter(request: flask.Request) -> flask.Response:
-    return http.serve(request, {"POST /": _store}, function="dead_letter")
+    return http.serve(request, {"POST /": _store, **openapi.routes("dead_letter")}, function="dead_letter")

@@ -5,20 +5,19 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http
+from shared import http, openapi
 from shared.api_auth import ApiAuth
 from shared.config import Settings
-from shared.feedback import RequestRecorder
 from shared.model import get_model
+from shared.request_records import RequestRecorder
 from shared.security import IPNetwork, parse_networks
-from shared.storage import Storage
 
 SETTINGS = Settings.from_env()
 MODEL = get_model(SETTINGS)
 # Callers present an API token (design §5); the table is re-read when it changes (`triage tokens`).
 AUTH = ApiAuth.from_settings(SETTINGS)
-# Indexes each request id (off the latency path) so a radiologist can label it through feedback later.
-REQUESTS = RequestRecorder(lambda: Storage.from_settings(SETTINGS), source="explain")
+# Indexes each request id (off the latency path, never dropped) so a radiologist can label it through feedback.
+REQUESTS = RequestRecorder.from_settings(SETTINGS, source="explain")
 # Empty unless URL_ALLOW_NETWORKS is set (local stack and tests only): networks a {"url"} may point into.
 URL_ALLOW_NETWORKS: tuple[IPNetwork, ...] = parse_networks(SETTINGS.url_allow_networks)
 
@@ -44,4 +43,4 @@ def _explain(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def explain(request: flask.Request) -> flask.Response:
-    return http.serve(request, {"POST /": _explain}, function="explain", model=MODEL)
+    return http.serve(request, {"POST /": _explain, **openapi.routes("explain")}, function="explain", model=MODEL)

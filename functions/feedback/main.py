@@ -10,7 +10,7 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http
+from shared import http, openapi
 from shared.config import Settings
 from shared.events import publisher_from_settings
 from shared.feedback import MAX_BODY_BYTES, parse_feedback, submit_feedback
@@ -29,4 +29,4 @@ def _feedback(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def feedback(request: flask.Request) -> flask.Response:
-    return http.serve(request, {"POST /": _feedback}, function="feedback")
+    return http.serve(request, {"POST /": _feedback, **openapi.routes("feedback")}, function="feedback")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http
+from shared import http, openapi
 from shared.config import Settings
 from shared.events import EventPublisher, read_event_request, reply_response
 from shared.ingest import ingest_object, object_from_event
@@ -35,4 +35,4 @@ def _ingest(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def ingest(request: flask.Request) -> flask.Response:
-    return http.serve(request, {"POST /": _ingest}, function="ingest", model=MODEL)
+    return http.serve(request, {"POST /": _ingest, **openapi.routes("ingest")}, function="ingest", model=MODEL)

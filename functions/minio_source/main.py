@@ -10,7 +10,7 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http
+from shared import http, openapi
 from shared.config import Settings
 from shared.events import EventPublisher
 from shared.s3_events import MAX_NOTIFICATION_BYTES, check_webhook_auth, forward_notification, parse_notification
@@ -27,4 +27,4 @@ def _notify(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def minio_source(request: flask.Request) -> flask.Response:
-    return http.serve(request, {"POST /": _notify}, function="minio_source")
+    return http.serve(request, {"POST /": _notify, **openapi.routes("minio_source")}, function="minio_source")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http
+from shared import http, openapi
 from shared.config import MonitorConfig, Settings
 from shared.events import read_event_request
 from shared.monitor import Monitor
@@ -28,4 +28,4 @@ def _monitor(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def monitor(request: flask.Request) -> flask.Response:
-    return http.serve(request, {"POST /": _monitor}, function="monitor")
+    return http.serve(request, {"POST /": _monitor, **openapi.routes("monitor")}, function="monitor")

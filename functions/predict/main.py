@@ -1,26 +1,31 @@
-"""predict: POST / an image (raw body, multipart field `file`, or JSON {"url"}) → design §5's prediction JSON."""
+"""predict: POST / an image (raw body, multipart field `file`, or JSON {"url"}) → design §5's prediction JSON.
+
+Also the Open Inference Protocol v2 under `/v2` (shared.inference_protocol) and `GET /openapi.json`.
+"""
 
 from __future__ import annotations
 
 import flask
 import functions_framework
 
-from shared import http
+from shared import http, openapi
 from shared.api_auth import ApiAuth
 from shared.config import Settings
-from shared.feedback import RequestRecorder
+from shared.inference_protocol import InferenceProtocol
 from shared.model import get_model
+from shared.request_records import RequestRecorder
 from shared.security import IPNetwork, parse_networks
-from shared.storage import Storage
 
 SETTINGS = Settings.from_env()
 MODEL = get_model(SETTINGS)
 # Callers present an API token (design §5); the table is re-read when it changes (`triage tokens`).
 AUTH = ApiAuth.from_settings(SETTINGS)
-# Indexes each request id (off the latency path) so a radiologist can label it through feedback later.
-REQUESTS = RequestRecorder(lambda: Storage.from_settings(SETTINGS), source="predict")
+# Indexes each request id (off the latency path, never dropped) so a radiologist can label it through feedback.
+REQUESTS = RequestRecorder.from_settings(SETTINGS, source="predict")
 # Empty unless URL_ALLOW_NETWORKS is set (local stack and tests only): networks a {"url"} may point into.
 URL_ALLOW_NETWORKS: tuple[IPNetwork, ...] = parse_networks(SETTINGS.url_allow_networks)
+# KServe / Triton clients: the same model and token rule; /v2/health/* and model readiness stay open.
+OIP = InferenceProtocol(MODEL, guard=AUTH.require("predict"), max_body_bytes=SETTINGS.max_body_bytes)
 
 
 @AUTH.require("predict")
@@ -34,4 +39,6 @@ def _predict(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def predict(request: flask.Request) -> flask.Response:
-    return http.serve(request, {"POST /": _predict}, function="predict", model=MODEL)
+    if OIP.owns(request):
+        return OIP.handle(request)
+    return http.serve(request, {"POST /": _predict, **openapi.routes("predict")}, function="predict", model=MODEL)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http, imaging
+from shared import http, imaging, openapi
 from shared.config import Settings
 from shared.security import IPNetwork, parse_networks
 from shared.uploads import clean_upload, store_upload
@@ -39,4 +39,4 @@ def _preprocess(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def preprocess(request: flask.Request) -> flask.Response:
-    return http.serve(request, {"POST /": _preprocess}, function="preprocess")
+    return http.serve(request, {"POST /": _preprocess, **openapi.routes("preprocess")}, function="preprocess")

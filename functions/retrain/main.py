@@ -11,7 +11,7 @@ from __future__ import annotations
 import flask
 import functions_framework
 
-from shared import http
+from shared import http, openapi
 from shared.config import RetrainConfig, Settings
 from shared.events import read_event_request
 from shared.retrain import item_from_event, launcher_from_config, maybe_launch
@@ -32,4 +32,4 @@ def _retrain(request: flask.Request) -> flask.Response:
 
 @functions_framework.http
 def retrain(request: flask.Request) -> flask.Response:
-    return http.serve(request, {"POST /": _retrain}, function="retrain")
+    return http.serve(request, {"POST /": _retrain, **openapi.routes("retrain")}, function="retrain")

@@ -13,6 +13,7 @@ from pathlib import Path
 import flask
 import functions_framework
 
+from shared import openapi
 from shared.config import Settings
 from shared.events import publisher_from_settings
 from shared.review import CaseStore, Page, ReviewApp
@@ -21,6 +22,7 @@ from shared.storage import Storage
 SETTINGS = Settings.from_env()
 APP = ReviewApp(SETTINGS, lambda: CaseStore(Storage.from_settings(SETTINGS)), publisher_from_settings(SETTINGS),
                 Page.from_dir(Path(__file__).with_name("page")))
+APP.routes.update({f"GET {prefix}/openapi.json": openapi.route("review") for prefix in ("", "/review")})
 
 
 @functions_framework.http

@@ -14,11 +14,13 @@ same objects as YAML for `kubectl apply -f DIR`. Nothing here imports pulumi.
 | `monitoring` | Prometheus and Grafana |
 | `functions` | Knative Services and their RBAC |
 | `eventing` | Broker, Triggers, PingSources, SinkBinding |
+| `dicom_receiver` | the DICOM receiver's Deployment and LoadBalancer Service |
 """
 
 from __future__ import annotations
 
 from infra_pulumi.manifests.basics import knative_objects, namespace_objects, secret_objects
+from infra_pulumi.manifests.dicom_receiver import dicom_receiver_objects
 from infra_pulumi.manifests.eventing import eventing_objects
 from infra_pulumi.manifests.functions import (
     FUNCTIONS,
@@ -70,4 +72,5 @@ def function_objects(s: ManifestSettings) -> list[dict]:
 
 
 def all_objects(s: ManifestSettings) -> list[dict]:
-    return namespace_objects(s) + secret_objects(s) + platform_objects(s) + function_objects(s)
+    return (namespace_objects(s) + secret_objects(s) + platform_objects(s) + function_objects(s)
+            + dicom_receiver_objects(s))

@@ -46,12 +46,14 @@ _KUBERNETES: dict[str, dict[str, Any]] = {
     "preprocess": {**_MEDIUM, "timeout_s": 30},
     "feedback": {**_SMALL, "timeout_s": 30},
     "review": {**_MEDIUM, "timeout_s": 30},  # decodes the images it streams (DICOM too)
+    "dicomweb": {**_MEDIUM, "timeout_s": 60},  # STOW-RS: holds a request body, decodes each instance once
     "minio-source": {**_SMALL, "timeout_s": 30},
     "ingest": {**_MODEL, "timeout_s": 120},
     # One launcher: a batch of labels must never start two trainings.
     "retrain": {**_MEDIUM, "timeout_s": 300, "service_account": "retrain", "max_scale": 1},
     "canary": {**_SMALL, "timeout_s": 120, "service_account": "canary", "max_scale": 1},
     "monitor": {**_MEDIUM, "timeout_s": 120, "max_scale": 1},
+    "export": {**_MEDIUM, "timeout_s": 60},  # builds the SR and the Secondary Capture from the original instance
     "dead-letter": {**_SMALL, "timeout_s": 30, "max_scale": 2},
 }
 FUNCTIONS: tuple[FunctionSpec, ...] = tuple(
@@ -91,6 +93,7 @@ def function_env(s: ManifestSettings, fn: FunctionSpec) -> list[dict]:
         topology.TRAINING_IMAGE: s.image("training"),
         topology.TRAINING_ENV_SECRET: TRAINING_ENV_SECRET,
         topology.API_TOKENS: f"s3://{STATE_BUCKET}/{API_TOKENS_KEY}",  # rotated with `triage tokens`, no redeploy
+        topology.PACS_STOW_URL: s.pacs_stow_url,
     }
     return [
         secret_env(var.name, var.value) if var.secret else {"name": var.name, "value": values[var.value]}

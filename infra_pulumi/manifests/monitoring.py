@@ -1,11 +1,14 @@
-"""Monitoring: Prometheus (scrapes every function pod and MinIO) and Grafana with the project's dashboard."""
+"""Monitoring: Prometheus (scrapes every function pod and MinIO, evaluates the project's alerting rules) and Grafana
+with the project's dashboard."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import yaml
 
+from infra_pulumi.alerts import RULES_FILE_NAME, render_rules
 from infra_pulumi.manifests.kube import (
     config_map,
     deployment,
@@ -17,13 +20,14 @@ from infra_pulumi.manifests.kube import (
 )
 from infra_pulumi.manifests.settings import ManifestSettings
 
-__all__ = ["DASHBOARD", "monitoring_objects", "prometheus_config"]
+__all__ = ["DASHBOARD", "RULES_DIR", "monitoring_objects", "prometheus_config"]
 
 DASHBOARD = Path(__file__).parents[1] / "dashboards" / "xray-triage.json"
+RULES_DIR = "/etc/prometheus-rules"  # the prometheus-rules ConfigMap (infra_pulumi/alerts), beside the config
 
 
 def prometheus_config(s: ManifestSettings) -> str:
-    """Scrape every function pod that carries the prometheus.io annotations, plus Prometheus itself."""
+    """Scrape every function pod that carries the prometheus.io annotations, plus Prometheus itself; load the rules."""
     pod_label = "__meta_kubernetes_pod_label_serving_knative_dev_"
     functions = {
         "job_name": "functions",
@@ -54,6 +58,7 @@ def prometheus_config(s: ManifestSettings) -> str:
     }
     config = {
         "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+        "rule_files": [f"{RULES_DIR}/*.yml"],
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": ["localhost:9090"]}]},
             functions,
@@ -85,12 +90,14 @@ def _prometheus_pod(s: ManifestSettings) -> dict:
                 "resources": resources(("100m", "1"), ("256Mi", "1Gi")),
                 "volumeMounts": [
                     {"name": "config", "mountPath": "/etc/prometheus"},
+                    {"name": "rules", "mountPath": RULES_DIR},
                     {"name": "data", "mountPath": "/prometheus"},
                 ],
             }
         ],
         "volumes": [
             {"name": "config", "configMap": {"name": "prometheus-config"}},
+            {"name": "rules", "configMap": {"name": "prometheus-rules"}},
             {"name": "data", "persistentVolumeClaim": {"claimName": "prometheus-data"}},
         ],
     }
@@ -149,11 +156,17 @@ def monitoring_objects(s: ManifestSettings) -> list[dict]:
     ns = s.namespace
     read_pods = [{"apiGroups": [""], "resources": ["pods", "services", "endpoints"], "verbs": ["get", "list", "watch"]}]
     datasources, providers = _grafana_provisioning(s)
+    config, rules = prometheus_config(s), render_rules(s.alert_utc_offset_hours)
+    prometheus = deployment(s, "prometheus", _prometheus_pod(s), on_data_node=True)
+    # Prometheus reads its files at start: a changed config or rule file rolls the pod.
+    checksum = hashlib.sha256((config + rules).encode()).hexdigest()
+    prometheus["spec"]["template"]["metadata"]["annotations"] = {"xray-triage/config-sha256": checksum}
     return [
         *service_account_with_role("prometheus", ns, read_pods),
-        config_map("prometheus-config", ns, {"prometheus.yml": prometheus_config(s)}),
+        config_map("prometheus-config", ns, {"prometheus.yml": config}),
+        config_map("prometheus-rules", ns, {RULES_FILE_NAME: rules}),
         persistent_volume_claim(s, "prometheus-data", "10Gi"),
-        deployment(s, "prometheus", _prometheus_pod(s), on_data_node=True),
+        prometheus,
         service(s, "prometheus", {"http": 9090}, admin=True),
         config_map("grafana-datasources", ns, {"prometheus.yaml": yaml.safe_dump(datasources, sort_keys=False)}),
         config_map("grafana-dashboard-providers", ns, {"xray-triage.yaml": yaml.safe_dump(providers, sort_keys=False)}),

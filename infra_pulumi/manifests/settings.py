@@ -41,6 +41,12 @@ class ManifestSettings:
     storage_class: str | None = None  # None: the cluster's default
     expose_admin: bool = True  # MinIO, MLflow, Prometheus, Grafana as LoadBalancer services (k3s servicelb)
     configure_knative: bool = True  # set Knative's domain / Kourier / scale-to-zero / TLS ConfigMaps
+    # The DICOM receiver: its AE title, the calling AE titles it accepts (empty: any), the hospital CIDRs of its port.
+    dicom_ae_title: str = "XRAYTRIAGE"
+    dicom_allowed_aes: tuple[str, ...] = ()
+    dicom_cidrs: tuple[str, ...] = ()
+    pacs_stow_url: str = ""  # the hospital PACS's DICOMweb base for export (empty: export skips, counted)
+    alert_utc_offset_hours: float = 0.0  # the hospital's offset from UTC: working hours of the alerting rules
 
     @classmethod
     def from_config(cls, cfg: Any, *, domain: Any, secrets: Mapping[str, Any], **overrides: Any) -> ManifestSettings:
@@ -58,6 +64,10 @@ class ManifestSettings:
             tls=cfg.tls,
             acme_email=cfg.acme_email,
             acme_server=cfg.acme_server,
+            dicom_ae_title=cfg.dicom_ae_title,
+            dicom_allowed_aes=cfg.dicom_allowed_aes,
+            dicom_cidrs=tuple(cfg.cidrs.get("dicom", ())),
+            pacs_stow_url=cfg.pacs_stow_url,
             **overrides,
         )
 

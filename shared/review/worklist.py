@@ -142,7 +142,7 @@ def case_from_result(result: Mapping[str, Any], review: Review | None = None) ->
         completed_at=parse_utc(result.get("completed_at")) if isinstance(result.get("completed_at"), str) else None,
         upload_to_result_s=_number(result.get("upload_to_result_s")),
         error=str(error.get("message")) if error else None,
-        has_heatmap=ok and isinstance(result.get("heatmap"), dict),
+        has_heatmap=ok and isinstance(result.get("heatmap"), dict) and result["heatmap"].get("status") != "pending",
         review=review,
     )
 

@@ -127,47 +127,18 @@ def test_metrics_has_latency_predictions_model_cold_start_and_upload_to_result(c
 def test_a_real_functions_framework_process_loads_after_the_fork_and_serves(tiny_model_dir, tmp_path,
                                                                             api_tokens) -> None:
     """gunicorn builds the app in its master and forks a worker: the session must be created in the worker."""
-    import os
-    import subprocess
-    import sys
-    import urllib.error
     import urllib.request
 
-    from shared.config import PROJECT_ROOT
-    from triage.stack.processes import unused_port_block
+    from tests.functions.function_process import function_process
 
-    port = unused_port_block(1)[0]
-    env = {
-        **os.environ,
-        "MODEL_URI": str(tiny_model_dir),
-        "MODEL_CACHE_DIR": str(tmp_path),
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "API_TOKENS_URI": str(api_tokens[0].path),
-    }
-    command = [sys.executable, "-m", "functions_framework", "--target", "predict", "--host", "127.0.0.1",
-               "--port", str(port), "--source", str(PROJECT_ROOT / "functions" / "predict" / "main.py")]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the process never became ready"
-            time.sleep(0.1)
+    env = {"MODEL_URI": str(tiny_model_dir), "MODEL_CACHE_DIR": str(tmp_path),
+           "API_TOKENS_URI": str(api_tokens[0].path)}
+    with function_process("predict", env, server="functions_framework") as base:
         headers = {"Content-Type": "image/png", "Authorization": f"Bearer {api_tokens[1]}"}
         request = urllib.request.Request(f"{base}/", data=png_bytes(), headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
             assert set(json.loads(response.read())) == PREDICTION_KEYS
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_each_prediction_is_indexed_so_feedback_can_find_it(client, s3_server: str) -> None:
@@ -180,3 +151,26 @@ def test_each_prediction_is_indexed_so_feedback_can_find_it(client, s3_server: s
     request_id = assert_prediction(client.post("/", data=png_bytes(), content_type="image/png"), "png")["request_id"]
     client.module.REQUESTS.flush()
     assert storage.exists("triage-state", request_record_key(request_id))
+
+
+def test_importing_predict_and_loading_its_model_imports_neither_mlflow_nor_boto3(tiny_model_dir, tmp_path) -> None:
+    """Cold start: what the first answer does not need is not imported (S3 only with the first request record)."""
+    import subprocess
+    import sys
+
+    from shared.config import PROJECT_ROOT
+
+    script = (
+        "import sys, functions_framework\n"
+        "app = functions_framework.create_app('predict', 'functions/predict/main.py')\n"
+        "from shared.model import get_model\n"
+        "from shared.config import Settings\n"
+        "get_model(Settings.from_env()).ensure_loaded()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'boto3', 'botocore', 's3transfer'}))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "MODEL_URI": str(tiny_model_dir), "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": str(PROJECT_ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

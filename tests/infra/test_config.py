@@ -71,6 +71,8 @@ def test_lists_may_be_comma_separated_and_overrides_apply() -> None:
         ({"domain": "not a domain"}, "domain"),
         ({"suffix": "Bad_Suffix"}, "suffix"),
         ({"dns_nameservers": "8.8.8.8,dns.google"}, "dns_nameservers"),
+        ({"pacs_stow_url": "pacs.hospital:8042"}, "pacs_stow_url"),
+        ({"pacs_stow_url": "ftp://pacs/dicom-web"}, "pacs_stow_url"),
     ],
 )
 def test_bad_values_name_their_key(changes: dict, key: str) -> None:
@@ -111,3 +113,16 @@ def test_the_example_stack_loads_and_documents_every_key() -> None:
     read_keys |= set(REQUIRED_SECRET_KEYS + OPTIONAL_SECRET_KEYS) | {"public_cidrs", "admin_cidrs"}
     undocumented = sorted(key for key in read_keys if key not in text)
     assert undocumented == []
+
+
+def test_the_pacs_destination_reaches_the_export_function() -> None:
+    from infra_pulumi.config import OPTIONAL_SECRET_KEYS
+    from infra_pulumi.manifests import all_objects
+    from infra_pulumi.manifests.settings import ManifestSettings
+
+    assert load().pacs_stow_url == ""  # unset: export skips (counted) rather than dead-lettering every upload
+    cfg = load(pacs_stow_url="https://pacs.hospital.example/dicom-web")
+    settings = ManifestSettings.from_config(cfg, domain="example.org", secrets=dict.fromkeys(OPTIONAL_SECRET_KEYS, "s"))
+    export = next(o for o in all_objects(settings) if o["kind"] == "Service" and o["metadata"]["name"] == "export")
+    env = {e["name"]: e.get("value") for e in export["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PACS_STOW_URL"] == "https://pacs.hospital.example/dicom-web"

@@ -101,3 +101,26 @@ def test_auc_resizes_a_coarse_map_to_the_input() -> None:
     coarse[0:2, 2:4] = 1.0  # the grid cells over REGION
     deletion, insertion = explain.deletion_insertion_auc(region_score, bright_image(), coarse, steps=8)
     assert 0.0 <= deletion < insertion <= 1.0
+
+
+def curved_score(batch: np.ndarray) -> np.ndarray:
+    """A nonlinear score of the whole image, so every window's drop differs (numerics, not just the argmax)."""
+    weights = np.linspace(-1.0, 1.0, SIZE * SIZE, dtype=np.float32).reshape(SIZE, SIZE)
+    return 1.0 / (1.0 + np.exp(-(batch[:, 0] * weights).sum(axis=(1, 2))))
+
+
+def test_batched_occlusion_equals_the_unbatched_map_and_a_given_reference_spares_a_call() -> None:
+    calls: list[int] = []
+
+    def counted(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return curved_score(batch)
+
+    image = bright_image()
+    unbatched = explain.occlusion_map(curved_score, image, patch=4, stride=2, batch_size=1)
+    reference = float(curved_score(image[np.newaxis])[0])
+    batched = explain.occlusion_map(counted, image, patch=4, stride=2, reference=reference)
+
+    assert calls == [49]  # the 7 x 7 windows in one call, no reference call
+    np.testing.assert_allclose(batched, unbatched, rtol=0, atol=1e-6)
+    assert batched.max() == pytest.approx(1.0)

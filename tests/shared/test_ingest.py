@@ -144,16 +144,20 @@ def test_an_object_deleted_before_ingest_is_recorded_not_lost(storage, model):
     assert storage.get_json("inference-results", "gone.png.json")["error"]["code"] == "not_found"
 
 
-def test_a_sink_failure_leaves_no_result_so_the_redelivered_event_completes(storage, model):
+def test_a_sink_failure_leaves_no_committed_result_so_the_redelivered_event_completes(storage, model):
     obj = upload(storage, "retry.png", png_bytes(28, seed=4))
     sink = RecordingSink(status=503)
     with pytest.raises(EventDeliveryError):
         ingest_object(storage, model, obj, publisher=sink.publisher())
-    assert not storage.exists("inference-results", "retry.png.json")
+    # Contract change (issue 12): the flag (label, heatmap pending) is written before the picture and the event;
+    # the committed result (heatmap ready) is not, so the redelivered event is not taken for a duplicate.
+    flag = storage.get_json("inference-results", "retry.png.json")
+    assert flag["heatmap"]["status"] == "pending" and flag["label"] in ("normal", "pneumonia")
 
     sink.status = 202
     assert ingest_object(storage, model, obj, publisher=sink.publisher()).status == "created"
     assert len(sink.events) == 1
+    assert storage.get_json("inference-results", "retry.png.json")["heatmap"]["status"] == "ready"
 
 
 def test_s3_unreachable_raises_a_5xx_so_the_broker_retries(model):
@@ -244,3 +248,62 @@ def test_without_a_secret_a_dicom_is_not_ingested_and_nothing_is_written(storage
         ingest_object(storage, unconfigured, obj)
 
     assert storage.list_keys("inference-results", "nosecret/") == []
+
+
+def test_the_flag_is_readable_before_the_heatmap_is_written(storage, model, monkeypatch):
+    """A slow heatmap step (held on an event): the result with label and urgency exists meanwhile."""
+    import threading
+
+    from shared.review.worklist import case_from_result
+
+    started, release = threading.Event(), threading.Event()
+    real_explain = model.explain
+
+    def slow_explain(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return real_explain(*args, **kwargs)
+
+    monkeypatch.setattr(model, "explain", slow_explain)
+    obj = upload(storage, "ward5/flag.png", png_bytes(28, seed=6))
+    sink = RecordingSink()
+    outcomes = []
+    worker = threading.Thread(target=lambda: outcomes.append(ingest_object(storage, model, obj,
+                                                                           publisher=sink.publisher())))
+    worker.start()
+    try:
+        assert started.wait(10)
+        flag = storage.get_json("inference-results", "ward5/flag.png.json")
+        assert flag["status"] == "ok" and flag["label"] in ("normal", "pneumonia")
+        assert isinstance(flag["urgent"], bool) and 0.0 <= flag["probability"] <= 1.0
+        assert flag["heatmap"] == {"status": "pending", "method": "occlusion"}
+        assert flag["upload_to_result_s"] is not None
+        assert not storage.exists("inference-results", "ward5/flag.png.heatmap.png")
+        assert storage.get_json("triage-state", f"requests/{obj.request_id}.json")["label"] == flag["label"]
+        assert sink.events == []  # the event carries the finished result
+        case = case_from_result(flag)
+        assert case.label == flag["label"] and case.has_heatmap is False  # the worklist shows it, no picture yet
+    finally:
+        release.set()
+        worker.join(30)
+
+    assert outcomes[0].status == "created"
+    final = storage.get_json("inference-results", "ward5/flag.png.json")
+    assert final["heatmap"]["status"] == "ready" and final["heatmap"]["key"] == "ward5/flag.png.heatmap.png"
+    assert (final["label"], final["completed_at"]) == (flag["label"], flag["completed_at"])
+    assert storage.get_bytes("inference-results", "ward5/flag.png.heatmap.png").startswith(b"\x89PNG")
+    assert case_from_result(final).has_heatmap is True
+    assert len(sink.events) == 1 and sink.events[0].get_data()["heatmap"]["status"] == "ready"
+
+
+def test_a_result_left_with_its_heatmap_pending_is_redone_not_taken_for_a_duplicate(storage, model):
+    obj = upload(storage, "crash.png", png_bytes(28, seed=7))
+    ingest_object(storage, model, obj)
+    result = storage.get_json("inference-results", "crash.png.json")
+    storage.put_json("inference-results", "crash.png.json", {**result, "heatmap": {"status": "pending"}})
+    storage.delete("inference-results", "crash.png.heatmap.png")  # as if the process died after the flag
+
+    assert ingest_object(storage, model, obj).status == "created"
+    assert storage.get_json("inference-results", "crash.png.json")["heatmap"]["status"] == "ready"
+    assert storage.exists("inference-results", "crash.png.heatmap.png")
+    assert ingest_object(storage, model, obj).status == "duplicate"

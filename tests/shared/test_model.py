@@ -201,3 +201,47 @@ def saliency_overlay(heatmap: np.ndarray) -> bytes:
     from shared.explain import overlay_png
 
     return overlay_png(np.zeros_like(heatmap), heatmap)
+
+
+def test_occlusion_runs_its_occluded_copies_as_one_onnx_batch_equal_to_the_unbatched_map(
+    loaded: TriageModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.explain import occlusion_map
+
+    model_input = loaded.preprocess(loaded.decode(png_bytes(seed=5)))
+    unbatched = occlusion_map(loaded.probabilities, model_input, patch=7, batch_size=1)
+    runs: list[int] = []
+    real_run = loaded.run
+
+    def counted(batch: np.ndarray, **kwargs: object):
+        runs.append(len(batch))
+        return real_run(batch, **kwargs)
+
+    monkeypatch.setattr(loaded, "run", counted)
+    explanation = loaded(png_bytes(seed=5), "image/png", explain="occlusion")
+
+    assert runs == [1, 64]  # the prediction, then all 8 x 8 occluded copies in one run (its reference reused)
+    raw = loaded.saliency_map(model_input, "occlusion")
+    np.testing.assert_allclose(raw, unbatched, rtol=0, atol=1e-5)
+    assert explanation.heatmap.shape == (28, 28)
+
+
+def test_the_prediction_is_handed_over_before_the_heatmap_is_computed(
+    loaded: TriageModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order: list[str] = []
+    real_explain = loaded.explain
+
+    def explain_step(*args: object, **kwargs: object):
+        order.append("explain")
+        return real_explain(*args, **kwargs)
+
+    monkeypatch.setattr(loaded, "explain", explain_step)
+    seen = []
+    explanation = loaded(png_bytes(), "image/png", explain="occlusion", request_id="r-1",
+                         on_prediction=lambda p: (order.append("prediction"), seen.append(p)))
+    assert order == ["prediction", "explain"]
+    assert seen[0].label == explanation.prediction.label and seen[0].request_id == "r-1"
+    assert "explain" not in seen[0].timings_ms and "explain" in explanation.prediction.timings_ms
+    timings = explanation.prediction.timings_ms
+    assert timings["total"] == pytest.approx(sum(v for k, v in timings.items() if k != "total"))

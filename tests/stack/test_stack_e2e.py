@@ -80,16 +80,18 @@ def stack(tmp_path_factory, failing):
 
 
 def wait_for_results(s3, keys, timeout_s: float = 30.0) -> dict[str, dict]:
+    """Each key's committed result: written, and its heatmap no longer pending (the flag is written first)."""
     found: dict[str, dict] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and len(found) < len(keys):
         for key in keys:
             if key not in found:
                 try:
-                    body = s3.get_object(Bucket="inference-results", Key=f"{key}.json")["Body"].read()
-                    found[key] = json.loads(body)
+                    result = json.loads(s3.get_object(Bucket="inference-results", Key=f"{key}.json")["Body"].read())
                 except s3.exceptions.NoSuchKey:
-                    pass
+                    continue
+                if (result.get("heatmap") or {}).get("status") != "pending":
+                    found[key] = result
         time.sleep(0.1)
     return found
 

@@ -26,6 +26,7 @@ from typing import Any
 from cloudevents.conversion import to_json
 from cloudevents.http import CloudEvent, from_http, from_json
 
+from shared import metrics
 from shared.dead_letter import dead_letter_record, store_dead_letter
 from shared.events import MAX_EVENT_BYTES, event_to_binary_http
 from shared.names import key_ref
@@ -260,7 +261,7 @@ class _Handler(StackHandler):
         lines.append("# TYPE broker_deliveries gauge")
         for status, count in self.broker.queue.counts().items():
             lines.append(f'broker_deliveries{{status="{status}"}} {count}')
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + metrics.dead_letter_exposition().decode()
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.read_body()

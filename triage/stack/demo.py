@@ -21,9 +21,10 @@ import httpx
 import numpy as np
 
 from shared.errors import UserError
-from shared.imaging import encode_png
+from shared.imaging import decode_image, encode_png
 from shared.names import INPUT_BUCKET, RESULT_BUCKET, result_key
 from triage.config import TriageEnv
+from triage.stack.pacs_demo import pacs_step
 from triage.stack.ports import ALL_FUNCTIONS, StackPorts
 from triage.stack.stack import Stack, StackConfig
 
@@ -96,14 +97,18 @@ def dicom(image: np.ndarray, patient_name: str = DEMO_PATIENT) -> bytes:
     return buffer.getvalue()
 
 
-def _wait_for_result(s3: Any, key: str, uploaded: float, timeout_s: float) -> tuple[dict[str, Any] | None, float]:
+def _wait_for_result(s3: Any, key: str, uploaded: float, timeout_s: float, *,
+                     heatmap: bool = False) -> tuple[dict[str, Any] | None, float]:
+    """The result of `key` once written (the flag), or with `heatmap` once its heatmap is no longer pending."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            body = s3.get_object(Bucket=RESULT_BUCKET, Key=result_key(key))["Body"].read()
-            return json.loads(body), time.monotonic() - uploaded
+            result = json.loads(s3.get_object(Bucket=RESULT_BUCKET, Key=result_key(key))["Body"].read())
         except s3.exceptions.NoSuchKey:
-            time.sleep(0.05)
+            result = None
+        if result is not None and not (heatmap and (result.get("heatmap") or {}).get("status") == "pending"):
+            return result, time.monotonic() - uploaded
+        time.sleep(0.05)
     return None, time.monotonic() - uploaded
 
 
@@ -133,7 +138,8 @@ def run_demo(stack: Stack, images: list[tuple[str, bytes, str]], out_dir: Path,
         flag = "URGENT " if result.get("urgent") else ""
         print(f"  {key}: {flag}{result['label']} p={result['probability']:.3f} (truth {truth}) "
               f"model v{result['model']['version']} in {seconds:.2f} s", flush=True)
-        heatmap = result.get("heatmap") or {}
+        with_heatmap, _ = _wait_for_result(s3, key, uploaded, timeout_s, heatmap=True)
+        heatmap = (with_heatmap or {}).get("heatmap") or {}
         heatmap_png = b""
         if heatmap.get("key"):
             stored = s3.get_object(Bucket=heatmap.get("bucket", RESULT_BUCKET), Key=heatmap["key"])
@@ -147,6 +153,8 @@ def run_demo(stack: Stack, images: list[tuple[str, bytes, str]], out_dir: Path,
                 print(f"    DICOM de-identified: no patient name in its result or heatmap "
                       f"(de-identification took {result['timings_ms'].get('deidentify', '?')} ms)", flush=True)
 
+    # PACS in, PACS out: a modality's DX study to the receiver, the SR and heatmap back in Orthanc.
+    pacs_step(stack, decode_image(images[0][1], _content_type(images[0][0])), report.fail)
     gateway = stack.urls["gateway"]
     name, data, _ = images[0]
     with httpx.Client(base_url=gateway, timeout=60, headers=stack.api_headers) as client:  # the stack's API token
@@ -206,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     config = StackConfig(run_dir=args.run_dir or env.run_dir, model_uri=model, functions=ALL_FUNCTIONS,
                          ports=StackPorts.from_env(env), prometheus=False, train_data=data,
-                         force_train=data is not None and not model)
+                         force_train=data is not None and not model, orthanc=True, dicom_port=env.dicom_port)
     stack = Stack(config, env=env)
     stack.supervisor.install_signal_handlers()
     out_dir = args.out or stack.config.run_dir / "demo-heatmaps"

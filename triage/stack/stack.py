@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -17,11 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from shared.config import PROJECT_ROOT, Settings
+from shared.config import PROJECT_ROOT, ExportSettings, Settings
 from shared.errors import UserError
 from triage.config import PORT_ENV, TriageEnv
 from triage.stack.mlflow_server import mlflow_spec
 from triage.stack.models import checked_uri, resolve_models, train_first_model
+from triage.stack.orthanc import INSTALL_HINT as ORTHANC_HINT
+from triage.stack.orthanc import OrthancPorts, orthanc_spec
 from triage.stack.ports import ALL_FUNCTIONS, MODEL_FUNCTIONS, REVISION_SLOTS, StackPorts
 from triage.stack.processes import ChildFailed, ProcessSpec, Supervisor, check_ports_free
 from triage.stack.prometheus import INSTALL_HINT, prometheus_spec
@@ -45,6 +48,10 @@ class StackConfig:
     ports: StackPorts = field(default_factory=StackPorts)
     mlflow: bool = True
     prometheus: bool = True
+    # Orthanc, the PACS stand-in (`triage up` and the demo turn it on; started when installed): export sends there
+    # unless PACS_STOW_URL / PACS_HOST are set. Off by default, so tests that do not ask for it start none.
+    orthanc: bool = False
+    orthanc_ports: OrthancPorts | None = None  # None: ORTHANC_HTTP_PORT / ORTHANC_DICOM_PORT, else 8042 / 4242
     delivery: DeliverySpec = field(default_factory=lambda: DeliverySpec(retry=6, backoff_delay_s=0.5))
     webhook_token: str | None = None
     reviewer_tokens: str | None = None
@@ -56,6 +63,7 @@ class StackConfig:
     extra_triggers: tuple[Mapping[str, Any], ...] = ()  # more broker triggers (broker config format)
     monitor_tick_s: float | None = None  # the monitor's tick (None: shared.topology's local interval)
     canary_tick_s: float | None = None  # the canary's tick: one step decision per tick
+    dicom_port: int | None = None  # the DICOM receiver's port (`triage up`: DICOM_PORT, 11112); None: not started
 
 
 def installation_secret(run_dir: Path, name: str) -> str:
@@ -163,6 +171,8 @@ class Stack:
             api_tokens=str(local_table(cfg.run_dir)), deid_secret=self.deid_secret)
         env = stack_env(values, run_dir=cfg.run_dir, threads=self.triage_env.threads,
                         pythonpath=self.triage_env.pythonpath)
+        if "orthanc" in self.urls and not ExportSettings.from_env().configured:  # the local PACS, for export
+            env["PACS_STOW_URL"] = f"{self.urls['orthanc']}/dicom-web"
         return {**env, **cfg.extra_env}
 
     def start(self) -> None:
@@ -184,9 +194,13 @@ class Stack:
               if cfg.prometheus else []),
             *[ProcessSpec(name, [], port=ports.function_port(name), port_env=PORT_ENV["function_base"])
               for name in (*cfg.functions, *self._slot_names())],
+            *([ProcessSpec("dicom-receiver", [], port=cfg.dicom_port, port_env="DICOM_PORT")]
+              if cfg.dicom_port else []),
         ])
         self._say(f"run dir {cfg.run_dir} (logs in {cfg.run_dir / 'logs'})")
         self._start_s3()
+        if cfg.dicom_port:
+            self._start_dicom_receiver(cfg.dicom_port)
         if cfg.mlflow:
             self.supervisor.start(mlflow_spec(cfg.run_dir, ports.mlflow, self.urls["s3"],
                                               ready_timeout_s=max(cfg.ready_timeout_s, 120)))
@@ -196,6 +210,8 @@ class Stack:
             train=lambda: train_first_model(cfg.run_dir, self.env(), data=cfg.train_data, echo=self.echo),
             force_train=cfg.force_train, train_data=cfg.train_data, say=self._say)
         self._start_broker()
+        if cfg.orthanc:
+            self._start_orthanc()
         self._start_functions()
         self._start_gateway()
         if cfg.prometheus:
@@ -220,6 +236,25 @@ class Stack:
                               str(outbox_dir(data_dir)), "--webhook-url", minio_source),
             env=self.env(), port=ports.s3_notify, port_env=PORT_ENV["s3_notify"],
             health_url=f"http://127.0.0.1:{ports.s3_notify}/healthz", ready_timeout_s=60, cwd=PROJECT_ROOT))
+
+    def _start_dicom_receiver(self, port: int) -> None:
+        """The C-STORE SCP (`shared.pacs.receiver`), ready once its port accepts connections."""
+        self.supervisor.start(ProcessSpec(
+            "dicom-receiver", self._py("shared.pacs.receiver", "--host", "127.0.0.1", "--port", str(port)),
+            env=self.env(), port=port, port_env="DICOM_PORT", cwd=PROJECT_ROOT), wait=False)
+        deadline = time.monotonic() + 60
+        while not self._accepts(port):
+            if time.monotonic() > deadline or "dicom-receiver" in self.supervisor.check_alive():
+                raise ChildFailed(f"the DICOM receiver did not listen on {port}; see "
+                                  f"{self.config.run_dir / 'logs' / 'dicom-receiver.log'}")
+            time.sleep(0.1)
+        self.urls["dicom"] = f"dicom://{self.settings.dicom_ae_title}@127.0.0.1:{port}"
+
+    @staticmethod
+    def _accepts(port: int) -> bool:
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            return probe.connect_ex(("127.0.0.1", port)) == 0
 
     def _subscriber_url(self, target: str) -> str:
         """A model function's events go through the gateway, so its revisions split them as Knative's do."""
@@ -283,6 +318,8 @@ class Stack:
                                             "traffic": {"champion": 100}} for service in routed}
         if "feedback" in cfg.functions:
             routes["feedback"] = {"revisions": {"default": self.function_urls["feedback"]}}
+        if "dicomweb" in cfg.functions:  # STOW-RS at /dicomweb/studies (its own host on Knative)
+            routes["dicomweb"] = {"revisions": {"default": self.function_urls["dicomweb"]}}
         if "review" in cfg.functions:  # the radiologist's worklist at /review, as on Knative
             routes["review"] = {"revisions": {"default": self.function_urls["review"]}}
         path = cfg.run_dir / "gateway.json"
@@ -303,6 +340,26 @@ class Stack:
                                 "--launch", str(launch_path), "--run-dir", str(cfg.run_dir)),
             env=self.env(), port=port, port_env=PORT_ENV["gateway"], health_url=f"http://127.0.0.1:{port}/healthz",
             ready_timeout_s=cfg.ready_timeout_s + (60 if self.challenger_uri else 0), cwd=PROJECT_ROOT))
+
+    @property
+    def orthanc_ports(self) -> OrthancPorts:
+        """Orthanc's ports and the receiver it knows as its modality (DICOM_PORT, AE DICOM_AE_TITLE)."""
+        env = self.triage_env
+        return self.config.orthanc_ports or OrthancPorts(
+            http=env.orthanc_http_port, dicom=env.orthanc_dicom_port,
+            receiver=self.config.dicom_port or self.settings.dicom_port,
+            receiver_ae=self.settings.dicom_ae_title)
+
+    def _start_orthanc(self) -> None:
+        spec = orthanc_spec(self.config.run_dir, self.orthanc_ports)
+        if spec is None:
+            self._say(ORTHANC_HINT)
+            return
+        try:
+            self.supervisor.start(spec)
+            self.urls["orthanc"] = self.orthanc_ports.http_url
+        except ChildFailed as exc:  # optional: the stack works without a PACS (export then skips)
+            self._say(f"Orthanc did not start; continuing without it: {exc}")
 
     def _start_prometheus(self) -> None:
         ports = self.config.ports

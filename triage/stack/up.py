@@ -43,7 +43,9 @@ def config_from_args(args: argparse.Namespace, env: TriageEnv) -> StackConfig:
         ports=StackPorts.from_env(env),
         mlflow=not args.no_mlflow,
         prometheus=not args.no_prometheus,
+        orthanc=True,  # the local PACS, when installed (triage.stack.orthanc)
         train_data=args.data or env.data,
+        dicom_port=env.dicom_port,
     )
 
 
@@ -65,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
                 if name != "functions":
                     print(f"  {name:<10} {url}")
             print(f"  model      {stack.model_uri}")
+            print(f"  worklist   {urls['gateway']}/review   STOW-RS  {urls['gateway']}/dicomweb/studies")
             print(f"  reviewer token for /review and /feedback: in {token_file}")
-            print(f"  API token for /predict and /explain (Authorization: Bearer ...): in {api_token_file}; "
+            print(f"  API token for /predict, /explain, /dicomweb (Authorization: Bearer ...): in {api_token_file}; "
                   "more with `triage tokens add NAME`")
             admin_token_file = stack.config.run_dir / "gateway-admin-token"
             print(f"  gateway admin token for /admin/* and triage canary: in {admin_token_file}")

@@ -18,6 +18,7 @@ def test_triggers_follow_the_event_table(objects: list[dict]) -> None:
         ("io.minio.object.created", "inference-inputs", "ingest"),
         ("io.minio.object.created", "raw-data", "retrain"),
         ("triage.prediction.created", None, "monitor"),
+        ("triage.prediction.created", None, "export"),  # design §4: export (DICOM inputs)
         ("triage.feedback.received", None, "retrain"),
         ("triage.feedback.received", None, "monitor"),
         ("triage.model.registered", None, "canary"),

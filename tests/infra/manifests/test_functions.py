@@ -22,7 +22,7 @@ def test_functions_scale_to_zero_with_limits_and_secret_references(objects: list
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == manifests.SECRET_NAME
     # Only the clinician-facing functions are reachable from outside.
     public = {n for n, s in services.items() if "networking.knative.dev/visibility" not in s["metadata"]["labels"]}
-    assert public == {"predict", "explain", "feedback", "review"}  # review: the radiologist's worklist
+    assert public == {"predict", "explain", "feedback", "review", "dicomweb"}  # review: the worklist; STOW-RS
     webhook_env = {e["name"] for e in services["minio-source"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "WEBHOOK_TOKEN" in webhook_env
 

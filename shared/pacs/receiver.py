@@ -1,0 +1,160 @@
+"""The DICOM receiver: a Storage SCP (C-STORE) with Verification (C-ECHO) that puts what the hospital sends into
+inference-inputs, where the upload path starts ingest as for any other upload.
+
+One handler per event, as pynetdicom's examples: `on_store` answers each C-STORE with a status. Accepted are the
+chest radiograph SOP classes in the transfer syntaxes the decoder reads (`shared.pacs.sop_classes`); a calling AE
+title outside `DICOM_ALLOWED_AES` (when set) or a called AE title other than ours is rejected at association, as
+are associations over `DICOM_MAX_ASSOCIATIONS`. Statuses: 0x0000 stored; 0xA900 the data set contradicts its SOP
+class (or lacks its UIDs); 0xC000 it cannot be parsed or its pixels cannot be decoded (nothing is stored for
+either); 0xA700 (out of resources) when storage fails, so the modality sends it again. Logs name an instance only
+as `shared.names.key_ref` and never carry a UID, a patient attribute or pynetdicom's message dumps.
+
+Run it with `python -m shared.pacs.receiver [--host 0.0.0.0] [--port N]` (settings from `shared.config.Settings`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import threading
+from typing import Any
+
+from shared.config import Settings
+from shared.names import INPUT_BUCKET, key_ref
+from shared.pacs.instances import RefusedInstance, check_instance, store_instance
+from shared.pacs.sop_classes import CHEST_RADIOGRAPH_SOP_CLASSES, DECODABLE_TRANSFER_SYNTAXES
+from shared.storage import Storage
+
+__all__ = [
+    "CANNOT_UNDERSTAND",
+    "DATASET_MISMATCH",
+    "OUT_OF_RESOURCES",
+    "SUCCESS",
+    "Receiver",
+    "application_entity",
+    "main",
+    "on_store",
+]
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # storage failed: the modality retries
+DATASET_MISMATCH = 0xA900  # "data set does not match SOP class"
+CANNOT_UNDERSTAND = 0xC000  # "cannot understand": unparseable, or pixels that do not decode
+# Waits on a silent peer: an association request, a DIMSE message, any network read.
+ACSE_TIMEOUT_S = 30
+DIMSE_TIMEOUT_S = 60
+NETWORK_TIMEOUT_S = 60
+
+
+def on_store(event: Any, storage: Storage, settings: Settings) -> int:
+    """EVT_C_STORE: check the instance, store it as received, answer the status (never raises).
+
+    `storage` and `settings` are the handler's bound arguments (pynetdicom passes them after the event).
+    """
+    try:
+        data = event.encoded_dataset()  # preamble + file meta of the context + the data set as it came
+        request = event.request
+        declared_class, declared_instance = request.AffectedSOPClassUID, request.AffectedSOPInstanceUID
+    except Exception:  # pynetdicom could not even frame it: nothing to store
+        log.warning("refused an instance from %s: the data set cannot be read", _peer(event))
+        return CANNOT_UNDERSTAND
+    try:
+        instance = check_instance(data, declared_sop_class=declared_class, declared_sop_instance=declared_instance,
+                                  max_pixels=settings.max_pixels)
+    except RefusedInstance as exc:
+        log.warning("refused an instance from %s: %s", _peer(event), exc.message)
+        return DATASET_MISMATCH if exc.mismatch else CANNOT_UNDERSTAND
+    ref = key_ref(INPUT_BUCKET, instance.key)
+    try:
+        store_instance(storage, instance)
+    except Exception as exc:  # S3 down or refusing: ours, so the sender keeps it and retries
+        log.error("could not store %s from %s: %s", ref, _peer(event), type(exc).__name__)
+        return OUT_OF_RESOURCES
+    log.info("stored %s from %s (%d bytes)", ref, _peer(event), len(data))
+    return SUCCESS
+
+
+def _peer(event: Any) -> str:
+    """The sender as its calling AE title (configured at the modality: not a patient attribute)."""
+    try:
+        return str(event.assoc.requestor.ae_title).strip() or "?"
+    except Exception:
+        return "?"
+
+
+def _on_rejected(event: Any) -> None:
+    log.warning("rejected an association from %s", _peer(event))
+
+
+def application_entity(settings: Settings) -> Any:
+    """The AE with our title, the accepted contexts, the allow-list and the limits (not yet listening)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=settings.dicom_ae_title)
+    ae.maximum_associations = settings.dicom_max_associations
+    ae.maximum_pdu_size = settings.dicom_max_pdu_bytes
+    ae.require_calling_aet = list(settings.dicom_allowed_aes)  # empty: any
+    ae.require_called_aet = True  # a modality configured for another AE is told so, not silently served
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = ACSE_TIMEOUT_S, DIMSE_TIMEOUT_S, NETWORK_TIMEOUT_S
+    ae.add_supported_context(Verification)
+    for sop_class in CHEST_RADIOGRAPH_SOP_CLASSES:
+        ae.add_supported_context(sop_class, list(DECODABLE_TRANSFER_SYNTAXES))
+    return ae
+
+
+class Receiver:
+    """The listening SCP: `start()` binds and serves in the background, `stop()` closes it (a context manager)."""
+
+    def __init__(self, settings: Settings, storage: Storage, *, host: str = "0.0.0.0", port: int | None = None) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.address = (host, settings.dicom_port if port is None else port)
+        self._server: Any = None
+
+    def start(self) -> Receiver:
+        from pynetdicom import evt
+
+        # pynetdicom logs message dumps (UIDs, identifiers) at INFO / DEBUG: only its warnings and errors.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        handlers = [(evt.EVT_C_STORE, on_store, [self.storage, self.settings]), (evt.EVT_REJECTED, _on_rejected)]
+        self._server = application_entity(self.settings).start_server(self.address, block=False,
+                                                                       evt_handlers=handlers)
+        log.info("DICOM receiver %s listening on %s:%d", self.settings.dicom_ae_title, self.address[0], self.port)
+        return self
+
+    @property
+    def port(self) -> int:
+        """The bound port (the asked one, or the kernel's choice for port 0)."""
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.pacs.receiver", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    parser.add_argument("--port", type=int, default=None, help="TCP port (default: DICOM_PORT, 11112)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    receiver = Receiver(settings, Storage.from_settings(settings), host=args.host, port=args.port)
+    with receiver, contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()  # until SIGINT / SIGTERM
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""The DICOM receiver against real DCMTK clients (echoscu, storescu): what is stored, what is refused, and how.
+
+The receiver runs in this process on the local S3 server of the suite; DCMTK's tools are the modality.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import uid
+
+from shared.config import Settings
+from shared.names import INPUT_BUCKET, dicom_instance_key
+from shared.pacs.receiver import Receiver
+from tests.shared.pacs.dcmtk import dcmtk_send, dcmtk_tool
+from tests.shared.pacs.generated_dx import BIRTH_DATE, PATIENT_ID, PATIENT_NAME, generated_dx
+
+MODALITY = "CHESTROOM1"
+
+
+@pytest.fixture
+def storescu() -> str:
+    return dcmtk_tool("storescu")
+
+
+@pytest.fixture
+def receiver(storage):
+    with Receiver(Settings(dicom_allowed_aes=(MODALITY,)), storage, host="127.0.0.1", port=0) as running:
+        yield running
+
+
+def send(tool: str, receiver: Receiver, *files: Path, calling: str = MODALITY, called: str = "XRAYTRIAGE",
+         options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return dcmtk_send(Path(tool).name, receiver.port, *files, calling=calling, called=called, options=options)
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def edited_dx(path: Path, **attributes) -> Path:
+    """The generated DX with `attributes` changed (a CT's SOP class, short pixel data, ...)."""
+    ds = pydicom.dcmread(io.BytesIO(generated_dx()))
+    for name, value in attributes.items():
+        setattr(ds, name, value)
+    if "SOPClassUID" in attributes:
+        ds.file_meta.MediaStorageSOPClassUID = attributes["SOPClassUID"]
+    ds.save_as(path)
+    return path
+
+
+def stored_keys(storage) -> list[str]:
+    return storage.list_keys(INPUT_BUCKET, "")
+
+
+def test_echoscu_is_answered(receiver):
+    echoscu = dcmtk_tool("echoscu")
+    done = send(echoscu, receiver)
+    assert done.returncode == 0, done.stderr
+    assert "Received Echo Response (Success)" in done.stderr + done.stdout
+
+
+def test_a_dx_from_storescu_is_stored_as_received_under_a_key_without_identifiers(receiver, storage, storescu,
+                                                                                   tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    original = generated_dx(rows=96, columns=80)
+    sent = pydicom.dcmread(io.BytesIO(original))
+    done = send(storescu, receiver, write(tmp_path / "chest.dcm", original))
+    assert done.returncode == 0, done.stderr
+
+    key = dicom_instance_key(sent.StudyInstanceUID, sent.SOPInstanceUID)
+    assert stored_keys(storage) == [key] and re.fullmatch(r"dicom/[0-9a-f]{64}\.dcm", key)
+    stored_object = storage.get_object(INPUT_BUCKET, key)
+    assert stored_object.content_type == "application/dicom"
+    stored = pydicom.dcmread(io.BytesIO(stored_object.data))
+    # The hospital's own storage: the instance as the modality sent it, identifiers and pixels included.
+    assert (str(stored.PatientName), stored.PatientID, stored.PatientBirthDate) == (PATIENT_NAME, PATIENT_ID,
+                                                                                    BIRTH_DATE)
+    assert stored.SOPInstanceUID == sent.SOPInstanceUID and stored.PixelData == sent.PixelData
+    assert stored.file_meta.TransferSyntaxUID == uid.ExplicitVRLittleEndian
+
+    # Sent again (a modality retrying): the same key, still one object.
+    assert send(storescu, receiver, tmp_path / "chest.dcm").returncode == 0
+    assert stored_keys(storage) == [key]
+    # Our logs and pynetdicom's (the S3 client's debug lines name keys; it logs at WARNING in production).
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("shared", "pynetdicom")))
+    assert "stored obj:" in logged
+    for secret in (PATIENT_NAME, PATIENT_ID, BIRTH_DATE, "EXPORTTEST", sent.StudyInstanceUID, sent.SOPInstanceUID,
+                   key):
+        assert secret not in logged
+
+
+def test_a_compressed_dx_is_accepted_in_its_transfer_syntax(receiver, storage, storescu, tmp_path):
+    ds = pydicom.dcmread(io.BytesIO(generated_dx()))
+    ds.compress(uid.RLELossless)
+    path = tmp_path / "rle.dcm"
+    ds.save_as(path)
+    done = send(storescu, receiver, path, options=("--propose-rle",))  # RLE first, then uncompressed
+    assert done.returncode == 0, done.stderr
+    (key,) = stored_keys(storage)
+    assert pydicom.dcmread(io.BytesIO(storage.get_bytes(INPUT_BUCKET, key))).file_meta.TransferSyntaxUID == \
+        uid.RLELossless
+
+
+def test_an_unknown_calling_ae_is_rejected_and_nothing_is_stored(receiver, storage, storescu, tmp_path, caplog):
+    done = send(storescu, receiver, write(tmp_path / "chest.dcm", generated_dx()), calling="UNKNOWNAE")
+    assert done.returncode != 0
+    assert "Calling AE Title Not Recognized" in done.stderr + done.stdout
+    assert stored_keys(storage) == []
+    assert "rejected an association from UNKNOWNAE" in caplog.text
+
+
+def test_any_calling_ae_is_accepted_when_the_allow_list_is_empty(storage, storescu, tmp_path):
+    with Receiver(Settings(), storage, host="127.0.0.1", port=0) as open_receiver:
+        done = send(storescu, open_receiver, write(tmp_path / "chest.dcm", generated_dx()), calling="ANYONE")
+    assert done.returncode == 0, done.stderr
+    assert len(stored_keys(storage)) == 1
+
+
+def test_a_wrong_called_ae_is_rejected(receiver, storage, storescu, tmp_path):
+    done = send(storescu, receiver, write(tmp_path / "chest.dcm", generated_dx()), called="ANY-SCP")
+    assert done.returncode != 0 and "Called AE Title Not Recognized" in done.stderr + done.stdout
+    assert stored_keys(storage) == []
+
+
+def test_a_ct_image_is_refused_at_negotiation(receiver, storage, storescu, tmp_path):
+    done = send(storescu, receiver, edited_dx(tmp_path / "ct.dcm", SOPClassUID=uid.CTImageStorage, Modality="CT"))
+    assert done.returncode != 0
+    assert "No presentation context" in done.stderr + done.stdout
+    assert stored_keys(storage) == []
+
+
+def test_a_corrupt_dataset_gets_a_failure_status_and_nothing_is_stored(receiver, storage, storescu, tmp_path,
+                                                                       caplog):
+    # A well-formed file (storescu sends it) whose pixel data is far shorter than its rows x columns declare.
+    sent = pydicom.dcmread(io.BytesIO(generated_dx()))
+    path = edited_dx(tmp_path / "corrupt.dcm", PixelData=sent.PixelData[:1000])
+    done = send(storescu, receiver, path)
+    assert done.returncode != 0
+    assert "Received Store Response (Error: CannotUnderstand)" in done.stderr, done.stderr
+    assert stored_keys(storage) == []
+    assert "refused an instance from CHESTROOM1: the image cannot be decoded" in caplog.text
+
+
+def test_a_dx_without_its_study_uid_gets_0xa900(receiver, storage, storescu, tmp_path):
+    ds = pydicom.dcmread(io.BytesIO(generated_dx()))
+    del ds.StudyInstanceUID  # a type 1 attribute of every image IOD
+    path = tmp_path / "no-study.dcm"
+    ds.save_as(path)
+    done = send(storescu, receiver, path)
+    assert done.returncode != 0
+    assert "Received Store Response (Error: DataSetDoesNotMatchSOPClass" in done.stderr, done.stderr
+    assert stored_keys(storage) == []
+
+
+def test_a_storage_failure_answers_out_of_resources_so_the_modality_retries(receiver, storage, storescu, tmp_path):
+    storage.client.delete_bucket(Bucket=INPUT_BUCKET)  # S3 refuses every write into it
+    done = send(storescu, receiver, write(tmp_path / "chest.dcm", generated_dx()))
+    assert done.returncode != 0
+    assert "Received Store Response (Refused: OutOfResources)" in done.stderr, done.stderr
+
+
+def test_associations_over_the_limit_are_rejected(storage, tmp_path):
+    """One association held open: with DICOM_MAX_ASSOCIATIONS=1 the next is refused, and served once it is gone."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    echoscu = dcmtk_tool("echoscu")
+    with Receiver(Settings(dicom_max_associations=1), storage, host="127.0.0.1", port=0) as limited:
+        holder = AE(ae_title="HOLDER")
+        holder.add_requested_context(Verification)
+        held = holder.associate("127.0.0.1", limited.port, ae_title="XRAYTRIAGE")
+        assert held.is_established
+        try:
+            refused = send(echoscu, limited)
+            assert refused.returncode != 0 and "Local Limit Exceeded" in refused.stderr + refused.stdout
+        finally:
+            held.release()
+        assert send(echoscu, limited).returncode == 0
+
+
+def test_the_receiver_offers_the_configured_pdu_size(storage):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    with Receiver(Settings(dicom_max_pdu_bytes=32_768), storage, host="127.0.0.1", port=0) as running:
+        scu = AE(ae_title="PROBE")
+        scu.add_requested_context(Verification)
+        assoc = scu.associate("127.0.0.1", running.port, ae_title="XRAYTRIAGE")
+        try:
+            assert assoc.is_established and assoc.acceptor.maximum_length == 32_768
+        finally:
+            assoc.release()
