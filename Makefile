@@ -28,7 +28,7 @@ lint: $(STAMP)  ## ruff
 test: $(STAMP) lint  ## the whole test suite (CI runs this)
 	$(BIN)/pytest -q
 
-bench: $(STAMP)  ## latency, cold start, upload-to-result, explanation faithfulness -> reports/bench/ (DATA=file.npz)
+bench: $(STAMP)  ## latency, cold start, upload-to-result, memory, faithfulness, PACS C-STORE to SR -> reports/bench/ (DATA=file.npz)
 	$(if $(DATA),,$(BIN)/triage phantom --out reports/bench/images.npz --n-train 2 --n-val 2 --n-test 32 --seed 777)
 	$(BIN)/triage bench --out reports/bench $(if $(DATA),--data $(DATA),--images reports/bench/images.npz)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.config import EXPORT_METHODS
 from shared.errors import UserError
 from shared.names import AE_TITLE
 
@@ -57,6 +58,7 @@ _PINNED = re.compile(
     r"|RELEASE\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z)$"  # MinIO's release tags
 )
 _IMAGE_TAG = re.compile(r"^(v?\d+(\.\d+){1,3}([-+][0-9A-Za-z.+-]+)?|[0-9a-f]{7,40}|sha256:[0-9a-f]{64})$")
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 
 
@@ -99,6 +101,12 @@ class InfraConfig:
     dicom_allowed_aes: tuple[str, ...] = ()
     # Where export returns the SR and the heatmap: the hospital PACS's DICOMweb base (unset: export skips, counted).
     pacs_stow_url: str = ""
+    # Or by C-STORE (export_method cstore): the PACS's SCP (host, port, AE title) and export's calling AE title.
+    export_method: str = "stow"
+    pacs_host: str = ""
+    pacs_port: int = 4242
+    pacs_ae_title: str = "ORTHANC"
+    export_ae_title: str = "XRAYTRIAGE"
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -208,6 +216,19 @@ def load_config(get: Getter, stack: str, has_secret: Callable[[str], bool]) -> I
     pacs_stow_url = (get("pacs_stow_url") or "").strip()
     if pacs_stow_url and not re.match(r"^https?://[^\s/]+(/\S*)?$", pacs_stow_url):
         raise _error("pacs_stow_url", f"{pacs_stow_url!r} is not an http(s) URL (the PACS's DICOMweb base)")
+    export_method = (get("export_method") or "stow").strip()
+    if export_method not in EXPORT_METHODS:
+        raise _error("export_method", f"{export_method!r} is not one of {', '.join(EXPORT_METHODS)}")
+    pacs_host = (get("pacs_host") or "").strip()
+    if pacs_host and not _HOST.match(pacs_host):
+        raise _error("pacs_host", f"{pacs_host!r} is not a host name or IP address (the PACS's C-STORE SCP)")
+    if export_method == "cstore" and not pacs_host:
+        raise _error("pacs_host", "is required when export_method is cstore (the PACS's C-STORE SCP)")
+    pacs_port = _int(get, "pacs_port", 4242, minimum=1)
+    if pacs_port > 65535:
+        raise _error("pacs_port", f"{pacs_port} is not a port number")
+    pacs_ae_title, *_ = _ae_titles("pacs_ae_title", (get("pacs_ae_title") or "ORTHANC",))
+    export_ae_title, *_ = _ae_titles("export_ae_title", (get("export_ae_title") or "XRAYTRIAGE",))
 
     versions = dict(DEFAULT_VERSIONS)
     for key in DEFAULT_VERSIONS:
@@ -270,6 +291,11 @@ def load_config(get: Getter, stack: str, has_secret: Callable[[str], bool]) -> I
         dicom_ae_title=dicom_ae_title,
         dicom_allowed_aes=dicom_allowed_aes,
         pacs_stow_url=pacs_stow_url,
+        export_method=export_method,
+        pacs_host=pacs_host,
+        pacs_port=pacs_port,
+        pacs_ae_title=pacs_ae_title,
+        export_ae_title=export_ae_title,
     )
 
 

@@ -36,15 +36,19 @@ class KubernetesObjects(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: KubernetesObjectsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(self.type_token, name, None, opts)
-        self.objects = kubernetes.yaml.v2.ConfigGroup(
-            f"{name}-objects",
-            objs=self.objects_of(args.settings),
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on),
-        )
+        children = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.depends_on)
+        self.objects = kubernetes.yaml.v2.ConfigGroup(f"{name}-objects", objs=self.objects_of(args.settings),
+                                                      opts=children)
+        self.apply_apart(name, args.settings, children)
         self.register_outputs(self.outputs_of(args.settings))
 
     def objects_of(self, settings: ManifestSettings) -> list[dict]:
         raise NotImplementedError
+
+    def apply_apart(self, name: str, settings: ManifestSettings, children: pulumi.ResourceOptions) -> None:
+        """Objects that need resource options of their own, each its own resource (none unless a subclass says so).
+
+        A ConfigGroup's options do not reach the objects inside it (pulumi/pulumi-kubernetes#2666)."""
 
     def outputs_of(self, settings: ManifestSettings) -> dict[str, pulumi.Input]:
         """The component's outputs (none unless a subclass says so)."""

@@ -10,8 +10,9 @@ import numpy as np
 from load_tests.bench import TARGETS
 from load_tests.loadtest import LoadResult
 from load_tests.memory import MEMORY_LIMIT_MB
+from load_tests.pacs import PACS_TARGET_P95_S
 
-__all__ = ["burst_lines", "cold_floor", "markdown", "memory_lines", "plot_latency", "targets"]
+__all__ = ["burst_lines", "cold_floor", "markdown", "memory_lines", "pacs_lines", "plot_latency", "targets"]
 
 
 def targets(report: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
@@ -28,7 +29,23 @@ def targets(report: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
            if "upload_burst" in report else {}),
         **({"peak_rss_mb (any request, 7000x7000)": (MEMORY_LIMIT_MB, report["memory"]["max_peak_mb"])}
            if "memory" in report else {}),
+        **({"pacs_cstore_to_sr_p95_s": (PACS_TARGET_P95_S, report["pacs"]["p95_s"] if not report["pacs"]["failures"]
+                                        else None)}
+           if "pacs" in report and "skipped" not in report["pacs"] else {}),
     }
+
+
+def pacs_lines(pacs: dict[str, Any] | None) -> list[str]:
+    """The PACS benchmark's line: C-STORE of a DX study to the SR stored in Orthanc (`load_tests.pacs`)."""
+    if not pacs:
+        return []
+    if "skipped" in pacs:
+        return [f"- PACS (C-STORE to the SR in Orthanc): skipped: {pacs['skipped']}"]
+    failed = f"; {len(pacs['failures'])} failed: {'; '.join(pacs['failures'])}" if pacs["failures"] else ""
+    return [f"- PACS: C-STORE of a {pacs['rows']:,} x {pacs['columns']:,} 16-bit DX ({pacs['bytes']:,} bytes) to the "
+            f"SR stored in Orthanc: p50 {pacs['p50_s']} s, p95 {pacs['p95_s']} s, max {pacs['max_s']} s (n "
+            f"{pacs['n']}, one at a time; the C-STORE itself p50 {pacs['cstore_p50_s']} s; target p95 <= "
+            f"{pacs['target_p95_s']} s){failed}"]
 
 
 def memory_lines(memory: dict[str, Any] | None) -> list[str]:
@@ -109,7 +126,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"({report['cold_start']['samples_s']})" + cold_floor(report["cold_start"]),
               f"- upload to result through the bucket: p50 {report['upload_to_result']['p50_s']} s, p95 "
               f"{report['upload_to_result']['p95_s']} s, max {report['upload_to_result']['max_s']} s "
-              f"(n {report['upload_to_result']['n']})", *burst_lines(report.get("upload_burst")), "",
+              f"(n {report['upload_to_result']['n']})", *burst_lines(report.get("upload_burst")),
+              *pacs_lines(report.get("pacs")), "",
               "## Explanation faithfulness (deletion ↓ / insertion ↑ AUC, predicted-class probability)", "",
               "| map | deletion AUC | insertion AUC |", "| --- | --- | --- |"]
     for name in ("rollout", "occlusion", "random"):

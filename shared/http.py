@@ -187,3 +187,16 @@ def serve(
         time.perf_counter() - start
     )
     return response
+
+
+def _framework_errors_as_json() -> None:
+    """What the framework answers before any function code runs (a path its route cannot match, e.g. one holding a
+    newline) in design §5's JSON too: registered on the app functions-framework is building, since a function's
+    main.py imports this module while functions-framework loads it (one app per process, as in every image)."""
+    import functions_framework
+
+    for status in (404, 405):
+        functions_framework.errorhandler(status)(error_response)
+
+
+_framework_errors_as_json()

@@ -37,11 +37,16 @@ __all__ = [
     "DEAD_LETTER_SINK",
     "DEID_SECRET",
     "EMITTER_ENV",
+    "EXPORT_AE_TITLE",
+    "EXPORT_METHOD",
     "FUNCTIONS",
     "GATEWAY_URL",
     "MLFLOW_URL",
     "MODEL_URI",
     "NAMESPACE",
+    "PACS_AE_TITLE",
+    "PACS_HOST",
+    "PACS_PORT",
     "PACS_STOW_URL",
     "PING_SCHEDULES",
     "REGION",
@@ -84,6 +89,11 @@ REVIEWER_TOKENS = "reviewer_tokens"
 # production, a file in the run dir locally. Rotated with `triage tokens`, re-read by the functions.
 API_TOKENS = "api_tokens"
 PACS_STOW_URL = "pacs_stow_url"  # the hospital PACS's DICOMweb base, where export sends the SR and the heatmap
+EXPORT_METHOD = "export_method"  # how export sends: stow (DICOMweb, PACS_STOW_URL) or cstore (DIMSE, PACS_HOST...)
+PACS_HOST = "pacs_host"  # the PACS's C-STORE SCP: host, port and AE title (EXPORT_METHOD=cstore)
+PACS_PORT = "pacs_port"
+PACS_AE_TITLE = "pacs_ae_title"
+EXPORT_AE_TITLE = "export_ae_title"  # export's own (calling) AE title as the C-STORE SCU
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,15 @@ FUNCTIONS: tuple[Function, ...] = (
     Function(  # results back to the PACS (DICOM inputs only): an SR + a Secondary Capture, UIDs keyed by DEID_SECRET
         name="export",
         public=False,
-        own_env=(EnvVar("DEID_SECRET", DEID_SECRET, secret=True), EnvVar("PACS_STOW_URL", PACS_STOW_URL)),
+        own_env=(
+            EnvVar("DEID_SECRET", DEID_SECRET, secret=True),
+            EnvVar("EXPORT_METHOD", EXPORT_METHOD),
+            EnvVar("PACS_STOW_URL", PACS_STOW_URL),
+            EnvVar("PACS_HOST", PACS_HOST),
+            EnvVar("PACS_PORT", PACS_PORT),
+            EnvVar("PACS_AE_TITLE", PACS_AE_TITLE),
+            EnvVar("EXPORT_AE_TITLE", EXPORT_AE_TITLE),
+        ),
     ),
     Function(name="dead-letter", public=False, local=False),
 )

@@ -4,7 +4,9 @@ One run, on this machine: a bare ONNX Runtime call on the same input (the floor)
 concurrency 1 and 8 (straight to the function and through the gateway), cold start (process start to first
 successful prediction) beside its floor (a bare process opening the model), upload-to-result through the bucket
 (one at a time, and a burst of --burst uploads: the flag and the heatmap timed apart), and the deletion /
-insertion AUC of attention rollout, occlusion and random maps. Writes bench.json, bench.md and latency.png under --out.
+insertion AUC of attention rollout, occlusion and random maps, and, when Orthanc is installed, the PACS path (C-STORE
+of a 2,500 x 2,048 16-bit DX to the SR stored in Orthanc, one study at a time, on a second stack with the receiver,
+export and Orthanc). Writes bench.json, bench.md and latency.png under --out.
 
 This module starts the processes (a model trained first when none is given, the local stack); the measuring
 and the report are `load_tests`' (`load_tests.bench`, `load_tests.report`), which take the images from
@@ -40,7 +42,7 @@ from load_tests.report import markdown, plot_latency, targets
 from shared.errors import UserError
 from triage.config import TriageEnv
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "pacs_benchmark", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +58,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "from its test split unless --images (default $DATA, else phantoms)")
     parser.add_argument("--images", type=Path, help="the images to send: a folder of PNG / JPEG / DICOM files or an "
                         ".npz (its test split); default the test split of --data, else phantoms")
+    parser.add_argument("--pacs-studies", type=int, default=20, help="DX studies for the PACS benchmark, C-STORE "
+                        "to the SR in Orthanc (default 20; 0 skips it; skipped too when Orthanc is not installed)")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
+
+
+def pacs_benchmark(model_uri: str, run_dir: Path, env: TriageEnv, studies: int) -> dict[str, Any]:
+    """`load_tests.pacs.cstore_to_sr` on a stack of the receiver, minio-source, ingest, export and Orthanc;
+    {"skipped": why} when Orthanc (with its DICOMweb plugin) is not installed or did not start."""
+    from load_tests.pacs import cstore_to_sr
+    from triage.stack.orthanc import INSTALL_HINT, OrthancPorts, orthanc_spec
+    from triage.stack.ports import StackPorts
+    from triage.stack.processes import unused_port_block
+    from triage.stack.stack import Stack, StackConfig
+
+    dicom_port, http_port, orthanc_dicom = unused_port_block(3)
+    ports = OrthancPorts(http=http_port, dicom=orthanc_dicom, receiver=dicom_port)
+    if orthanc_spec(run_dir, ports) is None:
+        return {"skipped": INSTALL_HINT}
+    config = StackConfig(run_dir=run_dir, model_uri=model_uri, functions=("minio_source", "ingest", "export"),
+                         ports=StackPorts.free(), mlflow=False, prometheus=False, dicom_port=dicom_port,
+                         orthanc=True, orthanc_ports=ports)
+    with Stack(config, echo=sys.stderr, env=env) as stack:
+        if "orthanc" not in stack.urls or "dicom" not in stack.urls:
+            return {"skipped": "Orthanc or the DICOM receiver did not start (see the stack's log above)"}
+        return cstore_to_sr(stack.urls["dicom"], ports.dicomweb_url, studies=studies)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
     env = TriageEnv.from_env()
     if (not 10 <= args.requests <= 5000 or not 2 <= args.uploads <= 200 or not 1 <= args.cold_starts <= 10
-            or not 1 <= args.burst <= 400):
-        raise UserError("--requests 10..5000, --uploads 2..200, --cold-starts 1..10, --burst 1..400")
+            or not 1 <= args.burst <= 400 or not 0 <= args.pacs_studies <= 200):
+        raise UserError("--requests 10..5000, --uploads 2..200, --cold-starts 1..10, --burst 1..400, "
+                        "--pacs-studies 0..200")
     data, model_uri = args.data or env.data, args.model or env.model_uri
     if data is not None and not Path(data).is_file():
         raise UserError(f"--data {data}: no such file")
@@ -128,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
     report["faithfulness"] = faithfulness(model_uri, cache, pixels)
     print("peak memory per request (7000 x 7000 PNG, JPEG, DICOM; a fresh process each) ...", file=sys.stderr)
     report["memory"] = peak_memory(model_uri, cache / "memory")
+    if args.pacs_studies:
+        print(f"PACS: C-STORE of {args.pacs_studies} DX studies (2,500 x 2,048) to the SR in Orthanc ...",
+              file=sys.stderr)
+        report["pacs"] = pacs_benchmark(model_uri, run_dir / "pacs", env, args.pacs_studies)
     report["targets"] = targets(report)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     (out / "bench.md").write_text(markdown(report))

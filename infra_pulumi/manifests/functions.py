@@ -94,6 +94,11 @@ def function_env(s: ManifestSettings, fn: FunctionSpec) -> list[dict]:
         topology.TRAINING_ENV_SECRET: TRAINING_ENV_SECRET,
         topology.API_TOKENS: f"s3://{STATE_BUCKET}/{API_TOKENS_KEY}",  # rotated with `triage tokens`, no redeploy
         topology.PACS_STOW_URL: s.pacs_stow_url,
+        topology.EXPORT_METHOD: s.export_method,
+        topology.PACS_HOST: s.pacs_host,
+        topology.PACS_PORT: str(s.pacs_port),
+        topology.PACS_AE_TITLE: s.pacs_ae_title,
+        topology.EXPORT_AE_TITLE: s.export_ae_title,
     }
     return [
         secret_env(var.name, var.value) if var.secret else {"name": var.name, "value": values[var.value]}

@@ -46,6 +46,11 @@ class ManifestSettings:
     dicom_allowed_aes: tuple[str, ...] = ()
     dicom_cidrs: tuple[str, ...] = ()
     pacs_stow_url: str = ""  # the hospital PACS's DICOMweb base for export (empty: export skips, counted)
+    export_method: str = "stow"  # or cstore: to pacs_host:pacs_port (pacs_ae_title), calling as export_ae_title
+    pacs_host: str = ""
+    pacs_port: int = 4242
+    pacs_ae_title: str = "ORTHANC"
+    export_ae_title: str = "XRAYTRIAGE"
     alert_utc_offset_hours: float = 0.0  # the hospital's offset from UTC: working hours of the alerting rules
 
     @classmethod
@@ -68,6 +73,11 @@ class ManifestSettings:
             dicom_allowed_aes=cfg.dicom_allowed_aes,
             dicom_cidrs=tuple(cfg.cidrs.get("dicom", ())),
             pacs_stow_url=cfg.pacs_stow_url,
+            export_method=cfg.export_method,
+            pacs_host=cfg.pacs_host,
+            pacs_port=cfg.pacs_port,
+            pacs_ae_title=cfg.pacs_ae_title,
+            export_ae_title=cfg.export_ae_title,
             **overrides,
         )
 

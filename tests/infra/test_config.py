@@ -73,6 +73,13 @@ def test_lists_may_be_comma_separated_and_overrides_apply() -> None:
         ({"dns_nameservers": "8.8.8.8,dns.google"}, "dns_nameservers"),
         ({"pacs_stow_url": "pacs.hospital:8042"}, "pacs_stow_url"),
         ({"pacs_stow_url": "ftp://pacs/dicom-web"}, "pacs_stow_url"),
+        ({"export_method": "ftp"}, "export_method"),
+        ({"export_method": "cstore"}, "pacs_host"),  # C-STORE to nowhere: refused at config time
+        ({"export_method": "cstore", "pacs_host": "pacs host"}, "pacs_host"),
+        ({"pacs_port": "70000"}, "pacs_port"),
+        ({"pacs_port": "0"}, "pacs_port"),
+        ({"pacs_ae_title": "A_TITLE_LONGER_THAN_16"}, "pacs_ae_title"),
+        ({"export_ae_title": "BACK\\SLASH"}, "export_ae_title"),
     ],
 )
 def test_bad_values_name_their_key(changes: dict, key: str) -> None:
@@ -126,3 +133,40 @@ def test_the_pacs_destination_reaches_the_export_function() -> None:
     export = next(o for o in all_objects(settings) if o["kind"] == "Service" and o["metadata"]["name"] == "export")
     env = {e["name"]: e.get("value") for e in export["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["PACS_STOW_URL"] == "https://pacs.hospital.example/dicom-web"
+
+
+def test_the_cstore_destination_reaches_the_export_function() -> None:
+    from infra_pulumi.config import OPTIONAL_SECRET_KEYS
+    from infra_pulumi.manifests import all_objects
+    from infra_pulumi.manifests.settings import ManifestSettings
+    from shared.config import ExportSettings
+
+    cfg = load(export_method="cstore", pacs_host="10.20.0.5", pacs_port="104", pacs_ae_title="HOSP_PACS",
+               export_ae_title="TRIAGE_AI")
+    settings = ManifestSettings.from_config(cfg, domain="example.org", secrets=dict.fromkeys(OPTIONAL_SECRET_KEYS, "s"))
+    export = next(o for o in all_objects(settings) if o["kind"] == "Service" and o["metadata"]["name"] == "export")
+    env = {e["name"]: e.get("value") for e in export["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {k: env[k] for k in ("EXPORT_METHOD", "PACS_HOST", "PACS_PORT", "PACS_AE_TITLE", "EXPORT_AE_TITLE")} == {
+        "EXPORT_METHOD": "cstore", "PACS_HOST": "10.20.0.5", "PACS_PORT": "104", "PACS_AE_TITLE": "HOSP_PACS",
+        "EXPORT_AE_TITLE": "TRIAGE_AI"}
+    # The function reads them back as the C-STORE destination (the env a Knative Service would give it).
+    export_settings = ExportSettings.from_env({k: v for k, v in env.items() if v is not None})
+    destination = (export_settings.method, export_settings.pacs_host, export_settings.pacs_port)
+    assert destination == ("cstore", "10.20.0.5", 104)
+    assert (export_settings.pacs_ae_title, export_settings.calling_ae_title) == ("HOSP_PACS", "TRIAGE_AI")
+    assert export_settings.configured
+
+
+def test_the_default_export_env_is_stow_and_parses() -> None:
+    from infra_pulumi.config import OPTIONAL_SECRET_KEYS
+    from infra_pulumi.manifests import all_objects
+    from infra_pulumi.manifests.settings import ManifestSettings
+    from shared.config import ExportSettings
+
+    cfg = load()
+    assert (cfg.export_method, cfg.pacs_host, cfg.pacs_port, cfg.pacs_ae_title) == ("stow", "", 4242, "ORTHANC")
+    settings = ManifestSettings.from_config(cfg, domain="example.org", secrets=dict.fromkeys(OPTIONAL_SECRET_KEYS, "s"))
+    export = next(o for o in all_objects(settings) if o["kind"] == "Service" and o["metadata"]["name"] == "export")
+    env = {e["name"]: e["value"] for e in export["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+    export_settings = ExportSettings.from_env(env)  # empty PACS_HOST / PACS_STOW_URL must not be a config error
+    assert export_settings.method == "stow" and not export_settings.configured

@@ -1,4 +1,5 @@
-"""PACS in, PACS out on the local stack: DCMTK's storescu → the receiver → ingest → export → SR + heatmap in Orthanc.
+"""PACS in, PACS out on the local stack: DCMTK's storescu → the receiver → ingest → export → SR + heatmap in Orthanc,
+and the same from STOW-RS (dicomweb-client through the gateway's /dicomweb).
 
 Real processes (S3, relay, broker, minio_source, ingest, export, gateway, the receiver, Orthanc with the stack's
 generated configuration), a tiny random-weight model. The SR and the Secondary Capture land in the original
@@ -41,8 +42,8 @@ def stack(tmp_path_factory):
 
         require_tool("Orthanc", "apt-get install -y orthanc orthanc-dicomweb")
     config = StackConfig(run_dir=root / "run", model_uri=str(build_tiny_model_dir(root / "model")),
-                         functions=("minio_source", "ingest", "export"), ports=StackPorts.free(), mlflow=False,
-                         prometheus=False, dicom_port=dicom_port, orthanc=True, orthanc_ports=ports,
+                         functions=("dicomweb", "minio_source", "ingest", "export"), ports=StackPorts.free(),
+                         mlflow=False, prometheus=False, dicom_port=dicom_port, orthanc=True, orthanc_ports=ports,
                          extra_env={"THREADS": "2", "EXPORT_ATTEMPTS": "1", "EXPORT_TIMEOUT_S": "2"})
     with Stack(config, echo=None) as running:
         assert "orthanc" in running.urls, "Orthanc did not start in the stack"
@@ -89,6 +90,44 @@ def test_storescu_to_the_receiver_puts_the_sr_and_heatmap_in_orthanc(stack, tmp_
     assert result["probability"] in {m.value for m in group.get_measurements()}
     version = result["model"]["version"]  # a model from a folder has none: "unversioned" in the SR
     assert sr.ContributingEquipmentSequence[0].SoftwareVersions == (str(version) if version else "unversioned")
+
+
+def test_stow_rs_at_the_gateway_puts_the_sr_and_heatmap_in_orthanc(stack):
+    import highdicom as hd
+    from dicomweb_client.api import DICOMwebClient
+
+    sent = pydicom.dcmread(io.BytesIO(generated_dx(rows=128, columns=112, seed=23)))
+    client = DICOMwebClient(url=f"{stack.urls['gateway']}/dicomweb", headers=stack.api_headers)
+    response = client.store_instances([sent])
+    assert [item.ReferencedSOPInstanceUID for item in response.ReferencedSOPSequence] == [sent.SOPInstanceUID]
+    ports = stack.config.orthanc_ports
+    instances = wait_for_instances(ports, str(sent.StudyInstanceUID), 2)
+    by_class = {i["00080016"]["Value"][0]: i for i in instances}
+    assert sorted(by_class) == sorted([SR_CLASS, SC_CLASS])  # in the original study, nothing else
+    assert all(i["0020000D"]["Value"][0] == sent.StudyInstanceUID for i in instances)
+
+    key = dicom_instance_key(sent.StudyInstanceUID, sent.SOPInstanceUID)
+    result = json.loads(stack.s3().get_object(Bucket=RESULT_BUCKET, Key=result_key(key))["Body"].read())
+    sr_uid = by_class[SR_CLASS]["00080018"]["Value"][0]
+    (found,) = httpx.post(f"{ports.http_url}/tools/lookup", content=sr_uid, timeout=5).json()
+    sr = hd.sr.srread(io.BytesIO(httpx.get(f"{ports.http_url}/instances/{found['ID']}/file", timeout=5).content))
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.StudyInstanceUID == sent.StudyInstanceUID
+    (group,) = sr.content.get_image_measurement_groups()
+    assert result["probability"] in {m.value for m in group.get_measurements()}
+    sc_uid = by_class[SC_CLASS]["00080018"]["Value"][0]
+    (found,) = httpx.post(f"{ports.http_url}/tools/lookup", content=sc_uid, timeout=5).json()
+    sc = pydicom.dcmread(io.BytesIO(httpx.get(f"{ports.http_url}/instances/{found['ID']}/file", timeout=5).content))
+    assert sc.BurnedInAnnotation == "YES" and sc.StudyInstanceUID == sent.StudyInstanceUID
+
+
+def test_the_pacs_benchmark_times_cstore_to_the_sr_in_orthanc(stack):
+    from load_tests.pacs import cstore_to_sr
+
+    result = cstore_to_sr(stack.urls["dicom"], stack.config.orthanc_ports.dicomweb_url, studies=2, rows=256,
+                          columns=208, gap_s=0)
+    assert result["failures"] == [] and result["n"] == 2 and len(result["samples_s"]) == 2
+    assert 0 < result["cstore_p50_s"] <= result["p50_s"] <= result["p95_s"] <= result["max_s"]
+    assert result["bytes"] > 256 * 208 * 2
 
 
 def test_orthanc_down_the_broker_retries_and_it_is_stored_once(stack, tmp_path):
