@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from shared import metrics
 from shared.dicom import deidentify_bytes, is_dicom
 from shared.errors import NotFound, TriageError, UserError
@@ -47,7 +45,7 @@ from shared.events import (
 )
 from shared.names import INPUT_BUCKET, OBJECT_CREATED, RESULT_BUCKET, heatmap_key, result_key
 from shared.request_records import record_request
-from shared.storage import Stale, Storage, StorageUnavailable
+from shared.storage import Stale, Storage, unavailable_on_s3_failure
 from shared.timestamps import parse_utc, utc_iso
 
 if TYPE_CHECKING:
@@ -134,13 +132,8 @@ def ingest_object(
     """
     if obj.bucket != INPUT_BUCKET:
         return IngestOutcome("ignored", obj)
-    try:
+    with unavailable_on_s3_failure("while ingesting"):
         outcome = _ingest(storage, model, obj, publisher, now)
-    except (BotoCoreError, ClientError) as exc:
-        # Class name only: boto messages can quote keys, and keys are named by the hospital.
-        raise StorageUnavailable(
-            f"S3 failed while ingesting ({type(exc).__name__}); the event will come again"
-        ) from exc
     metrics.EVENTS_PROCESSED.labels(function="ingest", type=OBJECT_CREATED, outcome=outcome.status).inc()
     return outcome
 

@@ -17,7 +17,7 @@ from shared.names import BUCKETS
 
 __all__ = [
     "MAX_CAS_ATTEMPTS", "ListedObject", "Stale", "StateConflict", "Storage", "StorageUnavailable", "StoredObject",
-    "split_s3_uri",
+    "split_s3_uri", "unavailable_on_s3_failure",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,18 @@ class StorageUnavailable(TriageError):
 
     status = 503
     code = "storage_unavailable"
+
+
+@contextlib.contextmanager
+def unavailable_on_s3_failure(doing: str) -> Iterator[None]:
+    """Turn an S3 failure inside the block into `StorageUnavailable` (503: the event is delivered again), naming
+    only the exception's class: boto messages can quote keys, and keys are named by the hospital."""
+    from botocore.exceptions import BotoCoreError, ClientError  # here: callers that never fail need no botocore
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageUnavailable(f"S3 failed {doing} ({type(exc).__name__}); the event will come again") from exc
 
 
 class Stale(TriageError):

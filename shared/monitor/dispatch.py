@@ -11,8 +11,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from shared.config import MonitorConfig
 from shared.events import BadEvent, CloudEvent, event_data
 from shared.metrics import EVENTS_PROCESSED
@@ -22,7 +20,7 @@ from shared.monitor.labels import record_label
 from shared.monitor.predictions import record_prediction
 from shared.monitor.report import write_report
 from shared.names import FEEDBACK_RECEIVED, MONITOR_REPORT_KEY, PING, PREDICTION_CREATED, STATE_BUCKET
-from shared.storage import Storage, StorageUnavailable
+from shared.storage import Storage, unavailable_on_s3_failure
 
 __all__ = ["Monitor"]
 
@@ -55,7 +53,7 @@ class Monitor:
     def handle(self, event: CloudEvent) -> dict[str, Any]:
         """Dispatch on the event type; unknown types are a 400 `bad_event`. S3 failures are 503 (retried)."""
         kind = event["type"]
-        try:
+        with unavailable_on_s3_failure("in the monitor"):
             if kind == PREDICTION_CREATED:
                 data = event_data(event, "probability", "label")
                 body = {"status": record_prediction(self.storage, self.config, event["id"], data, now=self.now())}
@@ -71,10 +69,5 @@ class Monitor:
                     f"monitor does not handle events of type {kind!r} "
                     f"(expects {PREDICTION_CREATED}, {FEEDBACK_RECEIVED} or {PING})"
                 )
-        except (BotoCoreError, ClientError) as exc:
-            # Class name only: boto messages can quote keys, and keys are named by the hospital.
-            raise StorageUnavailable(
-                f"S3 failed in the monitor ({type(exc).__name__}); the event will come again"
-            ) from exc
         EVENTS_PROCESSED.labels(function="monitor", type=kind, outcome=body["status"]).inc()
         return body

@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter
 
 from shared import metrics
@@ -34,7 +33,7 @@ from shared.events import CloudEvent, event_data
 from shared.names import INPUT_BUCKET, PREDICTION_CREATED, RESULT_BUCKET, heatmap_key, key_ref
 from shared.pacs.send import Sender
 from shared.pacs.sr import Finding, heatmap_secondary_capture, measurement_report
-from shared.storage import Stale, Storage, StorageUnavailable
+from shared.storage import Stale, Storage, unavailable_on_s3_failure
 
 __all__ = ["ATTEMPT_FAILURES", "EXPORTS", "ExportOutcome", "export_prediction"]
 
@@ -92,11 +91,8 @@ def export_prediction(
     if sender is None:  # an installation without a PACS (the worklist only): nothing to retry, nothing lost
         log.warning("no PACS configured (PACS_STOW_URL, or PACS_HOST with EXPORT_METHOD=cstore): not exported")
         return _skip(method, "no_pacs_configured")
-    try:
+    with unavailable_on_s3_failure("while exporting"):
         source, heatmap = _read_inputs(storage, data)
-    except (BotoCoreError, ClientError) as exc:
-        raise StorageUnavailable(f"S3 failed while exporting ({type(exc).__name__}); the event will come again") \
-            from exc
     if isinstance(source, str):
         return _skip(method, source)
     finding = Finding.from_result(data)
