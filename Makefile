@@ -32,9 +32,11 @@ bench: $(STAMP)  ## latency, cold start, upload-to-result, memory, faithfulness,
 	$(if $(DATA),,$(BIN)/triage phantom --out reports/bench/images.npz --n-train 2 --n-val 2 --n-test 32 --seed 777)
 	$(BIN)/triage bench --out reports/bench $(if $(DATA),--data $(DATA),--images reports/bench/images.npz)
 
-bench-quality: $(STAMP)  ## default training on PneumoniaMNIST 28x28 (../shared/data) -> reports/quality/
+CV_FOLDS ?= 5
+CV_MINUTES ?=
+bench-quality: $(STAMP)  ## default training on PneumoniaMNIST 28x28 + val, CV, stress, gate -> reports/quality/ (CV_FOLDS=2 CV_MINUTES=2 for a quick look)
 	test -f $(SHARED_DATA) || { echo "bench-quality needs $(SHARED_DATA)"; exit 2; }
-	$(BIN)/triage train --data $(SHARED_DATA) --out reports/quality --json
+	$(BIN)/python -m training_jobs.quality --data $(SHARED_DATA) --out reports/quality --cv-folds $(CV_FOLDS) $(if $(CV_MINUTES),--cv-minutes $(CV_MINUTES),)
 
 clean:  ## remove caches and local run outputs (keeps .venv)
 	rm -rf .cache .pytest_cache .ruff_cache .triage runs reports mlruns mlruns.db

@@ -1,7 +1,8 @@
 """Load tests and benchmarks: the measuring behind `triage loadtest` and `triage bench`.
 
-Nothing here starts processes or trains: the images come from a folder or an .npz (`images`), the targets are
-URLs, commands and clients the caller gives (`triage/bench.py` starts the local stack for them).
+Nothing here starts the stack or trains: the images come from a folder or an .npz (`images`), the targets are
+URLs, commands and clients the caller gives (`triage/bench.py`, `triage/scale.py` start the local stack for them);
+the one child process is Locust's, which `triage loadtest` runs (`loadtest`, `locustfile.py`).
 """
 
 from load_tests.bench import bare_onnx, cold_start, faithfulness, local_model, parameter_count, upload_to_result

@@ -9,10 +9,12 @@ processes, calls these and writes the report (`load_tests.report`).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +22,20 @@ import httpx
 import numpy as np
 
 from load_tests.images import LoadImage
-from load_tests.loadtest import percentiles
+from load_tests.loadtest import LoadResult, percentiles, run_load
+from load_tests.peers import tree_cpu_s
 from shared.names import INPUT_BUCKET, RESULT_BUCKET, heatmap_key, result_key
 
-__all__ = ["TARGETS", "bare_onnx", "cold_start", "cold_start_floor", "faithfulness", "local_model",
-           "parameter_count", "upload_burst", "upload_to_result"]
+__all__ = ["TARGETS", "System", "bare_onnx", "cold_start", "cold_start_floor", "faithfulness", "local_model",
+           "parameter_count", "records_state", "side_by_side", "upload_burst", "upload_to_result"]
 
 # Issue 12's targets: cold start <= 0.3 s (the floor, a bare process opening the model, measured ~0.26 s) and
 # every urgent flag of a burst of 40 uploads within 2 s (p95).
 TARGETS = {"warm_p50_ms_c1": 5.0, "warm_p99_ms_c1": 15.0, "cold_start_s": 0.3, "upload_to_result_p95_s": 2.0,
            "burst_flag_p95_s": 2.0}
+# Issue 12's targets against the peers, measured side by side (`side_by_side`): ours / theirs.
+PEER_TARGETS = {"c1_p50_vs_bare": 1.5, "c1_p50_vs_peer": 0.8, "c1_p99_vs_peer": 0.8, "c8_rps_vs_peer": 1.3,
+                "cpu_vs_peer": 1.0, "backlog_after_1s": 0, "records_dropped_c8": 0}
 
 _FLOOR_SCRIPT = """
 import sys
@@ -218,3 +224,83 @@ def faithfulness(model_uri: str, cache_dir: Path, images: list[np.ndarray], step
     return {name: {"deletion_auc": round(float(np.mean([d for d, _ in values])), 4),
                    "insertion_auc": round(float(np.mean([i for _, i in values])), 4)}
             for name, values in scores.items()} | {"images": len(images), "steps": steps}
+
+
+@dataclass
+class System:
+    """One server measured side by side: where to POST what, and the processes whose CPU it spends (by part)."""
+
+    name: str
+    url: str
+    body: bytes
+    content_type: str
+    token: str | None = None
+    cpu_pids: Mapping[str, Sequence[int]] = field(default_factory=dict)  # part ("server", "s3") → root pids
+    metrics_url: str | None = None  # ours: /metrics, for the request records' queue and their outcomes
+
+
+_RECORD_LINE = re.compile(r'^triage_request_records_(pending|total\{outcome="(\w+)"\})\s+([0-9.eE+-]+)$', re.M)
+
+
+def records_state(metrics_url: str) -> dict[str, float]:
+    """{"pending", "written", "inline", "failed", "invalid"} of the request records, from a function's /metrics."""
+    text = httpx.get(metrics_url, timeout=10).text
+    return {(outcome or "pending"): float(value) for _, outcome, value in _RECORD_LINE.findall(text)}
+
+
+def side_by_side(systems: Sequence[System], *, requests: int, rounds: int = 3, concurrencies: Sequence[int] = (1, 8),
+                 settle_s: float = 1.0) -> tuple[dict[str, Any], dict[str, LoadResult]]:
+    """Interleaved rounds (A B C A B C ...) at each concurrency, `requests` per system and concurrency in all, so
+    contention from anything else on the machine hits every system alike. Per system and concurrency: the merged
+    latency summary, CPU ms per request of its processes (by part, and in all; over every request of the blocks,
+    their warm-ups included, and for ours the settle after each block); for a system with `metrics_url`,
+    the request records left pending `settle_s` after each block and those failed (dropped) during the blocks.
+    Returns (that summary, the merged LoadResults by "<system>_c<concurrency>")."""
+    loads: dict[str, dict[int, LoadResult]] = {s.name: {c: LoadResult(c) for c in concurrencies} for s in systems}
+    cpu: dict[str, dict[int, dict[str, float]]] = {s.name: {c: {} for c in concurrencies} for s in systems}
+    records: dict[str, dict[str, Any]] = {}
+    share = [requests // rounds + (1 if i < requests % rounds else 0) for i in range(rounds)]
+    for system in systems:
+        if system.metrics_url:
+            records[system.name] = {"before": records_state(system.metrics_url), "pending_after_s": []}
+    sent: dict[tuple[str, int], int] = {}  # requests each server answered in the blocks, warm-ups included
+    for count in share:
+        for concurrency in concurrencies:
+            warmup = max(10, concurrency * 2)
+            for system in systems:
+                before = {part: tree_cpu_s(pids) for part, pids in system.cpu_pids.items()}
+                block = run_load(system.url, system.body, requests=count, concurrency=concurrency,
+                                 content_type=system.content_type, warmup=warmup, token=system.token)
+                merged = loads[system.name][concurrency]
+                merged.latencies += block.latencies
+                merged.errors.update(block.errors)
+                merged.revisions.update(block.revisions)
+                merged.wall_s += block.wall_s
+                key = (system.name, concurrency)
+                sent[key] = sent.get(key, 0) + count + concurrency * max(1, warmup // concurrency)
+                if system.metrics_url:
+                    time.sleep(settle_s)  # the settle's CPU (the record queue draining) is the request's too
+                for part, pids in system.cpu_pids.items():  # before reading /metrics, whose CPU is not
+                    spent = tree_cpu_s(pids) - before[part]
+                    cpu[system.name][concurrency][part] = cpu[system.name][concurrency].get(part, 0.0) + spent
+                if system.metrics_url:
+                    records[system.name]["pending_after_s"].append(records_state(system.metrics_url).get("pending"))
+    out: dict[str, Any] = {"rounds": rounds, "requests": requests, "systems": {}}
+    for system in systems:
+        rows = {}
+        for concurrency in concurrencies:
+            result = loads[system.name][concurrency]
+            answered = max(1, sent[(system.name, concurrency)])
+            parts = {part: round(seconds * 1000 / answered, 2)
+                     for part, seconds in cpu[system.name][concurrency].items()}
+            rows[f"c{concurrency}"] = {**result.summary(), "cpu_ms_per_request": parts,
+                                       "cpu_ms_per_request_total": round(sum(parts.values()), 2)}
+        out["systems"][system.name] = rows
+        if system.name in records:
+            after = records_state(system.metrics_url)  # type: ignore[arg-type]
+            before = records[system.name]["before"]
+            out["systems"][system.name]["request_records"] = {
+                "pending_after_s": records[system.name]["pending_after_s"], "settle_s": settle_s,
+                **{outcome: int(after.get(outcome, 0) - before.get(outcome, 0))
+                   for outcome in ("written", "inline", "failed", "invalid")}}
+    return out, {f"{name}_c{c}": loads[name][c] for name in loads for c in concurrencies}

@@ -7,12 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from load_tests.bench import TARGETS
+from load_tests.bench import PEER_TARGETS, TARGETS
 from load_tests.loadtest import LoadResult
 from load_tests.memory import MEMORY_LIMIT_MB
 from load_tests.pacs import PACS_TARGET_P95_S
 
-__all__ = ["burst_lines", "cold_floor", "markdown", "memory_lines", "pacs_lines", "plot_latency", "targets"]
+__all__ = ["burst_lines", "cold_floor", "markdown", "memory_lines", "pacs_lines", "peer_targets", "plot_latency",
+           "ratios", "side_by_side_lines", "targets"]
+
+OURS, PEER, ONNX_FLAVOR = "xray_triage", "mlflow_png_pyfunc", "mlflow_onnx_flavor"
+_LABELS = {OURS: "xray-triage predict (PNG body)", PEER: "MLflow serve, pyfunc decoding the same PNG (base64 JSON)",
+           ONNX_FLAVOR: "MLflow serve, onnx flavor (JSON tensor)"}
 
 
 def targets(report: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
@@ -33,6 +38,100 @@ def targets(report: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
                                         else None)}
            if "pacs" in report and "skipped" not in report["pacs"] else {}),
     }
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return round(ours / theirs, 3) if ours is not None and theirs else None
+
+
+def _cold_s(report: dict[str, Any], name: str) -> float | None:
+    if name == OURS:
+        return report.get("cold_start", {}).get("median_s")
+    return report["side_by_side"].get("cold_start_s", {}).get(name)
+
+
+def ratios(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Ours over each peer (latency, CPU, cold start: lower is better; c=8 req/s: higher is better) and ours
+    over bare `session.run` at c=1 p50, from the side-by-side rounds."""
+    systems = report["side_by_side"]["systems"]
+    ours = systems[OURS]
+    out: dict[str, dict[str, float | None]] = {
+        "bare_session_run": {"c1_p50": _ratio(ours["c1"]["p50_ms"], report["bare_onnx"]["session_run"]["p50"]),
+                             "c1_p99": _ratio(ours["c1"]["p99_ms"], report["bare_onnx"]["session_run"]["p99"])}}
+    for name, theirs in systems.items():
+        if name == OURS:
+            continue
+        out[name] = {
+            "c1_p50": _ratio(ours["c1"]["p50_ms"], theirs["c1"]["p50_ms"]),
+            "c1_p99": _ratio(ours["c1"]["p99_ms"], theirs["c1"]["p99_ms"]),
+            "c8_rps": _ratio(ours["c8"]["throughput_rps"], theirs["c8"]["throughput_rps"]),
+            "c8_p99": _ratio(ours["c8"]["p99_ms"], theirs["c8"]["p99_ms"]),
+            "cpu_c1": _ratio(ours["c1"]["cpu_ms_per_request_total"], theirs["c1"]["cpu_ms_per_request_total"]),
+            "cold_start": _ratio(_cold_s(report, OURS), _cold_s(report, name)),
+        }
+    return out
+
+
+def peer_targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 12's side-by-side targets: name → {"op", "target", "measured", "met"}; {} without the side-by-side.
+    The peer is the PNG pyfunc on `mlflow models serve`; the ratios are ours / theirs."""
+    if "side_by_side" not in report:
+        return {}
+    table = ratios(report)
+    peer = table.get(PEER, {})
+    records = report["side_by_side"]["systems"][OURS].get("request_records", {})
+    pending = [value for value in records.get("pending_after_s", []) if value is not None]
+    rows = {"c1_p50_vs_bare": ("<=", table["bare_session_run"]["c1_p50"])}
+    if peer:
+        rows |= {"c1_p50_vs_peer": ("<=", peer["c1_p50"]), "c1_p99_vs_peer": ("<=", peer["c1_p99"]),
+                 "c8_rps_vs_peer": (">=", peer["c8_rps"]), "cpu_vs_peer": ("<=", peer["cpu_c1"])}
+    if records:
+        rows |= {"backlog_after_1s": ("<=", max(pending) if pending else None),
+                 "records_dropped_c8": ("<=", records.get("failed"))}
+    out = {}
+    for name, (op, measured) in rows.items():
+        target = PEER_TARGETS[name]
+        met = measured is not None and (measured <= target if op == "<=" else measured >= target)
+        out[name] = {"op": op, "target": target, "measured": measured, "met": met}
+    return out
+
+
+def side_by_side_lines(report: dict[str, Any]) -> list[str]:
+    """Issue 12's table: bare `session.run`, predict and the MLflow peers measured side by side, with the ratios."""
+    side = report.get("side_by_side")
+    if not side:
+        return []
+    bare = report["bare_onnx"]["session_run"]
+    title = ("## Side by side with `mlflow models serve` (same ONNX model, same image, interleaved rounds)"
+             if len(side["systems"]) > 1 else "## Predict beside bare `session.run` (--no-peers)")
+    lines = [title, "",
+             f"{side['rounds']} rounds of {', '.join(side['systems'])} in turn at c=1 then c=8, {side['requests']} "
+             "requests per system and concurrency in all; server CPU is the server's process tree (ours: the "
+             "function plus the S3 server's share, written as function + S3).", "",
+             "| system | c=1 p50 / p99 ms | c=8 req/s (p99 ms) | cold start s | server CPU ms / request (c=1) |",
+             "| --- | --- | --- | --- | --- |",
+             f"| bare `session.run`, batch 1 | {bare['p50']} / {bare['p99']} | — | — | — |"]
+    for name, rows in side["systems"].items():
+        parts = rows["c1"]["cpu_ms_per_request"]
+        cpu = " + ".join(str(parts[part]) for part in ("server", "s3") if part in parts)
+        cpu += f" = {rows['c1']['cpu_ms_per_request_total']}" if len(parts) > 1 else ""
+        errors = sum(sum(rows[c]["errors"].values()) for c in ("c1", "c8"))
+        lines.append(f"| {_LABELS.get(name, name)} | {rows['c1']['p50_ms']} / {rows['c1']['p99_ms']} | "
+                     f"{rows['c8']['throughput_rps']} ({rows['c8']['p99_ms']}) | {_cold_s(report, name)} | {cpu} |"
+                     + (f" ({errors} errors)" if errors else ""))
+    lines += ["", "Ratios, ours / theirs (below 1 is ours better; for c=8 req/s above 1 is):", "",
+              "| versus | c=1 p50 | c=1 p99 | c=8 req/s | c=8 p99 | CPU / request | cold start |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in ratios(report).items():
+        label = "bare `session.run`" if name == "bare_session_run" else _LABELS.get(name, name)
+        cells = [row.get(key, "—") for key in ("c1_p50", "c1_p99", "c8_rps", "c8_p99", "cpu_c1", "cold_start")]
+        lines.append(f"| {label} | " + " | ".join(str(cell) for cell in cells) + " |")
+    records = side["systems"].get(OURS, {}).get("request_records")
+    if records:
+        lines += ["", f"Request records during the rounds: {records['written']} written in the background, "
+                  f"{records['inline']} inline (back-pressure), {records['failed']} failed, {records['invalid']} "
+                  f"invalid; left pending {records['settle_s']:g} s after each block: {records['pending_after_s']}."]
+    return [*lines, ""]
 
 
 def pacs_lines(pacs: dict[str, Any] | None) -> list[str]:
@@ -119,8 +218,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"{floor['decode_preprocess_run']['p50']} ms.",
               f"HTTP overhead over the bare call at concurrency 1 (p50): straight to the function "
               f"{report['overhead_ms']['function_c1']} ms, through the gateway "
-              f"{report['overhead_ms']['gateway_c1']} ms.",
-              "", "## Cold start and upload to result", "",
+              f"{report['overhead_ms']['gateway_c1']} ms.", "", *side_by_side_lines(report),
+              "## Cold start and upload to result", "",
               f"- cold start (process start → first successful prediction): median "
               f"{report['cold_start']['median_s']} s over {len(report['cold_start']['samples_s'])} "
               f"({report['cold_start']['samples_s']})" + cold_floor(report["cold_start"]),
@@ -139,5 +238,7 @@ def markdown(report: dict[str, Any]) -> str:
     for name, (target, measured) in report["targets"].items():
         met = "yes" if measured is not None and measured <= target else "no"
         lines.append(f"| {name} | <= {target} | {measured} | {met} |")
+    for name, row in report.get("peer_targets", {}).items():
+        lines.append(f"| {name} | {row['op']} {row['target']} | {row['measured']} | {'yes' if row['met'] else 'no'} |")
     lines += ["", "![latency](latency.png)", ""]
     return "\n".join(lines)

@@ -88,6 +88,13 @@ def _real(env: Mapping[str, str], name: str, default: float, unit: str = "number
     return float(env_number(env, name, default, unit=unit))  # type: ignore[arg-type]
 
 
+def _not_negative(env: Mapping[str, str], name: str, default: float, unit: str) -> float:
+    value = _real(env, name, default, unit)
+    if value < 0:
+        raise ConfigError(f"environment variable {name}={env.get(name)!r} must not be negative")
+    return value
+
+
 def _positive(env: Mapping[str, str], name: str, default: float, unit: str, *, whole: bool = False) -> float:
     value = float(env_number(env, name, default, whole=whole, unit=unit))  # type: ignore[arg-type]
     if value <= 0:
@@ -150,6 +157,10 @@ class Settings:
     url_allow_networks: str = ""
     # ONNX Runtime intra-op threads: 1 keeps one request per core predictable under concurrency.
     ort_intra_op_threads: int = 1
+    # Micro-batching of concurrent single-image model runs (shared.batching): up to PREDICT_BATCH_MAX rows in one
+    # session.run, waiting at most PREDICT_BATCH_WAIT_MS for company; 1 is off (measured in `make bench`).
+    predict_batch_max: int = 1
+    predict_batch_wait_ms: float = 2.0
     # Retraining.
     retrain_min_labels: int = 50
     retrain_backend: str = "local"  # local | kubernetes | github
@@ -199,6 +210,8 @@ class Settings:
             url_fetch_timeout_s=_real(env, "URL_FETCH_TIMEOUT_S", 5.0, "number of seconds"),
             url_allow_networks=env.get("URL_ALLOW_NETWORKS", ""),
             ort_intra_op_threads=_whole(env, "ORT_INTRA_OP_THREADS", 1),
+            predict_batch_max=int(_positive(env, "PREDICT_BATCH_MAX", 1, "whole number", whole=True)),
+            predict_batch_wait_ms=_not_negative(env, "PREDICT_BATCH_WAIT_MS", 2.0, "number of milliseconds"),
             retrain_min_labels=_whole(env, "RETRAIN_MIN_LABELS", 50),
             retrain_backend=env.get("RETRAIN_BACKEND", "local"),
             retrain_batch_id=env.get("RETRAIN_BATCH_ID") or None,
@@ -238,6 +251,9 @@ class CanaryPolicy:
     challenger has `min_feedback` labels: its accuracy may fall at most `max_accuracy_drop` below the champion's
     (and never under `min_accuracy` when set). These are the canary's thresholds: change them here (or with the
     CANARY_* variables / `triage canary` options).
+    The replay (before any traffic, `shared.canary.replay`) judges sensitivity once it has `replay_min_positives`
+    labelled pneumonia cases and agreement once it has `replay_min_unlabelled` unlabelled ones; `require_approval`
+    makes a canary that passed its last step wait for `triage canary approve` before it is promoted.
     """
 
     steps: tuple[int, ...] = (10, 25, 50, 100)
@@ -248,6 +264,10 @@ class CanaryPolicy:
     min_feedback: int = 20
     max_accuracy_drop: float = 0.05
     min_accuracy: float | None = None
+    replay_min_agreement: float = 0.9  # share of unlabelled replayed cases with the champion's label
+    replay_min_positives: int = 5  # labelled pneumonia cases before the replay judges sensitivity
+    replay_min_unlabelled: int = 20  # unlabelled cases before the replay judges agreement
+    require_approval: bool = False  # wait for a human (`triage canary approve`) before promoting
 
     def __post_init__(self) -> None:
         steps = self.steps
@@ -265,6 +285,8 @@ class CanaryPolicy:
             raise ConfigError("min_requests / min_feedback: expected at least 1")
         if not 0 <= self.max_accuracy_drop <= 1 or (self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1):
             raise ConfigError("max_accuracy_drop / min_accuracy: expected fractions in [0, 1]")
+        if not 0 <= self.replay_min_agreement <= 1 or self.replay_min_positives < 1 or self.replay_min_unlabelled < 1:
+            raise ConfigError("replay_min_agreement: expected a fraction in [0, 1]; replay_min_*: at least 1")
 
 
 @dataclass(frozen=True)
@@ -280,6 +302,8 @@ class CanarySettings:
     gateway_url: str | None = None  # set: drive the local gateway instead of Knative
     model_uri: str | None = "models:/xray-vit/{version}"  # the challenger revisions' MODEL_URI; "" leaves it
     gateway_token: str | None = field(default=None, repr=False)  # GATEWAY_ADMIN_TOKEN: the local gateway's /admin
+    replay: bool = True  # CANARY_REPLAY: score recent and labelled uploads offline before any traffic
+    replay_uploads: int = 200  # CANARY_REPLAY_UPLOADS: the latest N uploads replayed (every labelled one too)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CanarySettings:
@@ -294,6 +318,10 @@ class CanarySettings:
             min_feedback=_whole(env, "CANARY_MIN_FEEDBACK", base.min_feedback),
             max_accuracy_drop=_real(env, "CANARY_MAX_ACCURACY_DROP", base.max_accuracy_drop),
             min_accuracy=env_number(env, "CANARY_MIN_ACCURACY", None, none_ok=True),
+            replay_min_agreement=_real(env, "CANARY_REPLAY_MIN_AGREEMENT", base.replay_min_agreement),
+            replay_min_positives=_whole(env, "CANARY_REPLAY_MIN_POSITIVES", base.replay_min_positives),
+            replay_min_unlabelled=_whole(env, "CANARY_REPLAY_MIN_UNLABELLED", base.replay_min_unlabelled),
+            require_approval=_choice(env, "CANARY_REQUIRE_APPROVAL", ("false", "true")) == "true",
         )
         namespace = env.get("KNATIVE_NAMESPACE") or "xray-triage"
         services = tuple(s for s in (env.get("CANARY_SERVICES") or ",".join(CANARY_SERVICES)).split(",") if s)
@@ -308,6 +336,8 @@ class CanarySettings:
             gateway_url=env.get("CANARY_GATEWAY_URL") or None,
             model_uri=env.get("CANARY_MODEL_URI", "models:/xray-vit/{version}") or None,
             gateway_token=env.get("GATEWAY_ADMIN_TOKEN") or None,
+            replay=_choice(env, "CANARY_REPLAY", ("true", "false")) == "true",
+            replay_uploads=int(_positive(env, "CANARY_REPLAY_UPLOADS", 200, "whole number", whole=True)),
         )
 
 

@@ -172,23 +172,25 @@ def _output_range(ds: Any) -> tuple[float, float]:
     return min(a, b), max(a, b)
 
 
-def decode_dicom(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None) -> np.ndarray:
+def decode_dicom(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None,
+                 chroma: Any = None) -> np.ndarray:
     """DICOM bytes → 2-D float32 in [0, 1], 0 = black: modality LUT (rescale), VOI LUT or window, MONOCHROME1 flip.
 
     The first frame of a multi-frame image is used (only it is decoded); colour images become luminance. With
     `max_side`, an image whose longer side exceeds it is box-averaged by a whole factor to at most that side,
-    row band by row band after the LUTs, so the float copy is never made at full size.
+    row band by row band after the LUTs, so the float copy is never made at full size. A colour image's channel
+    spread is added to `chroma` (an `imaging.Chroma`) on the way.
     """
     ds = read_dataset(data, force=not is_dicom(data))
     try:
-        return _decode(ds, max_pixels, max_side)
+        return _decode(ds, max_pixels, max_side, chroma)
     except (TriageError, MemoryError):
         raise
     except Exception as exc:  # an attribute pydicom's LUT / colour code cannot use: the caller's file, not us
         raise ImageError(f"DICOM image cannot be decoded: {_one_line(exc)}") from exc
 
 
-def _decode(ds: Any, max_pixels: int, max_side: int | None) -> np.ndarray:
+def _decode(ds: Any, max_pixels: int, max_side: int | None, chroma: Any = None) -> np.ndarray:
     if "PixelData" not in ds:
         raise ImageError("DICOM has no pixel data (PixelData element missing)")
     try:
@@ -212,7 +214,7 @@ def _decode(ds: Any, max_pixels: int, max_side: int | None) -> np.ndarray:
         raise ImageError(f"DICOM pixel data has an unusable shape {arr.shape}")
 
     def to_unit(band: np.ndarray) -> np.ndarray:
-        return _colour_to_unit(band, ds, photometric) if colour else _gray_to_unit(band, ds, photometric)
+        return _colour_to_unit(band, ds, photometric, chroma) if colour else _gray_to_unit(band, ds, photometric)
 
     height, width = int(arr.shape[0]), int(arr.shape[1])
     factor = working_factor(width, height, max_side)
@@ -239,12 +241,15 @@ def _first_frame(ds: Any, frames: int) -> np.ndarray:
         raise ImageError(f"DICOM pixel data in {named} cannot be decoded: {_one_line(exc)}") from exc
 
 
-def _colour_to_unit(arr: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
+def _colour_to_unit(arr: np.ndarray, ds: Any, photometric: str, chroma: Any = None) -> np.ndarray:
     if photometric.startswith("YBR"):
         from pydicom.pixels import convert_color_space
 
         arr = convert_color_space(arr, photometric, "RGB")
-    rgb = arr.astype(np.float64) / float(2 ** int(ds.get("BitsStored", 8)) - 1)
+    full_scale = float(2 ** int(ds.get("BitsStored", 8)) - 1)
+    if chroma is not None and arr.ndim == 3 and arr.shape[2] >= 3:
+        chroma.add(arr, full_scale)
+    rgb = arr.astype(np.float64) / full_scale
     gray = rgb @ np.array([0.299, 0.587, 0.114])
     return np.clip(np.nan_to_num(gray, nan=0.0), 0.0, 1.0).astype(np.float32)
 

@@ -37,6 +37,7 @@ __all__ = [
     # The event types and sources live in shared.names; they are here too because every event user needs them.
     "FEEDBACK_RECEIVED",
     "MAX_EVENT_BYTES",
+    "MAX_KEY_BYTES",
     "MODEL_REGISTERED",
     "OBJECT_CREATED",
     "PREDICTION_CREATED",
@@ -71,6 +72,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 1 << 20
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
 
 
 class EventDeliveryError(TriageError):
@@ -134,6 +136,15 @@ def _check_types(event_type: str, data: Mapping[str, Any]) -> None:
     size = data.get("size") if event_type == OBJECT_CREATED else None
     if isinstance(size, int) and not isinstance(size, bool) and size < 0:
         raise InvalidEventData(f"event {event_type} data field 'size' must not be negative")
+    # A key S3 cannot hold, or an ETag that cannot go in an If-Match header, fails on every retry: a 422, not a 503.
+    fields = EVENT_FIELDS.get(event_type, {})
+    key, etag = data.get("key") if "key" in fields else None, data.get("etag") if "etag" in fields else None
+    if isinstance(key, str) and (len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES
+                                 or any(ord(ch) < 32 or ord(ch) == 127 for ch in key)):
+        raise InvalidEventData(f"event {event_type} data field 'key' must be an object key (at most {MAX_KEY_BYTES} "
+                               "bytes, no control characters)")
+    if isinstance(etag, str) and (len(etag) > MAX_KEY_BYTES or not all(" " <= ch <= "~" for ch in etag)):
+        raise InvalidEventData(f"event {event_type} data field 'etag' must be printable ASCII")
 
 
 def minio_source(bucket: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -22,6 +23,7 @@ from shared.working_size import WORKING_SIDE, reduce_in_bands, working_factor
 __all__ = [
     "ACCEPTED_CONTENT_TYPES",
     "MAX_PIXELS",
+    "Chroma",
     "WORKING_SIDE",
     "batch_to_model_input",
     "decode_image",
@@ -43,6 +45,28 @@ STD = 0.5
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass
+class Chroma:
+    """The colour a decode saw, before the pixels became grey: the mean spread between a pixel's largest and
+    smallest channel, in [0, 1] (0 for a grey source, also one stored as RGB). Filled by `decode_image(chroma=)`
+    on a sample of every decoded band (the not-assessable gate's `not_grayscale` check reads it)."""
+
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, rgb: np.ndarray, full_scale: float = 255.0) -> None:
+        """Count an [H, W, >=3] array of channel values on `full_scale` (only its first three channels)."""
+        step = max(1, int(max(rgb.shape[0], rgb.shape[1]) // 256))  # about 256 x 256 samples are plenty
+        sample = np.asarray(rgb[::step, ::step, :3], dtype=np.float32)
+        if sample.size:
+            self.total += float((sample.max(axis=2) - sample.min(axis=2)).sum()) / full_scale
+            self.count += sample.shape[0] * sample.shape[1]
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -69,8 +93,10 @@ def decode_image(
     *,
     max_pixels: int = MAX_PIXELS,
     max_side: int | None = WORKING_SIDE,
+    chroma: Chroma | None = None,
 ) -> np.ndarray:
     """PNG / JPEG / DICOM bytes → 2-D float32 array in [0, 1] (0 = black), at most `max_side` on the longer side.
+    A colour source's channel spread is added to `chroma` on the way (same single pass).
 
     The bytes decide the format (a mislabelled PNG still decodes); the content type only has to be one we
     accept, and `application/dicom` also admits DICOM files written without the 128-byte preamble. An image
@@ -84,13 +110,14 @@ def decode_image(
         raise ImageError("empty body: no image bytes")
     kind = sniff_format(data)
     if kind == "dicom" or (kind is None and media == "application/dicom"):
-        return decode_dicom(data, max_pixels=max_pixels, max_side=max_side)
+        return decode_dicom(data, max_pixels=max_pixels, max_side=max_side, chroma=chroma)
     if kind is None:
         raise ImageError("the bytes are not a PNG, JPEG or DICOM image")
-    return _decode_raster(data, kind, max_pixels, max_side)
+    return _decode_raster(data, kind, max_pixels, max_side, chroma)
 
 
-def _decode_raster(data: bytes, kind: str, max_pixels: int, max_side: int | None) -> np.ndarray:
+def _decode_raster(data: bytes, kind: str, max_pixels: int, max_side: int | None,
+                   chroma: Chroma | None = None) -> np.ndarray:
     if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
         # A deployment allowing more than the default: lift PIL's hard ceiling (2x this) to match.
         Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)
@@ -110,7 +137,7 @@ def _decode_raster(data: bytes, kind: str, max_pixels: int, max_side: int | None
         image.load()
         if kind == "jpeg":
             image = ImageOps.exif_transpose(image)
-        return _to_working_size(image, max_side)
+        return _to_working_size(image, max_side, chroma)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"{kind.upper()} is a decompression bomb: {exc}") from exc
     except (MemoryError, PayloadTooLarge, ImageError):
@@ -121,16 +148,20 @@ def _decode_raster(data: bytes, kind: str, max_pixels: int, max_side: int | None
         raise ImageError(f"corrupt or truncated {kind.upper()}: {' '.join(str(exc).split())[:300]}") from exc
 
 
-def _to_working_size(image: Image.Image, max_side: int | None) -> np.ndarray:
+def _to_working_size(image: Image.Image, max_side: int | None, chroma: Chroma | None = None) -> np.ndarray:
     """A loaded PIL image → gray float32 in [0, 1], box-averaged to `max_side` a band of rows at a time."""
     width, height = image.size
     factor = working_factor(width, height, max_side)
     if factor == 1:
-        return _to_gray_float(image)
-    return reduce_in_bands(height, lambda top, bottom: _to_gray_float(image.crop((0, top, width, bottom))), factor)
+        return _to_gray_float(image, chroma)
+    return reduce_in_bands(height, lambda top, bottom: _to_gray_float(image.crop((0, top, width, bottom)), chroma),
+                           factor)
 
 
-def _to_gray_float(image: Image.Image) -> np.ndarray:
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr")
+
+
+def _to_gray_float(image: Image.Image, chroma: Chroma | None = None) -> np.ndarray:
     mode = image.mode
     if mode.startswith("I;16"):
         return (np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0).astype(np.float32)
@@ -142,7 +173,13 @@ def _to_gray_float(image: Image.Image) -> np.ndarray:
         return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
     if mode != "L":
         # RGB(A), P, LA, 1, CMYK, YCbCr → 8-bit luminance; alpha is dropped (X-rays carry none).
-        image = image.convert("RGB").convert("L") if mode in ("P", "CMYK", "YCbCr") else image.convert("L")
+        if mode in _COLOUR_MODES:
+            rgb = image if mode in ("RGB", "RGBA", "RGBX") else image.convert("RGB")
+            if chroma is not None:
+                chroma.add(np.asarray(rgb))
+            image = rgb.convert("L")
+        else:
+            image = image.convert("L")
     return np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
 
 

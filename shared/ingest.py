@@ -14,6 +14,9 @@ Per object version (bucket/key/etag), in this order:
    `heatmap: {"status": "ready", "bucket", "key", "method", "completed_at"}`: this final result is the commit
    mark. A redelivered event finds a result whose heatmap is still pending and redoes the work (same request id,
    same keys, same event id); only a result whose heatmap is ready (or an error result) makes it a duplicate.
+   An input the gate refuses (`assessable: false`, a `reason`, no label, no probability, not urgent) has no
+   heatmap: its final result says `heatmap: {"status": "none", "reason": "not_assessable"}`, and its event is
+   published all the same (the monitor counts it; the PACS export skips it).
    `completed_at` / `upload_to_result_s` time the flag (when the label became readable), not the picture.
 A bad image is the uploader's fault and final: an error result is stored (so nothing is lost silently) and the
 call succeeds, so the broker does not retry — a DICOM the decoders refuse (a window width of 0, an unknown VOI LUT
@@ -97,6 +100,7 @@ class IngestOutcome:
             body["result"] = f"s3://{RESULT_BUCKET}/{result_key(self.obj.key)}"
         if self.result is not None:
             body["request_id"] = self.result.get("request_id")
+            body["assessable"] = self.result.get("assessable")
             body["label"] = self.result.get("label")
             body["error"] = self.result.get("error")
         return {k: v for k, v in body.items() if v is not None}
@@ -198,12 +202,15 @@ def _ingest(
     except UserError as exc:
         return _store_error(storage, model, obj, exc, uploaded_at, now)
     t3 = time.perf_counter()
-    storage.put_bytes(RESULT_BUCKET, heatmap_key(obj.key), explanation.overlay_png, "image/png")
     result = flagged[0]
-    result["heatmap"] = {"status": "ready", "bucket": RESULT_BUCKET, "key": heatmap_key(obj.key),
-                         "method": EXPLAIN_METHOD, "completed_at": utc_iso(now())}  # fmt: skip
-    result["timings_ms"] = {**result["timings_ms"], "explain": round(explanation.prediction.timings_ms["explain"], 3),
-                            "heatmap_write": _ms_since(t3)}  # fmt: skip
+    if explanation.overlay_png is None:  # not assessable: there is no finding to point at
+        result["heatmap"] = {"status": "none", "reason": "not_assessable"}
+    else:
+        storage.put_bytes(RESULT_BUCKET, heatmap_key(obj.key), explanation.overlay_png, "image/png")
+        result["heatmap"] = {"status": "ready", "bucket": RESULT_BUCKET, "key": heatmap_key(obj.key),
+                             "method": EXPLAIN_METHOD, "completed_at": utc_iso(now())}  # fmt: skip
+        explain_ms = round(explanation.prediction.timings_ms["explain"], 3)
+        result["timings_ms"] = {**result["timings_ms"], "explain": explain_ms, "heatmap_write": _ms_since(t3)}
     event = prediction_created_event(result)
     if publisher is not None:
         publisher.publish(event)  # before the commit mark: a failure here redoes the work, never skips the event

@@ -1,10 +1,12 @@
 """The serving model: one ONNX Runtime session per process, its inference steps written once (as KServe's Model).
 
-`model(data, content_type, explain=None, request_id=None)` runs decode → preprocess → predict → (explain) →
-postprocess, each step timed into `triage_step_seconds{step}` and into the answer's `timings_ms`. `get_model(settings)`
-returns the process's `TriageModel`; functions read `ready` for `/healthz`. Loading is lazy (first request or first
-health check) because functions-framework builds the app in gunicorn's master process and forks workers afterwards:
-a session created before the fork would lose its thread pool in the worker.
+`model(data, content_type, explain=None, request_id=None)` runs decode → preprocess → predict → gate → postprocess →
+(explain), each step timed into `triage_step_seconds{step}` and into the answer's `timings_ms`. The gate
+(`shared.gate`, its reference in the model card) answers `assessable: false` with a `reason` for an input that is no
+chest radiograph the model can judge: no label, no probability, not urgent, no heatmap; a card without one: all are.
+`get_model(settings)` returns the process's `TriageModel`; functions read `ready` for `/healthz`. Loading is lazy
+(first request or first health check) because functions-framework builds the app in gunicorn's master process and
+forks workers afterwards: a session created before the fork would lose its thread pool in the worker.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import numpy as np
 
 from shared import explain as saliency
 from shared import imaging, metrics
+from shared.batching import MicroBatcher
 from shared.config import Settings
 from shared.dicom import BurnedInAnnotation, burned_in_annotation
 from shared.errors import InvalidField, NotReady, TriageError
+from shared.gate import ASSESSABLE, Gate, Verdict
 from shared.model_store import ModelLoadError, resolve_model
 from shared.modelcard import ModelCard, calibrated_probability
 
@@ -41,11 +45,15 @@ _TIMING_KEYS = {"predict": "inference"}
 
 @dataclass(frozen=True)
 class Prediction:
-    """One triage answer, serialized by `to_json()` as design §5's predict response."""
+    """One triage answer, serialized by `to_json()` as design §5's predict response.
+
+    Not assessable (the gate refused the input): `label` and `probability` are None, `urgent` False, and `reason`
+    the gate's code (`shared.gate.REASONS`); the JSON says `"reason": {"code", "message"}`.
+    """
 
     request_id: str
-    label: str
-    probability: float
+    label: str | None
+    probability: float | None
     threshold: float
     urgent: bool
     model: dict[str, str | None]  # {"name", "version"}
@@ -54,13 +62,21 @@ class Prediction:
     mean_intensity: float = 0.0
     # BurnedInAnnotation YES under BURNED_IN_ANNOTATION=mark: said in the answer, and the heatmap shows no pixels.
     burned_in_annotation: bool = False
+    verdict: Verdict = ASSESSABLE  # the gate's: `assessable`, `reason`, the embedding's distance (not in to_json)
+
+    @property
+    def assessable(self) -> bool:
+        return self.verdict.assessable
 
     def to_json(self) -> dict[str, Any]:
         marked = {"burned_in_annotation": True} if self.burned_in_annotation else {}
+        refused = {} if self.verdict.assessable else {"reason": self.verdict.reason_json()}
         return {
             "request_id": self.request_id,
+            "assessable": self.verdict.assessable,
+            **refused,
             "label": self.label,
-            "probability": round(self.probability, 6),
+            "probability": None if self.probability is None else round(self.probability, 6),
             "threshold": round(self.threshold, 6),
             "urgent": self.urgent,
             "model": dict(self.model),
@@ -71,15 +87,18 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Explanation:
-    """A prediction with a heatmap at the input image's size and its overlay on the image as PNG."""
+    """A prediction with a heatmap at the input image's size and its overlay on the image as PNG; without either
+    (None) when the input is not assessable: there is no finding to point at."""
 
     prediction: Prediction
     method: str
-    heatmap: np.ndarray  # float32 [H, W] in [0, 1]
-    overlay_png: bytes = field(repr=False)
+    heatmap: np.ndarray | None  # float32 [H, W] in [0, 1]
+    overlay_png: bytes | None = field(repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        """The prediction's JSON plus `method`, `heatmap_size` [H, W] and `heatmap_png` (base64)."""
+        """The prediction's JSON plus `method`, `heatmap_size` [H, W] and `heatmap_png` (base64), or null for both."""
+        if self.heatmap is None or self.overlay_png is None:
+            return {**self.prediction.to_json(), "method": self.method, "heatmap_size": None, "heatmap_png": None}
         return {
             **self.prediction.to_json(),
             "method": self.method,
@@ -130,6 +149,7 @@ class TriageModel:
         self._loader: threading.Thread | None = None
         self._load_error: Exception | None = None
         self._pid: int | None = None
+        self._gate: tuple[ModelCard, Gate | None] | None = None  # (the card it was built from, its gate)
 
     # --- loading -----------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -226,6 +246,14 @@ class TriageModel:
     def model_ref(self) -> dict[str, str | None]:
         return {"name": self.name, "version": self.version}
 
+    @property
+    def gate(self) -> Gate | None:
+        """The loaded card's not-assessable gate for the served variant (None: no gate, every answer assessable)."""
+        card = self.loaded_card
+        if self._gate is None or self._gate[0] is not card:
+            self._gate = (card, card.load_gate(self.settings.model_variant))
+        return self._gate[1]
+
     # --- the inference order, written once ---------------------------------------------------------------------
     @overload
     def __call__(
@@ -258,11 +286,12 @@ class TriageModel:
         request_id: str | None = None,
         on_prediction: Callable[[Prediction], None] | None = None,
     ) -> Prediction | Explanation:
-        """decode → preprocess → predict → postprocess → (explain: "rollout" | "occlusion").
+        """decode → preprocess → predict → gate → postprocess → (explain: "rollout" | "occlusion").
 
         The prediction is complete before the heatmap is started: `on_prediction(prediction)` is called with it
         then (ingest writes the flag there, before the picture), and the returned Explanation's prediction is the
-        same answer with the explain step's time added to its `timings_ms`.
+        same answer with the explain step's time added to its `timings_ms`. An input the gate refuses is a valid
+        request: its answer says `assessable: false` and why, and its Explanation has no heatmap (no explain step).
 
         Raises ImageError (400; BurnedInAnnotation under BURNED_IN_ANNOTATION=refuse), UnsupportedMediaType (415),
         PayloadTooLarge (413), InvalidField (422: an unknown explain method) and NotReady / ModelLoadError (503).
@@ -272,19 +301,27 @@ class TriageModel:
             raise InvalidField(f"method: {explain!r} is not one of {', '.join(EXPLAIN_METHODS)}")
         self.ensure_loaded()
         timer = _StepTimer(self._clock)
+        gate = self.gate
+        chroma = imaging.Chroma()
         with timer.step("decode"):
             marked = self.screen(data, content_type)
-            image = self.decode(data, content_type)
+            image = self.decode(data, content_type, chroma=chroma)
         with timer.step("preprocess"):
             model_input = self.preprocess(image)
         with timer.step("predict"):
-            logits, attention = self.predict(model_input, with_attention=explain == "rollout")
+            logits, attention, embedding = self.predict(model_input, with_attention=explain == "rollout",
+                                                        with_embedding=gate is not None)  # fmt: skip
+        with timer.step("gate"):
+            verdict = self.assess(chroma.mean, model_input, embedding)
         with timer.step("postprocess"):
-            prediction = self.postprocess(logits, model_input, timer.timings_ms, request_id, burned_in=marked)
+            prediction = self.postprocess(logits, model_input, timer.timings_ms, request_id, burned_in=marked,
+                                          verdict=verdict)  # fmt: skip
         if on_prediction is not None:
             on_prediction(prediction)
         if explain is None:
             return prediction
+        if not verdict.assessable:
+            return Explanation(prediction, explain, None, None)
         with timer.step("explain"):
             heatmap, overlay = self.explain(image, model_input, explain, attention, underlay=not marked,
                                             logits=logits)  # fmt: skip
@@ -309,17 +346,32 @@ class TriageModel:
             "and this installation refuses such images (BURNED_IN_ANNOTATION=refuse)"
         )
 
-    def decode(self, data: bytes, content_type: str | None = None) -> np.ndarray:
-        """PNG / JPEG / DICOM bytes → float32 [H, W] in [0, 1] (ImageError 400 / UnsupportedMediaType 415 / 413)."""
-        return imaging.decode_image(data, content_type, max_pixels=self.settings.max_pixels)
+    def decode(self, data: bytes, content_type: str | None = None, *,
+               chroma: imaging.Chroma | None = None) -> np.ndarray:
+        """PNG / JPEG / DICOM bytes → float32 [H, W] in [0, 1] (ImageError 400 / UnsupportedMediaType 415 / 413);
+        a colour source's channel spread goes into `chroma` (the gate's `not_grayscale` check)."""
+        return imaging.decode_image(data, content_type, max_pixels=self.settings.max_pixels, chroma=chroma)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """Decoded image → the model input float32 [1, S, S], with the training preprocessing."""
         return imaging.to_model_input(image, self.image_size)
 
-    def predict(self, model_input: np.ndarray, *, with_attention: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """One model input [1, S, S] → (logits [1, 2], attention [1, depth, T, T] or None)."""
-        return self.run(model_input[np.newaxis], with_attention=with_attention)
+    def predict(
+        self, model_input: np.ndarray, *, with_attention: bool = False, with_embedding: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One model input [1, S, S] → (logits [1, 2], attention [1, depth, T, T] or None, embedding [1, dim] or
+        None), from one ONNX run."""
+        names = ("logits", *(("attention",) if with_attention else ()), *(("embedding",) if with_embedding else ()))
+        outputs = dict(zip(names, self.run_outputs(model_input[np.newaxis], names), strict=True))
+        return outputs["logits"], outputs.get("attention"), outputs.get("embedding")
+
+    def assess(self, chroma: float, model_input: np.ndarray, embedding: np.ndarray | None) -> Verdict:
+        """The gate's verdict (`shared.gate`): the source's colour spread, the model input [1, S, S], its embedding."""
+        gate = self.gate
+        if gate is None:
+            return ASSESSABLE
+        card = self.loaded_card
+        return gate(chroma, model_input, embedding, mean=float(card.input["mean"]), std=float(card.input["std"]))
 
     def explain(
         self,
@@ -349,31 +401,50 @@ class TriageModel:
         request_id: str | None,
         *,
         burned_in: bool = False,
+        verdict: Verdict = ASSESSABLE,
     ) -> Prediction:
-        """Calibrated probability, label at the card's threshold, urgency, model and timings (with their total)."""
-        probability = float(calibrated_probability(logits, self.temperature)[0])
-        label = "pneumonia" if probability >= self.threshold else "normal"
-        metrics.PREDICTIONS.labels(label=label).inc()
+        """Calibrated probability, label at the card's threshold, urgency, model and timings (with their total).
+
+        Not assessable (`verdict`): no label, no probability, not urgent; counted in `triage_not_assessable_total`
+        instead of `triage_predictions_total`.
+        """
+        probability: float | None = None
+        label: str | None = None
+        if verdict.assessable:
+            probability = float(calibrated_probability(logits, self.temperature)[0])
+            label = "pneumonia" if probability >= self.threshold else "normal"
+            metrics.PREDICTIONS.labels(label=label).inc()
+        else:
+            metrics.NOT_ASSESSABLE.inc()
         return Prediction(
             request_id=request_id or uuid.uuid4().hex,
             label=label,
             probability=probability,
             threshold=self.threshold,
-            urgent=probability >= self.urgent_threshold,
+            urgent=probability is not None and probability >= self.urgent_threshold,
             model=self.model_ref,
             timings_ms={**timings_ms, "total": sum(timings_ms.values())},
             mean_intensity=float(imaging.mean_intensity(model_input[np.newaxis])[0]),
             burned_in_annotation=burned_in,
+            verdict=verdict,
         )
 
     # --- raw model calls (the steps above, the benchmark and the occlusion map use them) ------------------------
     def run(self, batch: np.ndarray, *, with_attention: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw ONNX call on float32 [N, 1, S, S]: (logits [N, 2], attention [N, depth, T, T] or None)."""
-        if self._session is None:
-            raise NotReady("the model is not loaded")
-        outputs = ["logits", "attention"] if with_attention else ["logits"]
-        result = self._session.run(outputs, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        result = self.run_outputs(batch, ("logits", "attention") if with_attention else ("logits",))
         return result[0], (result[1] if with_attention else None)
+
+    def run_outputs(self, batch: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
+        """The one raw ONNX call on float32 [N, 1, S, S]: the named outputs (logits, attention, embedding) in order.
+        A single image goes through the micro-batcher when PREDICT_BATCH_MAX > 1 (`shared.batching`)."""
+        session = self._session
+        if session is None:
+            raise NotReady("the model is not loaded")
+        feed = np.ascontiguousarray(batch, dtype=np.float32)
+        if len(feed) == 1 and self.settings.predict_batch_max > 1:
+            return _batcher(self, session, names)(feed)
+        return session.run(list(names), {self.input_name: feed})
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated pneumonia probability for each image of a float32 [N, 1, S, S] batch."""
@@ -409,6 +480,26 @@ class TriageModel:
 
 _MODELS: dict[tuple[str | None, str, str], TriageModel] = {}
 _MODELS_LOCK = threading.Lock()
+# (id of the model, its outputs) → (the session, its batcher); only with PREDICT_BATCH_MAX > 1.
+_BATCHERS: dict[tuple[int, tuple[str, ...]], tuple[Any, MicroBatcher]] = {}
+
+
+def _batcher(model: TriageModel, session: Any, names: tuple[str, ...]) -> MicroBatcher:
+    """The model's micro-batcher for its current session and these outputs, made on first use; a reloaded
+    session gets a new one (the old one is closed: calls still inside it are answered)."""
+    key = (id(model), names)
+    entry = _BATCHERS.get(key)
+    if entry is None or entry[0] is not session:
+        with _MODELS_LOCK:
+            entry = _BATCHERS.get(key)
+            if entry is None or entry[0] is not session:
+                if entry is not None:
+                    entry[1].close()
+                input_name, outputs = model.input_name, list(names)
+                entry = _BATCHERS[key] = (session, MicroBatcher(
+                    lambda rows: session.run(outputs, {input_name: rows}),
+                    max_batch=model.settings.predict_batch_max, wait_s=model.settings.predict_batch_wait_ms / 1000.0))
+    return entry[1]
 
 
 def get_model(settings: Settings) -> TriageModel:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import UserError
+from shared.gate import Gate, GateError
 from shared.names import CLASS_NAMES
 
 __all__ = [
@@ -70,6 +71,8 @@ class ModelCard:
     git_commit: str = ""
     created: str = ""
     synthetic_data: bool = True
+    # The not-assessable gate's reference statistics (shared.gate.fit_reference); None: gate off (older models).
+    gate: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,6 +80,10 @@ class ModelCard:
     @property
     def image_size(self) -> int:
         return int(self.input["image_size"])
+
+    def load_gate(self, variant: str | None = None) -> Gate | None:
+        """The gate of this card for the served model file (None when it has none: every answer is assessable)."""
+        return Gate.from_reference(self.gate, variant)
 
     @property
     def urgent_threshold(self) -> float:
@@ -121,6 +128,10 @@ class ModelCard:
                 raise bad(name, "must be an object")
         if not isinstance(self.synthetic_data, bool):
             raise bad("synthetic_data", "must be true or false")
+        try:
+            Gate.from_reference(self.gate)
+        except GateError as exc:
+            raise bad("gate", f"is unusable: {exc}") from exc
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -13,6 +13,7 @@ only by passing `allow_networks` explicitly; nothing is allowed by default.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import socket
@@ -20,8 +21,6 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urljoin, urlsplit
-
-import httpcore
 
 from shared.errors import Forbidden, InvalidField, PayloadTooLarge, Unauthorized, UserError
 
@@ -127,14 +126,20 @@ def resolve_checked(host: str, port: int, allow_networks: tuple[IPNetwork, ...] 
     return str(addresses[0])
 
 
-class _CheckedBackend(httpcore.SyncBackend):
-    """httpcore network backend that connects only to addresses that pass the check (TLS still uses the name)."""
+@functools.cache
+def _checked_backend() -> type:
+    """httpcore network backend that connects only to addresses that pass the check (TLS still uses the name);
+    made on the first {"url"}: httpcore (and the trio it finds installed) stays off every function's cold start."""
+    import httpcore
 
-    def __init__(self, allow_networks: tuple[IPNetwork, ...]) -> None:
-        self.allow_networks = allow_networks
+    class _CheckedBackend(httpcore.SyncBackend):
+        def __init__(self, allow_networks: tuple[IPNetwork, ...]) -> None:
+            self.allow_networks = allow_networks
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> httpcore.NetworkStream:
-        return super().connect_tcp(resolve_checked(host, port, self.allow_networks), port, timeout, **kwargs)
+        def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> Any:
+            return super().connect_tcp(resolve_checked(host, port, self.allow_networks), port, timeout, **kwargs)
+
+    return _CheckedBackend
 
 
 def _check_url(url: str) -> None:
@@ -162,11 +167,13 @@ def fetch_url(
     max_redirects: int = MAX_REDIRECTS,
 ) -> tuple[bytes, str | None]:
     """GET an image URL safely → (body, content type). Raises UrlRefused (422 / 400) or PayloadTooLarge (413)."""
+    import httpcore
+
     if not isinstance(url, str) or not url:
         raise InvalidField("url: must be a non-empty string")
     deadline = time.monotonic() + timeout_s
     timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
-    with httpcore.ConnectionPool(network_backend=_CheckedBackend(allow_networks), max_connections=2) as pool:
+    with httpcore.ConnectionPool(network_backend=_checked_backend()(allow_networks), max_connections=2) as pool:
         for _hop in range(max_redirects + 1):
             _check_url(url)
             try:

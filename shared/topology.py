@@ -4,6 +4,8 @@
   whether it emits events, whether it serves the model) and its environment contract.
 - `SUBSCRIPTIONS`: the Triggers of design §4 (event type, bucket, subscriber).
 - `PING_SCHEDULES`: the periodic wake-ups, the production cron beside the local stack's tick interval.
+- `AUTOSCALING`: the Knative target, containerConcurrency and max-scale of the functions that were measured
+  (`triage scale-report`; the rule and the measurement in `load_tests/scale.py`).
 
 `infra_pulumi` turns these into Knative Services, Triggers and PingSources; `triage/stack` into its processes,
 broker triggers and ticks. Kubernetes-only details (cpu, memory, max scale, service accounts) live in
@@ -32,7 +34,11 @@ from shared.names import (
 __all__ = [
     "API_TOKENS",
     "ARTIFACT_STORE_URL",
+    "AUTOSCALING",
     "BROKER_URL",
+    "CANARY_REPLAY_MIN_AGREEMENT",
+    "CANARY_REPLAY_UPLOADS",
+    "CANARY_REQUIRE_APPROVAL",
     "COMMON_ENV",
     "DEAD_LETTER_SINK",
     "DEID_SECRET",
@@ -59,6 +65,7 @@ __all__ = [
     "TRAINING_ENV_SECRET",
     "TRAINING_IMAGE",
     "WEBHOOK_TOKEN",
+    "Autoscaling",
     "EnvVar",
     "Function",
     "PingSchedule",
@@ -76,6 +83,11 @@ REGION = "region"
 NAMESPACE = "namespace"  # the Kubernetes namespace of the Knative Services (production only)
 BROKER_URL = "broker_url"  # where emitted CloudEvents go
 GATEWAY_URL = "gateway_url"  # the local gateway whose split the canary steps (local only: Knative in production)
+# The canary's replay (uploads replayed, least agreement with the champion) and its human approval gate; a
+# deployable without them leaves them out, and `shared.config.CanarySettings`' defaults apply.
+CANARY_REPLAY_UPLOADS = "canary_replay_uploads"
+CANARY_REPLAY_MIN_AGREEMENT = "canary_replay_min_agreement"
+CANARY_REQUIRE_APPROVAL = "canary_require_approval"
 RETRAIN_BACKEND = "retrain_backend"  # where retrain launches training (kubernetes in production)
 TRAINING_IMAGE = "training_image"  # the image of the training Jobs retrain launches
 TRAINING_ENV_SECRET = "training_env_secret"  # the Secret those Jobs take their credentials from
@@ -176,7 +188,16 @@ FUNCTIONS: tuple[Function, ...] = (
         own_env=(EnvVar("REVIEWER_TOKENS", REVIEWER_TOKENS, secret=True),),
     ),
     Function(name="dicomweb", public=True, own_env=(EnvVar("API_TOKENS_URI", API_TOKENS),)),  # STOW-RS ingest
-    Function(name="canary", public=False, own_env=(EnvVar("CANARY_GATEWAY_URL", GATEWAY_URL),)),
+    Function(
+        name="canary",
+        public=False,
+        own_env=(
+            EnvVar("CANARY_GATEWAY_URL", GATEWAY_URL),
+            EnvVar("CANARY_REPLAY_UPLOADS", CANARY_REPLAY_UPLOADS),
+            EnvVar("CANARY_REPLAY_MIN_AGREEMENT", CANARY_REPLAY_MIN_AGREEMENT),
+            EnvVar("CANARY_REQUIRE_APPROVAL", CANARY_REQUIRE_APPROVAL),
+        ),
+    ),
     Function(name="monitor", public=False),
     Function(  # results back to the PACS (DICOM inputs only): an SR + a Secondary Capture, UIDs keyed by DEID_SECRET
         name="export",
@@ -245,3 +266,19 @@ PING_SCHEDULES: tuple[PingSchedule, ...] = (
     PingSchedule("canary-tick", "canary", cron="*/5 * * * *", local_every_s=60.0),
     PingSchedule("monitor-tick", "monitor", cron="*/15 * * * *", local_every_s=60.0),
 )
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """A function's Knative scaling, set from a measurement (`triage scale-report`, rule in `load_tests/scale.py`)."""
+
+    target: int  # autoscaling.knative.dev/target: requests in flight per pod the autoscaler aims at (soft)
+    container_concurrency: int  # spec.containerConcurrency: requests in flight per pod at most (hard)
+    max_scale: int  # autoscaling.knative.dev/max-scale
+
+
+# Measured (load_tests.scale.MEASURED_PREDICT: one predict process on 1 CPU, its pod's limit, saturates at
+# concurrency 4); the functions not here get the stack's target_concurrency / max_scale and no hard limit.
+AUTOSCALING: Mapping[str, Autoscaling] = {
+    "predict": Autoscaling(target=2, container_concurrency=4, max_scale=2),
+}

@@ -36,6 +36,31 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
+def fit_temperature_bias(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(T, c) minimising the NLL of sigmoid(margin / T + c), margin = logit1 - logit0 (Platt scaling).
+
+    Temperature alone cannot undo a shifted decision boundary (class weights and label smoothing move it);
+    the offset c can, and folds into the model as `head.bias[1] += c * T` (see `fold_bias`).
+    """
+    from scipy.optimize import minimize
+
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
+        raise ValueError(f"fit_temperature_bias: need logits [N, 2] and labels [N], got {logits.shape}")
+    margin = logits[:, 1] - logits[:, 0]
+    sign = np.where(labels == 1, 1.0, -1.0)
+
+    def nll(params: np.ndarray) -> float:
+        z = margin * np.exp(-params[0]) + params[1]
+        return float(np.logaddexp(0.0, -sign * z).mean())
+
+    start = np.array([np.log(fit_temperature(logits, labels)), 0.0])
+    result = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9})
+    log_t = float(np.clip(result.x[0], np.log(0.05), np.log(20.0)))
+    return float(np.exp(log_t)), float(result.x[1])
+
+
 def threshold_for_sensitivity(probs: np.ndarray, labels: np.ndarray, target: float) -> float:
     """The highest threshold t with sensitivity P(prob >= t | positive) >= target."""
     positives = np.sort(np.asarray(probs)[np.asarray(labels) == 1])

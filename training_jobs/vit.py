@@ -29,6 +29,9 @@ class ViTConfig:
     dropout: float = 0.1
     conv_stem: bool = True  # hybrid ViT: a small CNN makes the tokens (measured: val AUC 0.996 vs 0.992 without)
     num_classes: int = 2
+    # Standardize each image (zero mean, unit std) inside the graph: exposure / window offsets and linear
+    # contrast changes of another acquisition cancel before the first layer.
+    input_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch:
@@ -53,7 +56,8 @@ class ViTConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"ViTConfig: unknown fields {sorted(unknown)}")
-        return cls(**data)
+        # Checkpoints written before a field existed were trained without it: rebuild them the same way.
+        return cls(**{"input_norm": False, **data})
 
 
 def conv_stage(cin: int, cout: int) -> nn.Sequential:
@@ -87,8 +91,13 @@ class PatchEmbed(nn.Module):
             self.stem = nn.Identity()
             in_channels, stride = 1, config.patch
         self.proj = nn.Conv2d(in_channels, config.dim, kernel_size=stride, stride=stride)
+        self.input_norm = config.input_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm:  # per image; the floor keeps a flat image from being blown up into noise
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            var = (x - mean).pow(2).mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) / torch.sqrt(var + 0.01)
         x = self.proj(self.stem(x))  # [N, dim, G, G]
         return x.flatten(2).transpose(1, 2)  # row-major grid order, as the attention contract says
 
@@ -174,8 +183,8 @@ class ViT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [N, classes] and head-averaged attention of every layer [N, depth, T, T]."""
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding the head sees (the CLS token after ln_f) [N, dim] and the attention [N, depth, T, T]."""
         tokens = self.patch_embed(x)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         h = self.drop(torch.cat([cls, tokens], dim=1) + self.pos_embed)
@@ -183,8 +192,12 @@ class ViT(nn.Module):
         for block in self.blocks:
             h, att = block(h)
             maps.append(att)
-        logits = self.head(self.ln_f(h[:, 0]))
-        return logits, torch.stack(maps, dim=1)
+        return self.ln_f(h[:, 0]), torch.stack(maps, dim=1)
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [N, classes] and head-averaged attention of every layer [N, depth, T, T]."""
+        embedding, attention = self.forward_features(x)
+        return self.head(embedding), attention
 
     def forward(
         self,
@@ -202,14 +215,16 @@ class ViT(nn.Module):
 
 
 class ViTWithAttention(nn.Module):
-    """Export wrapper: one call returns `(logits, attention)`, the two outputs of the ONNX contract."""
+    """Export wrapper: one call returns `(logits, attention, embedding)`, the three outputs of the ONNX contract
+    (the embedding [N, dim] is what the not-assessable gate of `shared.gate` measures its distance on)."""
 
     def __init__(self, model: ViT) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_with_attention(image)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        embedding, attention = self.model.forward_features(image)
+        return self.model.head(embedding), attention, embedding
 
 
 def save_checkpoint(model: ViT, path: str | Path, **extra: Any) -> Path:

@@ -6,7 +6,10 @@ successful prediction) beside its floor (a bare process opening the model), uplo
 (one at a time, and a burst of --burst uploads: the flag and the heatmap timed apart), and the deletion /
 insertion AUC of attention rollout, occlusion and random maps, and, when Orthanc is installed, the PACS path (C-STORE
 of a 2,500 x 2,048 16-bit DX to the SR stored in Orthanc, one study at a time, on a second stack with the receiver,
-export and Orthanc). Writes bench.json, bench.md and latency.png under --out.
+export and Orthanc). With --peers (the default) predict is measured side by side with `mlflow models serve
+--env-manager local` on the same ONNX model (its onnx flavor, and a ten-line PNG-decoding pyfunc; `load_tests.peers`)
+in interleaved rounds: latency at c=1 and c=8, cold start and server CPU per request, with the ratios and issue 12's
+targets. Writes bench.json, bench.md and latency.png under --out.
 
 This module starts the processes (a model trained first when none is given, the local stack); the measuring
 and the report are `load_tests`' (`load_tests.bench`, `load_tests.report`), which take the images from
@@ -17,6 +20,7 @@ written by `triage phantom`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,20 +30,24 @@ from pathlib import Path
 from typing import Any
 
 from load_tests.bench import (
+    System,
     bare_onnx,
     cold_start,
     cold_start_floor,
     faithfulness,
     local_model,
     parameter_count,
+    side_by_side,
     upload_burst,
     upload_to_result,
 )
 from load_tests.images import load_images
 from load_tests.loadtest import LoadResult, run_load
 from load_tests.memory import peak_memory
-from load_tests.report import markdown, plot_latency, targets
+from load_tests.peers import PeerServer, build_peers, peer_bodies
+from load_tests.report import markdown, peer_targets, plot_latency, targets
 from shared.errors import UserError
+from shared.imaging import decode_image, to_model_input
 from triage.config import TriageEnv
 
 __all__ = ["add_arguments", "pacs_benchmark", "run"]
@@ -60,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         ".npz (its test split); default the test split of --data, else phantoms")
     parser.add_argument("--pacs-studies", type=int, default=20, help="DX studies for the PACS benchmark, C-STORE "
                         "to the SR in Orthanc (default 20; 0 skips it; skipped too when Orthanc is not installed)")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure `mlflow models serve` (onnx flavor, PNG pyfunc) side by side (default on)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the side-by-side (default 3)")
+    parser.add_argument("--quick", action="store_true", help="a short run for development: 60 requests per "
+                        "system and concurrency, 5 uploads, a burst of 10, 1 cold start, 4 faithfulness images, no "
+                        "PACS and no peak-memory runs")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
 
 
@@ -92,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
     from triage.stack.stack import Stack, StackConfig
 
     env = TriageEnv.from_env()
+    if args.quick:
+        args.requests, args.uploads, args.burst, args.cold_starts = min(args.requests, 60), 5, 10, 1
+        args.faithfulness_images, args.pacs_studies = 4, 0
+    if not 1 <= args.rounds <= 10 or args.rounds > args.requests:
+        raise UserError("--rounds 1..10, and at most --requests")
     if (not 10 <= args.requests <= 5000 or not 2 <= args.uploads <= 200 or not 1 <= args.cold_starts <= 10
             or not 1 <= args.burst <= 400 or not 0 <= args.pacs_studies <= 200):
         raise UserError("--requests 10..5000, --uploads 2..200, --cold-starts 1..10, --burst 1..400, "
@@ -125,17 +144,38 @@ def run(args: argparse.Namespace) -> int:
     }
     print("bare ONNX Runtime ...", file=sys.stderr)
     report["bare_onnx"] = bare_onnx(onnx_path, body, size, content_type=content_type)
+    if args.peers:
+        print("peers: MLflow model folders (onnx flavor, PNG pyfunc) ...", file=sys.stderr)
+        peer_dirs = build_peers(onnx_path, size, out / "peers")
+        bodies = peer_bodies(body, to_model_input(decode_image(body, content_type), size))
     config = StackConfig(run_dir=run_dir, model_uri=model_uri, functions=("predict", "minio_source", "ingest"),
                          ports=StackPorts.free(), mlflow=False, prometheus=False)
     loads: dict[str, LoadResult] = {}
-    with Stack(config, echo=sys.stderr, env=env) as stack:
+    with Stack(config, echo=sys.stderr, env=env) as stack, contextlib.ExitStack() as servers:
+        pids = stack.supervisor.pids()
+        predict_url = stack.function_urls["predict"]
+        systems = [System("xray_triage", predict_url + "/", body, content_type, stack.api_token,
+                          {"server": [pids["predict"]], "s3": [pids["s3"]]}, metrics_url=predict_url + "/metrics")]
+        peer_cold: dict[str, float | None] = {}
+        if args.peers:
+            for name, port in zip(peer_dirs, unused_port_block(len(peer_dirs)), strict=True):
+                print(f"starting {name} (mlflow models serve) ...", file=sys.stderr)
+                server = servers.enter_context(PeerServer(peer_dirs[name], port, bodies[name],
+                                                          log_path=run_dir / f"{name}.log"))
+                peer_cold[name] = round(server.cold_start_s or 0.0, 3)
+                systems.append(System(name, server.url, bodies[name], "application/json",
+                                      cpu_pids={"server": [server.pid]}))
+        print(f"side by side: {', '.join(s.name for s in systems)} in {args.rounds} interleaved rounds at "
+              "concurrency 1 and 8 ...", file=sys.stderr)
+        report["side_by_side"], side_loads = side_by_side(systems, requests=args.requests, rounds=args.rounds)
+        report["side_by_side"]["cold_start_s"] = peer_cold
+        servers.close()  # the peers stop before the rest is measured
+        loads.update({f"function_c{c}": side_loads[f"xray_triage_c{c}"] for c in (1, 8)})
         for concurrency in (1, 8):
-            for path, url in (("function", stack.function_urls["predict"] + "/"),
-                              ("gateway", stack.urls["gateway"] + "/predict")):
-                print(f"warm {path} at concurrency {concurrency} ...", file=sys.stderr)
-                loads[f"{path}_c{concurrency}"] = run_load(url, body, requests=args.requests, concurrency=concurrency,
-                                                           content_type=content_type, warmup=30,
-                                                           token=stack.api_token)
+            print(f"warm gateway at concurrency {concurrency} ...", file=sys.stderr)
+            loads[f"gateway_c{concurrency}"] = run_load(stack.urls["gateway"] + "/predict", body,
+                                                        requests=args.requests, concurrency=concurrency,
+                                                        content_type=content_type, warmup=30, token=stack.api_token)
         print("upload to result ...", file=sys.stderr)
         report["upload_to_result"] = upload_to_result(stack.s3(), images[: args.uploads])
         print(f"burst of {args.burst} uploads ...", file=sys.stderr)
@@ -153,16 +193,19 @@ def run(args: argparse.Namespace) -> int:
     print("explanation faithfulness ...", file=sys.stderr)
     pixels = [image.pixels for image in images[: args.faithfulness_images]]
     report["faithfulness"] = faithfulness(model_uri, cache, pixels)
-    print("peak memory per request (7000 x 7000 PNG, JPEG, DICOM; a fresh process each) ...", file=sys.stderr)
-    report["memory"] = peak_memory(model_uri, cache / "memory")
+    if not args.quick:
+        print("peak memory per request (7000 x 7000 PNG, JPEG, DICOM; a fresh process each) ...", file=sys.stderr)
+        report["memory"] = peak_memory(model_uri, cache / "memory")
     if args.pacs_studies:
         print(f"PACS: C-STORE of {args.pacs_studies} DX studies (2,500 x 2,048) to the SR in Orthanc ...",
               file=sys.stderr)
         report["pacs"] = pacs_benchmark(model_uri, run_dir / "pacs", env, args.pacs_studies)
     report["targets"] = targets(report)
+    report["peer_targets"] = peer_targets(report)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     (out / "bench.md").write_text(markdown(report))
-    plot_latency(loads, out / "latency.png")
+    plot_latency({**loads, **{name: result for name, result in side_loads.items() if not name.startswith("xray")}},
+                 out / "latency.png")
     print(markdown(report))
     print(f"report: {out / 'bench.md'}, {out / 'bench.json'}, {out / 'latency.png'}")
     if args.json:

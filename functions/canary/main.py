@@ -4,7 +4,10 @@ An HTTP target that parses the CloudEvent itself (so GET /healthz and GET /metri
 in S3 (`triage-state/canary/state.json`), since the function scales to zero between ticks. Traffic is
 split on the Knative Services (in-cluster service account) or, with CANARY_GATEWAY_URL, on the local gateway
 (its revisions started there, its own /metrics observed unless PROMETHEUS_URL is set).
-Answers 200 with the decision; 502 when Prometheus, S3 or the Kubernetes API failed, so the event comes again.
+A new canary first replays stored uploads offline (CANARY_REPLAY, CANARY_REPLAY_UPLOADS; `shared.canary.replay`):
+only a challenger that passes gets a revision and traffic. With CANARY_REQUIRE_APPROVAL the last step waits for
+`triage canary approve`. Answers 200 with the decision; 502 when Prometheus, S3 or the Kubernetes API failed
+(503 for S3 during a replay), so the event comes again.
 """
 
 from __future__ import annotations

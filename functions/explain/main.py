@@ -1,4 +1,8 @@
-"""explain: POST /?method=rollout|occlusion an image → prediction + heatmap (JSON with base64 PNG, or image/png)."""
+"""explain: POST /?method=rollout|occlusion an image → prediction + heatmap (JSON with base64 PNG, or image/png).
+
+An image the gate finds not assessable is answered 200 with the JSON (`assessable: false`, `heatmap_png: null`),
+also under `Accept: image/png`: there is no heatmap to send.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ def _explain(request: flask.Request) -> flask.Response:
     explanation = MODEL(data, content_type, explain=method)  # the request id is ours (see predict)
     prediction = explanation.prediction
     REQUESTS.record(http.correlated(prediction.to_json(), request))
-    if http.wants_png(request):
+    # Not assessable: there is no heatmap to send, so the answer is the JSON (200, `heatmap_png: null`) whatever
+    # the Accept header asked for; its Content-Type says so.
+    if http.wants_png(request) and explanation.overlay_png is not None:
         headers = {
             "X-Request-Id": prediction.request_id,
             "X-Label": prediction.label,

@@ -12,6 +12,7 @@ from typing import Any
 from infra_pulumi.manifests.kube import meta, resources, secret_env, service_account_with_role
 from infra_pulumi.manifests.settings import TRAINING_ENV_SECRET, ManifestSettings
 from shared import topology
+from shared.config import CanarySettings
 from shared.names import API_TOKENS_KEY, STATE_BUCKET
 
 __all__ = ["FUNCTIONS", "FunctionSpec", "function_env", "function_rbac_objects", "function_url", "knative_service"]
@@ -99,6 +100,10 @@ def function_env(s: ManifestSettings, fn: FunctionSpec) -> list[dict]:
         topology.PACS_PORT: str(s.pacs_port),
         topology.PACS_AE_TITLE: s.pacs_ae_title,
         topology.EXPORT_AE_TITLE: s.export_ae_title,
+        # The canary's replay and approval gate: CanarySettings' defaults, written out so the Service shows them.
+        topology.CANARY_REPLAY_UPLOADS: str(CanarySettings().replay_uploads),
+        topology.CANARY_REPLAY_MIN_AGREEMENT: str(CanarySettings().policy.replay_min_agreement),
+        topology.CANARY_REQUIRE_APPROVAL: str(CanarySettings().policy.require_approval).lower(),
     }
     return [
         secret_env(var.name, var.value) if var.secret else {"name": var.name, "value": values[var.value]}
@@ -113,8 +118,10 @@ def knative_service(s: ManifestSettings, fn: FunctionSpec) -> dict:
         labels["networking.knative.dev/visibility"] = "cluster-local"
     if fn.function.emits_events:
         labels["xray-triage/emits-events"] = "true"
+    scaling = topology.AUTOSCALING.get(fn.name)  # measured (triage scale-report), else the stack's defaults
     spec: dict[str, Any] = {
-        "containerConcurrency": 0,  # soft limit through the autoscaling target below
+        # A hard limit where measured (past it requests only queue in the pod), else the soft target alone.
+        "containerConcurrency": scaling.container_concurrency if scaling else 0,
         "timeoutSeconds": fn.timeout_s,
         "containers": [
             {
@@ -132,9 +139,9 @@ def knative_service(s: ManifestSettings, fn: FunctionSpec) -> dict:
         spec["serviceAccountName"] = fn.service_account
     annotations = {
         "autoscaling.knative.dev/min-scale": "0",
-        "autoscaling.knative.dev/max-scale": str(fn.max_scale or s.max_scale),
+        "autoscaling.knative.dev/max-scale": str(fn.max_scale or (scaling.max_scale if scaling else s.max_scale)),
         "autoscaling.knative.dev/metric": "concurrency",
-        "autoscaling.knative.dev/target": str(s.target_concurrency),
+        "autoscaling.knative.dev/target": str(scaling.target if scaling else s.target_concurrency),
         "prometheus.io/scrape": "true",
         "prometheus.io/path": "/metrics",
         "prometheus.io/port": "8080",

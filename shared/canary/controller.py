@@ -3,6 +3,10 @@
 The function scales to zero between PingSource wake-ups, so `CanaryController` loads the state from
 STATE_BUCKET/CANARY_STATE_KEY before each step and saves it after. Each decision is logged (no patient data)
 and exported as metrics (`triage_canary_weight_percent`, `triage_canary_decisions_total`).
+With a `replay` (`shared.canary.replay.Replayer`) a new canary first replays stored uploads offline; only a
+passing replay makes the challenger's revision (`traffic.prepare`) and routes the first step. The state is
+saved with a compare-and-swap that keeps the human review (`approval`) `triage canary approve|reject` wrote
+meanwhile (`save_state`, `review_canary`).
 """
 
 from __future__ import annotations
@@ -22,21 +26,29 @@ from shared.canary.policy import (
     ADVANCE,
     HOLD,
     PROMOTE,
+    REPLAY,
     ROLLBACK,
     RUNNING,
+    TRAFFIC,
     CanaryState,
     Decision,
+    ReplayReport,
     apply_decision,
     decide,
+    decide_replay,
+    rejection,
+    review,
     start_canary,
 )
 from shared.canary.traffic import Traffic
 from shared.config import CanaryPolicy
-from shared.errors import NotFound
+from shared.errors import NotFound, UserError
 from shared.names import CANARY_STATE_KEY, STATE_BUCKET
 from shared.storage import Storage
 
-__all__ = ["CanaryController", "load_state", "log_decision", "save_state", "tick"]
+__all__ = ["CanaryController", "Replay", "load_state", "log_decision", "review_canary", "save_state", "tick"]
+
+Replay = Callable[[CanaryState], ReplayReport]
 
 log = logging.getLogger("triage.canary")
 
@@ -62,7 +74,32 @@ def load_state(storage: Storage) -> CanaryState | None:
 
 
 def save_state(storage: Storage, state: CanaryState) -> None:
-    storage.put_json(STATE_BUCKET, CANARY_STATE_KEY, state.to_json())
+    """Write the controller's state; a review stored meanwhile for the same version is kept (CAS)."""
+
+    def mutate(current: Any) -> tuple[None, dict[str, Any]]:
+        value = state.to_json()
+        if isinstance(current, dict) and str(current.get("version")) == state.version and current.get("approval"):
+            value["approval"] = current["approval"]  # the human's record is theirs: the controller only reads it
+        return None, value
+
+    storage.update_json(STATE_BUCKET, CANARY_STATE_KEY, mutate)
+
+
+def review_canary(storage: Storage, decision: str, by: str, *, version: str | None = None,
+                  reason: str | None = None, now: datetime | None = None) -> CanaryState:
+    """Record a human's approval or rejection in the stored state (CAS); the next tick acts on it."""
+    where = f"s3://{STATE_BUCKET}/{CANARY_STATE_KEY}"
+
+    def mutate(current: Any) -> tuple[CanaryState, dict[str, Any]]:
+        if not isinstance(current, dict):
+            raise UserError(f"no canary to review: {where} holds none")
+        state = review(CanaryState.from_json(current, where), decision, by, now or datetime.now(UTC),
+                       version=version, reason=reason)
+        return state, state.to_json()
+
+    state = storage.update_json(STATE_BUCKET, CANARY_STATE_KEY, mutate)
+    log.info("canary version=%s %s by a reviewer", state.version, decision)
+    return state
 
 
 def tick(
@@ -73,9 +110,30 @@ def tick(
     *,
     now: datetime,
     promote: Callable[[str], Any] | None = None,
+    replay: Replay | None = None,
 ) -> tuple[CanaryState, Decision]:
-    """Observe, decide and apply one step; the returned state is what to persist."""
+    """Observe, decide and apply one step; the returned state is what to persist.
+
+    In the replay phase the step is the replay (no traffic is touched: the challenger has no revision yet);
+    without a `replay` to run (CANARY_REPLAY=false since it started) the canary goes on to the traffic steps.
+    """
+    if state.phase == REPLAY:
+        report = None
+        decision = rejection(state)
+        if decision is None and replay is None:  # started with a replay, the setting turned off since
+            why = "not configured (CANARY_REPLAY=false): on to the traffic steps"
+            report, decision = ReplayReport(), Decision(ADVANCE, policy.steps[0], f"replay: {why}", (why,))
+        elif decision is None:
+            report = replay(state)
+            decision = decide_replay(state, policy, report)
+        log_decision(state, decision, ())
+        return apply_decision(state, policy, decision, now, replay=report), decision
+    if not state.revisions and (rejected := rejection(state)) is not None:  # rejected before any split
+        log_decision(state, rejected, ())
+        return apply_decision(state, policy, rejected, now), rejected
     if not state.revisions:
+        if state.replay is not None:  # its revision is made only now that the replay passed (idempotent)
+            traffic.prepare(state.version)
         state = replace(state, revisions=traffic.revisions())
         if not state.revisions:
             decision = Decision(HOLD, state.weight, "no challenger revision beside the champion yet")
@@ -102,8 +160,10 @@ class CanaryController:
     def __init__(self, storage: Storage, policy: CanaryPolicy, observe: Observer, traffic: Traffic, *,
                  promote: Callable[[str], Any] | None = None,
                  champion_version: Callable[[], str | None] = lambda: None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 replay: Replay | None = None) -> None:
         self.champion_version = champion_version
+        self.replay = replay
         self.storage = storage
         self.policy = policy
         self.observe = observe
@@ -123,15 +183,28 @@ class CanaryController:
         if existing is not None and existing.version == str(version):
             return {"status": "unchanged", "version": existing.version, "weight": existing.weight}
         champion_version = champion_version or self.champion_version()
-        state, started = start_canary(existing, version, champion_version, self.policy, self.clock())
+        state, started = start_canary(existing, version, champion_version, self.policy, self.clock(),
+                                      replay=self.replay is not None)
         if not started:
             return {"status": "unchanged", "version": state.version, "weight": state.weight}
-        log.info("canary version=%s outcome=start weight=0->%d", state.version, state.weight)
-        self.traffic.prepare(state.version)  # idempotent: a redelivery after a failure here prepares again
-        save_state(self.storage, state)  # saved before routing: a failed split is retried by the next tick
-        state, decision = tick(state, self.policy, self.observe, self.traffic, now=self.clock())
+        log.info("canary version=%s outcome=start weight=0->%d phase=%s", state.version, state.weight, state.phase)
+        if state.phase != REPLAY:
+            self.traffic.prepare(state.version)  # idempotent: a redelivery after a failure here prepares again
+        save_state(self.storage, state)  # saved before replaying / routing: a failure is retried by the next tick
+        state, decision = self._step(state)
+        return {"status": "started", "version": state.version, "phase": state.phase, **decision.to_json()}
+
+    def _step(self, state: CanaryState) -> tuple[CanaryState, Decision]:
+        """One tick, saved; a replay that passed is saved, then its first step routed at once."""
+        replayed = state.phase == REPLAY
+        state, decision = tick(state, self.policy, self.observe, self.traffic, now=self.clock(),
+                               promote=self.promote, replay=self.replay)
         save_state(self.storage, state)
-        return {"status": "started", "version": state.version, **decision.to_json()}
+        if replayed and state.status == RUNNING and state.phase == TRAFFIC:
+            state, decision = tick(state, self.policy, self.observe, self.traffic, now=self.clock(),
+                                   promote=self.promote, replay=self.replay)
+            save_state(self.storage, state)
+        return state, decision
 
     def tick(self) -> dict[str, Any]:
         """One step decision; a ping that arrives while one is being made is skipped (the next one comes)."""
@@ -146,7 +219,5 @@ class CanaryController:
         state = load_state(self.storage)
         if state is None or state.status != RUNNING:
             return {"status": "idle", "version": state.version if state else None}
-        state, decision = tick(state, self.policy, self.observe, self.traffic, now=self.clock(),
-                               promote=self.promote)
-        save_state(self.storage, state)
-        return {"status": state.status, "version": state.version, **decision.to_json()}
+        state, decision = self._step(state)
+        return {"status": state.status, "version": state.version, "phase": state.phase, **decision.to_json()}

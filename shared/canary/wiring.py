@@ -3,7 +3,8 @@
 The canary function (`controller_from_settings`) and `triage canary` (`backends`) both build theirs here:
 with a gateway URL the local gateway (observed through Prometheus when a URL is given, else its own /metrics);
 otherwise the Knative Services through the Kubernetes API, observed through Prometheus (when no URL is given,
-through the API server's proxy to the cluster's `prometheus` service).
+through the API server's proxy to the cluster's `prometheus` service). With CANARY_REPLAY (the default) and a
+CANARY_MODEL_URI naming `{version}`, each new canary first replays stored uploads (`shared.canary.replay`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from shared.canary.controller import CanaryController
 from shared.canary.gateway import GatewayTraffic
 from shared.canary.knative import KnativeTraffic
 from shared.canary.observe import GatewayMetricsSource, MetricsSource, PrometheusSource, observer
+from shared.canary.replay import Replayer
 from shared.canary.traffic import Traffic
 from shared.config import CanarySettings, Settings
 from shared.kubernetes import KubernetesAPI
@@ -51,6 +53,11 @@ def controller_from_settings(config: CanarySettings, settings: Settings, storage
         previous = registry.promote(version, mlflow_client=registry.client(tracking_uri))
         log.info("canary version=%s promoted in the registry (champion was %s)", version, previous)
 
+    replay = None
+    if config.replay and config.model_uri and "{version}" in config.model_uri:
+        replay = Replayer(storage, settings, config.model_uri, uploads=config.replay_uploads)
+    elif config.replay:
+        log.warning("canary: no replay (CANARY_MODEL_URI names no {version} to load the challenger from)")
     return CanaryController(storage, config.policy, observer(metrics, storage, config.services), traffic,
                             promote=promote if tracking_uri else None,
-                            champion_version=lambda: registry.champion_version(tracking_uri))
+                            champion_version=lambda: registry.champion_version(tracking_uri), replay=replay)

@@ -55,7 +55,7 @@ class Monitor:
         kind = event["type"]
         with unavailable_on_s3_failure("in the monitor"):
             if kind == PREDICTION_CREATED:
-                data = event_data(event, "probability", "label")
+                data = event_data(event)  # record_prediction checks the fields (a not-assessable one has no label)
                 body = {"status": record_prediction(self.storage, self.config, event["id"], data, now=self.now())}
             elif kind == FEEDBACK_RECEIVED:
                 request_id = str(event_data(event, "request_id")["request_id"])

@@ -25,6 +25,10 @@ LABELLED = Gauge("triage_monitor_labelled", "Labelled predictions in the window,
 WINDOW_PREDICTIONS = Gauge("triage_monitor_window_predictions", "Predictions summarised in the drift window.")
 POSITIVE_RATE = Gauge("triage_monitor_positive_rate", "Share of predictions labelled pneumonia in the window.")
 URGENT_RATE = Gauge("triage_monitor_urgent_rate", "Share of predictions flagged urgent in the window.")
+NOT_ASSESSABLE = Gauge("triage_monitor_not_assessable", "Answers in the window the gate refused (not assessable).")
+NOT_ASSESSABLE_RATE = Gauge(
+    "triage_monitor_not_assessable_rate", "Share of the window's answers that were not assessable."
+)
 DRIFT_PSI = Gauge(
     "triage_monitor_psi",
     "Population stability index against the reference, by model version.",
@@ -60,6 +64,9 @@ def export_gauges(report: Mapping[str, Any], now: datetime) -> None:
     WINDOW_PREDICTIONS.set(window["n"])
     POSITIVE_RATE.set(window["positive_rate"] if window["positive_rate"] is not None else math.nan)
     URGENT_RATE.set(window["urgent_rate"] if window["urgent_rate"] is not None else math.nan)
+    NOT_ASSESSABLE.set(window.get("not_assessable", 0))
+    rate = window.get("not_assessable_rate")
+    NOT_ASSESSABLE_RATE.set(rate if rate is not None else math.nan)
     for gauge in (DRIFT_PSI, DRIFT_KS, DRIFT_KS_INTENSITY):
         gauge.clear()
     for version, detail in report["drift_by_version"].items():

@@ -1,7 +1,8 @@
 """The rolling summary of `triage.prediction.created` events (`triage-state/monitor/state.json`).
 
 Hourly buckets over the last `window_days`, per model version (probability histogram, positives, urgent, the
-histogram of the inputs' mean intensity), the ids of the events counted (the same event twice counts once) and
+histogram of the inputs' mean intensity; and `not_assessable`, the answers the gate refused, which count in nothing
+else: no probability, no drift, no reference), the ids of the events counted (the same event twice counts once) and
 each version's first-window reference (its first `reference_size` predictions). Per version, because a new
 champion or a canary split legitimately changes the predictions.
 """
@@ -39,19 +40,23 @@ def _cutoff_hour(config: MonitorConfig, now: datetime) -> str:
 class PredictionFields:
     """What the monitor counts of one `triage.prediction.created` event."""
 
-    probability: float
+    probability: float | None  # None when not assessable
     positive: bool
     urgent: bool
     version: str
     intensity: float | None  # the input's mean intensity in [0, 1]; None from an ingest that sent none
+    assessable: bool = True
 
 
 def _empty_summary(bins: int) -> dict[str, Any]:
     return {"histogram": [0] * bins, "n": 0, "positive": 0, "urgent": 0,
-            "intensity": [0] * INTENSITY_BINS, "intensity_n": 0}
+            "intensity": [0] * INTENSITY_BINS, "intensity_n": 0, "not_assessable": 0}
 
 
 def _add(summary: dict[str, Any], observed: PredictionFields, bins: int) -> None:
+    if not observed.assessable or observed.probability is None:
+        summary["not_assessable"] = summary.get("not_assessable", 0) + 1  # summaries of an older monitor have none
+        return
     summary["histogram"][histogram_bin(observed.probability, bins)] += 1
     summary["n"] += 1
     summary["positive"] += int(observed.positive)
@@ -86,6 +91,10 @@ def _unit_number(value: Any) -> bool:
 
 
 def _prediction_fields(data: Mapping[str, Any]) -> PredictionFields:
+    model = data.get("model")
+    version = (model.get("version") if isinstance(model, dict) else None) or UNVERSIONED
+    if data.get("assessable") is False:
+        return PredictionFields(None, False, False, str(version), None, assessable=False)
     probability = data.get("probability")
     if not _unit_number(probability):
         raise BadEvent(f"event {PREDICTION_CREATED} data field 'probability' must be a number in [0, 1]")
@@ -94,8 +103,6 @@ def _prediction_fields(data: Mapping[str, Any]) -> PredictionFields:
     urgent = data.get("urgent", False)
     if not isinstance(urgent, bool):
         raise BadEvent(f"event {PREDICTION_CREATED} data field 'urgent' must be true or false")
-    model = data.get("model")
-    version = (model.get("version") if isinstance(model, dict) else None) or UNVERSIONED
     source = data.get("input")
     intensity = source.get("mean_intensity") if isinstance(source, dict) else None
     if intensity is not None and not _unit_number(intensity):
@@ -126,7 +133,7 @@ def record_prediction(
         state["events_counted"] = int(state.get("events_counted", 0)) + 1
         reference = state["references"].setdefault(observed.version,
                                                    {**_empty_summary(config.bins), "complete": False})
-        if reference["n"] < config.reference_size:  # the first window fills once, then stays fixed
+        if observed.assessable and reference["n"] < config.reference_size:  # fills once, then stays fixed
             _add(reference, observed, config.bins)
             reference["complete"] = reference["n"] >= config.reference_size
         return "counted", state
@@ -142,8 +149,8 @@ def read_summary(storage: Storage, config: MonitorConfig) -> dict[str, Any]:
 def _merge(total: dict[str, Any], summary: Mapping[str, Any]) -> None:
     for name in ("histogram", "intensity"):
         total[name] = [a + b for a, b in zip(total[name], summary[name], strict=True)]
-    for name in ("n", "positive", "urgent", "intensity_n"):
-        total[name] += summary[name]
+    for name in ("n", "positive", "urgent", "intensity_n", "not_assessable"):
+        total[name] += summary.get(name, 0)
 
 
 def _with_rates(summary: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +158,8 @@ def _with_rates(summary: dict[str, Any]) -> dict[str, Any]:
         **summary,
         "positive_rate": ratio(summary["positive"], summary["n"]),
         "urgent_rate": ratio(summary["urgent"], summary["n"]),
+        # Of all answers (assessable or not): the share the gate refused.
+        "not_assessable_rate": ratio(summary["not_assessable"], summary["n"] + summary["not_assessable"]),
     }
 
 

@@ -6,7 +6,19 @@ open), so a new field does not break a client that validates against the documen
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from shared.events import EVENT_FIELDS, MAX_KEY_BYTES
+from shared.gate import REASONS
+from shared.names import (
+    CLASS_NAMES,
+    INPUT_BUCKET,
+    NOTIFYING_BUCKETS,
+    OBJECT_CREATED,
+    PREDICTION_CREATED,
+    REQUEST_ID,
+)
 
 __all__ = [
     "SCHEMAS",
@@ -14,6 +26,7 @@ __all__ = [
     "cloud_event_body",
     "cloud_event_headers",
     "errors",
+    "event_data",
     "image_body",
     "json_content",
     "oip_errors",
@@ -30,6 +43,7 @@ _ERROR_TEXT = {
     403: "A revoked token, or one that may not call this function.",
     404: "Unknown route or unknown resource.",
     405: "Method not allowed on this path.",
+    409: "Conflict with the resource's state (a case whose triage failed has no prediction to label).",
     413: "Body over the limit.",
     415: "Unsupported content type.",
     422: "A field is missing or invalid.",
@@ -64,11 +78,24 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Prediction": {
         "type": "object",
-        "required": ["request_id", "label", "probability", "threshold", "urgent", "model", "timings_ms"],
+        "description": (
+            "Design §5. `assessable: false` (the gate found no chest radiograph the model can judge: a valid "
+            "request, answered 200) comes with a `reason` and `label` / `probability` null, `urgent` false."
+        ),
+        "required": ["request_id", "assessable", "label", "probability", "threshold", "urgent", "model",
+                     "timings_ms"],
         "properties": {
             "request_id": {"type": "string"},
             "assessable": {"type": "boolean"},
-            "reason": {"type": "string"},
+            "reason": {
+                "type": "object",
+                "description": "Why the input is not assessable (only when `assessable` is false).",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"enum": list(REASONS)},
+                    "message": {"type": "string"},
+                },
+            },
             "label": {"enum": ["pneumonia", "normal", None]},
             "probability": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             "threshold": {"type": "number"},
@@ -86,8 +113,43 @@ SCHEMAS: dict[str, Schema] = {
     "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
     "Notification": {
         "type": "object",
-        "description": "A MinIO / S3 event notification (`Records` of `s3:ObjectCreated:*`).",
-        "properties": {"Records": {"type": "array", "items": {"type": "object"}}},
+        "description": "A MinIO / S3 event notification (`Records`; only `*ObjectCreated:*` records are forwarded), or "
+        "an SNS envelope of one (`Type`, `Message`).",
+        "required": ["Records"],
+        "properties": {
+            "EventName": {"type": "string"},
+            "Key": {"type": "string"},
+            "Records": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["eventName", "s3"],
+                    "properties": {
+                        # MinIO's names, AWS's, and one that is skipped; any other name is skipped too.
+                        "eventName": {"anyOf": [{"enum": ["s3:ObjectCreated:Put", "ObjectCreated:Put",
+                                                          "s3:ObjectRemoved:Delete"]}, {"type": "string"}]},
+                        "eventTime": {"type": "string", "format": "date-time"},
+                        "s3": {
+                            "type": "object",
+                            "required": ["bucket", "object"],
+                            "properties": {
+                                "bucket": {"type": "object", "required": ["name"],
+                                           "properties": {"name": {"type": "string", "minLength": 1}}},
+                                "object": {
+                                    "type": "object",
+                                    "required": ["key", "eTag"],
+                                    "properties": {
+                                        "key": {"type": "string", "minLength": 1},
+                                        "eTag": {"type": "string", "pattern": "[^\"]"},
+                                        "size": {"type": "integer", "minimum": 0},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -154,34 +216,104 @@ def image_body() -> dict[str, Any]:
     }
 
 
-def cloud_event_body() -> dict[str, Any]:
-    """A CloudEvent 1.0 in binary mode (`ce-*` headers, JSON data) or structured mode."""
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}
+_UNIT = {"minimum": 0, "maximum": 1}
+_NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"
+# What the consumers check beyond the JSON type (shared.monitor, shared.retrain, shared.pacs.export).
+_COMMON_RULES: dict[str, Schema] = {
+    "request_id": {"pattern": REQUEST_ID.pattern},
+    "label": {"enum": list(CLASS_NAMES)},
+    "probability": _UNIT,
+    "threshold": _UNIT,
+    "key": {"maxLength": MAX_KEY_BYTES, "pattern": _NO_CONTROL,
+            "description": f"An object key: at most {MAX_KEY_BYTES} bytes UTF-8, no control characters."},
+    "etag": {"maxLength": MAX_KEY_BYTES, "pattern": "^[ -~]*$", "description": "Printable ASCII."},
+}
+_EVENT_RULES: dict[str, dict[str, Schema]] = {  # minio-source announces uploads to these buckets only
+    OBJECT_CREATED: {"bucket": {"enum": list(NOTIFYING_BUCKETS)}, "size": {"minimum": 0}},
+    # ingest sets `urgent` always (monitor refuses a null), `status` ok or error, for an input in INPUT_BUCKET
+    PREDICTION_CREATED: {"urgent": {"type": "boolean"}, "status": {"enum": ["ok", "error"]},
+                         "bucket": {"enum": [INPUT_BUCKET]}},
+}
+# What a CloudEvent attribute may be (shared.events checks it: a non-empty string for the required ones).
+_ATTRIBUTE = {"type": "string", "minLength": 1}
+
+
+def event_data(event_type: str, required: Sequence[str] = ()) -> Schema:
+    """The data of one event type as its consumers read it (design §4): each field of `shared.events.EVENT_FIELDS`
+    with its JSON type, null allowed unless the consumer requires it (a required string is also non-empty)."""
+    properties: dict[str, Schema] = {}
+    rules = {**_COMMON_RULES, **_EVENT_RULES.get(event_type, {})}
+    for name, types in EVENT_FIELDS.get(event_type, {}).items():
+        names = {_JSON_TYPES[t] for t in types}
+        if "number" in names:
+            names.discard("integer")
+        kinds = sorted(names) + ([] if name in required else ["null"])
+        field: Schema = {"type": kinds[0] if len(kinds) == 1 else kinds}
+        if name in required and "string" in names:
+            field["minLength"] = 1
+        field.update(rules.get(name, {}))
+        if "enum" in field:
+            field = {"enum": [*field["enum"], *([] if name in required else [None])]}
+        properties[name] = field
+    return {"type": "object", "description": f"The data of `{event_type}`.", "required": list(required),
+            "properties": properties}
+
+
+def cloud_event_body(events: Mapping[str, Schema] | None, *,
+                     extensions: Mapping[str, Schema] | None = None) -> dict[str, Any]:
+    """A CloudEvent 1.0 of one of `events` (each type a receiver consumes → the schema of its data; None: any type,
+    any data) in binary mode (the `ce-*` headers of `cloud_event_headers`, the data as the JSON body) or structured
+    mode (the whole event as the body)."""
+    kinds = [(_ATTRIBUTE, {"type": "object"})] if events is None else [({"const": k}, d) for k, d in events.items()]
+    structured = [
+        {
+            "type": "object",
+            "required": ["specversion", "type", "source", "id", *(["data"] if data.get("required") else [])],
+            "properties": {
+                "specversion": {"const": "1.0"},
+                "type": kind,
+                "source": _ATTRIBUTE,
+                "id": _ATTRIBUTE,
+                "time": {"type": "string", "format": "date-time"},
+                "datacontenttype": {"const": "application/json"},
+                "data": data,
+                **(extensions or {}),
+            },
+            # Any other member is an extension attribute (CloudEvents 1.0: a lower-case name, a scalar value).
+            "propertyNames": {"pattern": "^[a-z0-9]{1,20}$"},
+            "additionalProperties": {"type": ["string", "integer", "boolean"]},
+        }
+        for kind, data in kinds
+    ]
+    datas = [data for _, data in kinds]
     return {
         "required": True,
         "content": {
-            "application/json": {"schema": {"type": "object", "description": "The event's data (binary mode)."}},
-            "application/cloudevents+json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["specversion", "type", "source", "id"],
-                    "properties": {
-                        "specversion": {"const": "1.0"},
-                        "type": {"type": "string"},
-                        "source": {"type": "string"},
-                        "id": {"type": "string"},
-                        "data": {},
-                    },
-                }
-            },
+            "application/json": {"schema": {**(datas[0] if len(datas) == 1 else {"anyOf": datas}),
+                                            "description": "The event's data (binary mode)."}},
+            "application/cloudevents+json": {"schema": {
+                **(structured[0] if len(structured) == 1 else {"anyOf": structured}),
+                "description": "The whole event (structured mode); its attributes win over any `ce-*` header.",
+            }},
         },
     }
 
 
-def cloud_event_headers() -> list[dict[str, Any]]:
-    return [
-        {"name": f"ce-{name}", "in": "header", "required": False, "schema": {"type": "string"}}
-        for name in ("specversion", "type", "source", "id")
+def cloud_event_headers(events: Mapping[str, Schema] | None, *,
+                        extensions: Mapping[str, Schema] | None = None) -> list[dict[str, Any]]:
+    """The binary mode's attributes as `ce-*` headers (as Knative delivers); ignored in structured mode."""
+    kind = _ATTRIBUTE if events is None else {"enum": list(events)}
+    attributes = {"specversion": {"const": "1.0"}, "type": kind, "source": _ATTRIBUTE, "id": _ATTRIBUTE}
+    headers = [
+        {"name": f"ce-{name}", "in": "header", "required": True, "schema": schema,
+         "description": "Binary mode (ignored when the body is application/cloudevents+json)."}
+        for name, schema in attributes.items()
     ]
+    headers += [{"name": f"ce-{name}", "in": "header", "required": False, "schema": schema,
+                 "description": "A CloudEvent extension attribute (binary mode)."}
+                for name, schema in (extensions or {}).items()]
+    return headers
 
 
 def standard_paths(*, model: bool) -> dict[str, Any]:

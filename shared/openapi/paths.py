@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from shared.names import (
+    FEEDBACK_RECEIVED,
+    MODEL_REGISTERED,
+    NOTIFYING_BUCKETS,
+    OBJECT_CREATED,
+    PING,
+    PREDICTION_CREATED,
+    REQUEST_ID,
+)
 from shared.openapi.components import (
     cloud_event_body,
     cloud_event_headers,
     errors,
+    event_data,
     image_body,
     json_content,
     oip_errors,
@@ -149,8 +159,9 @@ def _explain() -> Paths:
         "required": ["method", "heatmap_size", "heatmap_png"],
         "properties": {
             "method": {"type": "string"},
-            "heatmap_size": {"type": "array", "items": {"type": "integer"}},
-            "heatmap_png": {"type": "string", "contentEncoding": "base64"},
+            # null (both) when the input is not assessable: no finding, no heatmap
+            "heatmap_size": {"type": ["array", "null"], "items": {"type": "integer"}},
+            "heatmap_png": {"type": ["string", "null"], "contentEncoding": "base64"},
         },
     }
     return {
@@ -171,9 +182,9 @@ def _feedback() -> Paths:
         "type": "object",
         "required": ["request_id", "label"],
         "properties": {
-            "request_id": {"type": "string"},
+            "request_id": {"type": "string", "pattern": REQUEST_ID.pattern},
             "label": {"enum": ["pneumonia", "normal"]},
-            "reviewer": {"type": "string"},
+            "reviewer": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$"},
         },
     }
     return {
@@ -191,7 +202,8 @@ def _feedback() -> Paths:
 
 def _review() -> Paths:
     reader = [{"reviewerToken": []}, {"reviewSession": []}]
-    key = [{"name": "key", "in": "query", "required": True, "schema": {"type": "string"}}]
+    key = [{"name": "key", "in": "query", "required": True, "description": "An input key (at most 1024 bytes UTF-8).",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": "^[^\\x00-\\x1f\\x7f]+$"}}]
     failures = errors(400, 401, 403, 404, 422, 429, 503)
     return {
         "/review": {
@@ -200,8 +212,8 @@ def _review() -> Paths:
         "/review/api/session": {
             "get": operation("Who is signed in", _ok("Session.")),
             "post": operation(
-                "Sign in with a reviewer token (sets the session cookie)",
-                {**_ok("Signed in."), **errors(400, 401, 413, 422, 429)},
+                "Sign in with a reviewer token (sets the session cookie; needs the CSRF cookie and header)",
+                {**_ok("Signed in."), **errors(400, 401, 403, 413, 422, 429)},
                 requestBody={"required": True, "content": json_content(
                     {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}})},
             ),
@@ -229,8 +241,10 @@ def _review() -> Paths:
         "/review/api/label": {
             "post": operation(
                 "Label a case (the feedback path)",
-                {**_ok("Stored."), **errors(400, 401, 403, 404, 413, 422, 429, 502, 503)},
-                requestBody={"required": True, "content": json_content({"type": "object"})},
+                {**_ok("Stored."), **errors(400, 401, 403, 404, 409, 413, 422, 429, 502, 503)},
+                requestBody={"required": True, "content": json_content({
+                    "type": "object", "required": ["key", "label"],
+                    "properties": {"key": key[0]["schema"], "label": {"enum": ["pneumonia", "normal"]}}})},
                 security=reader,
             )
         },
@@ -272,27 +286,46 @@ def _dicomweb() -> Paths:
         "STOW-RS: store DICOM instances (multipart/related; type=application/dicom)",
         {"200": stored, "202": {**stored, "description": "Some stored."},
          "409": {**stored, "description": "None stored."}, **errors(400, 401, 403, 413, 415, 429, 503)},
-        requestBody={"required": True, "content": {"multipart/related": {"schema": {"type": "string",
-                                                                                       "format": "binary"}}}},
+        requestBody={"required": True, "content": {"multipart/related": {"schema": {
+            "type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"},
+            "description": 'The parts, each one DICOM instance (`Content-Type: multipart/related; '
+                           'type="application/dicom"; boundary=...`).'}}}},
         security=_API,
     )
-    study = {"name": "study", "in": "path", "required": True, "schema": {"type": "string"}}
+    study = {"name": "study", "in": "path", "required": True,
+             "schema": {"type": "string", "maxLength": 64, "pattern": r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"}}
     return {"/studies": {"post": store}, "/studies/{study}": {"parameters": [study], "post": dict(store)}}
 
 
-def _event_function(summary: str) -> Callable[[], Paths]:
+_REPLY = ", or (without K_SINK) a Knative reply event: its `ce-*` headers, its data as the body."
+_REPLY_HEADERS = {f"ce-{name}": {"schema": {"type": "string"}, "description": "Set on a reply event."}
+                  for name in ("specversion", "type", "source", "id")}
+
+
+def _event_function(summary: str, types: Mapping[str, Sequence[str]] | None, *, ignores_others: bool = False,
+                    extensions: Mapping[str, Any] | None = None, replies: bool = False) -> Callable[[], Paths]:
+    """A CloudEvent receiver at POST /: `types` maps each event type it consumes to the data fields it requires
+    (None: any type, any data). Another type is a 400, or 200 `ignored` with `ignores_others`. `extensions`: the
+    extension attributes it reads (name → schema); `replies`: it may answer with a Knative reply event."""
+    note = "Any event type." if types is None else (
+        f"Event types: {', '.join(types)}; another type is "
+        + ("answered 200 `ignored`." if ignores_others else "a 400."))
+
     def paths() -> Paths:
+        events = None if types is None else {name: event_data(name, required) for name, required in types.items()}
         return {
             "/": {
                 "post": operation(
                     summary,
                     {
-                        "200": {"description": "The outcome (or a Knative reply event).",
-                                "content": json_content({"type": "object"})},
+                        "200": {"description": "The outcome" + (_REPLY if replies else "."),
+                                "content": json_content(ref("Status")),
+                                **({"headers": _REPLY_HEADERS} if replies else {})},
                         **errors(*_EVENT_ERRORS),
                     },
-                    parameters=cloud_event_headers(),
-                    requestBody=cloud_event_body(),
+                    parameters=cloud_event_headers(events, extensions=extensions),
+                    requestBody=cloud_event_body(events, extensions=extensions),
+                    description=f"A CloudEvent 1.0, binary or structured mode. {note}",
                 )
             }
         }
@@ -307,11 +340,19 @@ FUNCTION_PATHS: dict[str, Callable[[], Paths]] = {
     "review": _review,
     "preprocess": _preprocess,
     "minio_source": _minio_source,
-    "ingest": _event_function("io.minio.object.created in inference-inputs → prediction and heatmap"),
-    "retrain": _event_function("Feedback or new raw data → maybe launch training"),
-    "monitor": _event_function("Predictions, feedback and the ping → drift and live accuracy"),
-    "canary": _event_function("model.registered starts a canary; each ping steps it"),
-    "dead_letter": _event_function("An undeliverable CloudEvent → the dead-letter bucket"),
+    "ingest": _event_function("io.minio.object.created in inference-inputs → prediction and heatmap",
+                              {OBJECT_CREATED: ("bucket", "key", "etag")}, replies=True),
+    "retrain": _event_function("Feedback or new raw data → maybe launch training",
+                               {FEEDBACK_RECEIVED: ("request_id",), OBJECT_CREATED: ("key",)}, ignores_others=True,
+                               extensions={"bucket": {"enum": list(NOTIFYING_BUCKETS)}}),
+    "monitor": _event_function("Predictions, feedback and the ping → drift and live accuracy",
+                               {PREDICTION_CREATED: ("probability", "label"), FEEDBACK_RECEIVED: ("request_id",),
+                                PING: ()}),
+    "canary": _event_function("model.registered starts a canary; each ping steps it",
+                              {MODEL_REGISTERED: ("version",), PING: ()}, ignores_others=True),
+    "dead_letter": _event_function("An undeliverable CloudEvent → the dead-letter bucket", None),
     "dicomweb": _dicomweb,
-    "export": _event_function("prediction.created for a DICOM input → SR and secondary capture on the PACS"),
+    "export": _event_function("prediction.created for a DICOM input → SR and secondary capture on the PACS",
+                              {PREDICTION_CREATED: ("bucket", "key", "etag", "status", "label", "probability",
+                                                    "threshold")}),
 }

@@ -3,7 +3,9 @@
 Order (issue 9): urgent and unreviewed, oldest first; then unreviewed cases that have waited longer than the cap
 (`REVIEW_MAX_WAIT_MIN`: a false negative waits in the normal queue, and urgent cases must not starve it), oldest
 first; then the other unreviewed, oldest first; then results that failed (nothing to label); reviewed last, the
-most recently uploaded first. Pure functions of the cases and the clock: no storage, no HTTP.
+most recently uploaded first. A case the gate found not assessable (no label, never urgent) waits with the other
+unreviewed ones, shows its reason, and is counted in `not_assessable` as well. Pure functions of the cases and the
+clock: no storage, no HTTP.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Case:
     threshold: float | None
     urgent: bool
     assessable: bool
-    reason: str | None
+    reason: str | None  # the gate's human text (`reason.message`), shown beside "not assessable"
     model: dict[str, Any]
     uploaded_at: datetime | None
     completed_at: datetime | None
@@ -63,6 +65,7 @@ class Case:
     error: str | None = None
     has_heatmap: bool = False
     review: Review | None = field(default=None, compare=False)
+    reason_code: str | None = None  # the gate's machine code (`reason.code`: not_grayscale, flat_image, ...)
 
     @property
     def arrived(self) -> datetime | None:
@@ -100,6 +103,7 @@ class Case:
             "urgent": self.urgent,
             "assessable": self.assessable,
             "reason": self.reason,
+            "reason_code": self.reason_code,
             "status": self.status,
             "group": self.group(now, max_wait_s),
             "result_status": self.result_status,
@@ -121,12 +125,22 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _reason(value: Any) -> tuple[str | None, str | None]:
+    """(human text, code) of a result's `reason`: `{"code", "message"}` (the gate's) or a bare string."""
+    if isinstance(value, dict):
+        code, message = value.get("code"), value.get("message")
+        return (str(message) if message else (str(code) if code else None)), (str(code) if code else None)
+    return (str(value), None) if value else (None, None)
+
+
 def case_from_result(result: Mapping[str, Any], review: Review | None = None) -> Case:
     """A Case from a stored result JSON (ok or error result of `shared.ingest`)."""
     model = result.get("model") if isinstance(result.get("model"), dict) else {}
     error = result.get("error") if isinstance(result.get("error"), dict) else None
     ok = result.get("status") == "ok"
     label = result.get("label") if result.get("label") in CLASS_NAMES else None
+    reason, reason_code = _reason(result.get("reason"))
+    heatmap = result.get("heatmap")
     return Case(
         key=str(result["key"]),
         request_id=str(result["request_id"]) if result.get("request_id") else None,
@@ -136,14 +150,15 @@ def case_from_result(result: Mapping[str, Any], review: Review | None = None) ->
         threshold=_number(result.get("threshold")),
         urgent=ok and result.get("urgent") is True,
         assessable=ok and result.get("assessable", True) is not False and label is not None,
-        reason=str(result["reason"]) if result.get("reason") else None,
+        reason=reason,
         model={"name": model.get("name"), "version": None if model.get("version") is None else str(model["version"])},
         uploaded_at=parse_utc(result.get("uploaded_at")) if isinstance(result.get("uploaded_at"), str) else None,
         completed_at=parse_utc(result.get("completed_at")) if isinstance(result.get("completed_at"), str) else None,
         upload_to_result_s=_number(result.get("upload_to_result_s")),
         error=str(error.get("message")) if error else None,
-        has_heatmap=ok and isinstance(result.get("heatmap"), dict) and result["heatmap"].get("status") != "pending",
+        has_heatmap=ok and isinstance(heatmap, dict) and heatmap.get("status") not in ("pending", "none"),
         review=review,
+        reason_code=reason_code,
     )
 
 
@@ -209,10 +224,13 @@ def worklist(cases: Iterable[Case], *, now: datetime, max_wait_s: float,
 
 
 def counts(cases: Iterable[Case], *, now: datetime, max_wait_s: float) -> dict[str, int]:
-    """How many cases in each group, and in all (the numbers at the top of the worklist)."""
+    """How many cases in each group, and in all (the numbers at the top of the worklist); `not_assessable` counts
+    the triaged cases the gate refused, across the groups."""
     tally = dict.fromkeys(GROUPS, 0)
-    total = 0
+    total = not_assessable = 0
     for case in cases:
         tally[case.group(now, max_wait_s)] += 1
         total += 1
-    return {"total": total, "unreviewed": tally["urgent"] + tally["overdue"] + tally["waiting"], **tally}
+        not_assessable += int(case.result_status == "ok" and not case.assessable)
+    return {"total": total, "unreviewed": tally["urgent"] + tally["overdue"] + tally["waiting"], **tally,
+            "not_assessable": not_assessable}

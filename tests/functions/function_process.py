@@ -36,7 +36,7 @@ def function_process(name: str, env: Mapping[str, str], *, ready_path: str = "/h
                 with urllib.request.urlopen(base + ready_path, timeout=2) as response:
                     if response.status == 200:
                         break
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):  # not up yet, or slow to answer
                 pass
             assert process.poll() is None, process.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, f"{name} never became ready"

@@ -16,7 +16,7 @@ from tests.functions.bad_requests import (
 from tests.functions.tiny_model import dicom_bytes, jpeg_bytes, png_bytes
 from tests.local_http import LocalServer
 
-PREDICTION_KEYS = {"request_id", "label", "probability", "threshold", "urgent", "model", "timings_ms"}
+PREDICTION_KEYS = {"request_id", "assessable", "label", "probability", "threshold", "urgent", "model", "timings_ms"}
 
 
 @pytest.fixture

@@ -27,6 +27,34 @@ def build_tiny_model_dir(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
+def build_gated_model_dir(out_dir: Path, *, seed: int = 0, n_train: int = 160, n_val: int = 120) -> Path:
+    """The tiny random-weight ViT exported with the not-assessable gate, its reference fitted on SYNTHETIC phantoms
+    (train: `n_train` of seed 11, the threshold on `n_val` of seed 12; `gated_phantoms` draws others)."""
+    import torch
+
+    from shared.imaging import batch_to_model_input
+    from training_jobs.export import export_model_dir
+    from training_jobs.phantom import make_phantoms
+    from training_jobs.vit import ViT, ViTConfig
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    model = ViT(ViTConfig(**TINY_CONFIG)).eval()
+    train_x, train_y = make_phantoms(n_train, 28, seed=11)
+    val_x, val_y = make_phantoms(n_val, 28, seed=12)
+    export_model_dir(model, out_dir, temperature=1.0, threshold=0.5, gate_x=batch_to_model_input(train_x, 28),
+                     gate_y=train_y, calibration_x=batch_to_model_input(val_x, 28), calibration_y=val_y)
+    return out_dir
+
+
+def gated_phantoms(n: int, seed: int = 13) -> np.ndarray:
+    """uint8 [n, 28, 28] SYNTHETIC phantoms of the gated model's training distribution, unseen by its export."""
+    from training_jobs.phantom import make_phantoms
+
+    images, _ = make_phantoms(n, 28, seed=seed)
+    return images
+
+
 def gray_image(size: int = 28, seed: int = 0) -> np.ndarray:
     """A smooth uint8 gray image with a bright blob (something a saliency map can point at)."""
     rng = np.random.default_rng(seed)

@@ -21,7 +21,7 @@ from shared.model_store import ModelLoadError
 from shared.modelcard import calibrated_probability
 from tests.functions.tiny_model import build_tiny_model_dir, dicom_bytes, jpeg_bytes, png_bytes
 
-PREDICTION_KEYS = {"request_id", "label", "probability", "threshold", "urgent", "model", "timings_ms"}
+PREDICTION_KEYS = {"request_id", "assessable", "label", "probability", "threshold", "urgent", "model", "timings_ms"}
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,11 @@ def test_prediction_matches_a_bare_onnx_call_and_has_the_design_schema(loaded: T
     data = png_bytes()
     prediction = loaded(data, "image/png")
     body = prediction.to_json()
-    assert set(body) == PREDICTION_KEYS
+    assert set(body) == PREDICTION_KEYS  # no `reason`: the tiny model's card has no gate, every answer is assessable
+    assert body["assessable"] is True
     assert body["label"] in ("normal", "pneumonia")
     assert body["model"] == {"name": "xray-vit", "version": None}
-    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
+    assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "gate", "total"}
     assert len(body["request_id"]) == 32
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     model_input = imaging.to_model_input(imaging.decode_image(data), 28)[np.newaxis]
@@ -137,12 +138,12 @@ def step_count(step: str) -> float:
 
 
 def test_each_step_is_timed_into_the_step_histogram(loaded: TriageModel) -> None:
-    steps = ("decode", "preprocess", "predict", "explain", "postprocess")
+    steps = ("decode", "preprocess", "predict", "gate", "explain", "postprocess")
     before = {step: step_count(step) for step in steps}
     loaded(png_bytes(), "image/png")
     loaded(png_bytes(), "image/png", explain="rollout")
     assert {step: step_count(step) - before[step] for step in steps} == {
-        "decode": 2, "preprocess": 2, "predict": 2, "explain": 1, "postprocess": 2,
+        "decode": 2, "preprocess": 2, "predict": 2, "gate": 2, "explain": 1, "postprocess": 2,
     }  # fmt: skip
 
 
@@ -211,13 +212,13 @@ def test_occlusion_runs_its_occluded_copies_as_one_onnx_batch_equal_to_the_unbat
     model_input = loaded.preprocess(loaded.decode(png_bytes(seed=5)))
     unbatched = occlusion_map(loaded.probabilities, model_input, patch=7, batch_size=1)
     runs: list[int] = []
-    real_run = loaded.run
+    real_run = loaded.run_outputs
 
-    def counted(batch: np.ndarray, **kwargs: object):
+    def counted(batch: np.ndarray, names: tuple[str, ...]):
         runs.append(len(batch))
-        return real_run(batch, **kwargs)
+        return real_run(batch, names)
 
-    monkeypatch.setattr(loaded, "run", counted)
+    monkeypatch.setattr(loaded, "run_outputs", counted)
     explanation = loaded(png_bytes(seed=5), "image/png", explain="occlusion")
 
     assert runs == [1, 64]  # the prediction, then all 8 x 8 occluded copies in one run (its reference reused)

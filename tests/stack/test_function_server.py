@@ -133,3 +133,20 @@ def test_a_head_past_its_time_is_answered_408_in_json():
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408") and b"Content-Type: application/json" in head
     assert b'"request_timeout"' in body and f"Content-Length: {len(body)}".encode() in head
+
+
+def test_the_heartbeat_to_the_arbiter_is_sent_at_most_once_per_interval(monkeypatch):
+    """gthread calls notify() on every wake-up of its loop (about twice per request); the worker passes one a second."""
+    from gunicorn.workers import gthread
+
+    sent: list[float] = []
+    monkeypatch.setattr(gthread.ThreadWorker, "notify", lambda self: sent.append(time.monotonic()))
+    worker = object.__new__(function_server.BoundedThreadWorker)
+    worker._notified_at = -function_server.HEARTBEAT_S
+    for _ in range(100):
+        worker.notify()
+    assert len(sent) == 1
+    worker._notified_at -= function_server.HEARTBEAT_S  # as if a second had passed
+    worker.notify()
+    worker.notify()
+    assert len(sent) == 2

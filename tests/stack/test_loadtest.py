@@ -1,4 +1,4 @@
-"""The load tool's guards and statistics (no stack needed)."""
+"""The load tools: run_load's guards and statistics, the Locust driver's pieces, CLI argument errors (no stack)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,93 @@ def test_images_come_from_a_folder_or_an_npz(tmp_path):
 
     with pytest.raises(UserError, match="--images"):
         load_images(tmp_path / "missing")
+
+
+# --- triage loadtest (Locust) and send-live: the pieces and the argument errors, no stack ------------------------
+def test_the_rate_is_split_over_enough_users_of_each_class():
+    from load_tests.loadtest import users_for
+
+    assert users_for(4, 2) == (2, 2.0)
+    users, per_user = users_for(20, 2)
+    assert users == 10 and per_user * users == pytest.approx(20)
+    users, per_user = users_for(5, 3)  # never fewer users than classes, a whole number of each
+    assert users % 3 == 0 and per_user <= 2.0 and per_user * users == pytest.approx(5)
+    assert users_for(0.5, 1) == (1, 0.5)
+
+
+def test_the_locust_command_keeps_the_token_out_of_argv(tmp_path):
+    from load_tests.loadtest import locust_command
+
+    command = locust_command(host="https://staging.example.org", rate=10, duration_s=30, mix=["predict", "upload"],
+                             images=tmp_path, csv_prefix=tmp_path / "rate-10", s3_url="http://s3:9000",
+                             predict_url=None, explain_url=None, key_prefix="lt")
+    assert command[1:3] == ["-m", "locust"] and "--headless" in command
+    assert command[command.index("--host") + 1] == "https://staging.example.org"  # any target, not only loopback
+    assert command[command.index("--users") + 1] == "6" and command[command.index("--run-time") + 1] == "30s"
+    assert command[-2:] == ["PredictUser", "UploadUser"] and "--triage-token" not in command
+
+
+def test_locust_statistics_become_the_json_summary(tmp_path):
+    from load_tests.loadtest import rate_summary, read_stats
+
+    header = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+              "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,"
+              "99.99%,100%")
+    rows = ["POST,/predict,120,0,12,13.5,4,80,300,2.0,0.0,12,14,15,16,20,30,50,70,80,80,80",
+            "S3,PutObject inference-inputs,118,2,20,22,9,95,800,1.97,0.03,20,22,24,25,30,40,60,90,95,95,95",
+            ",Aggregated,238,2,15,17,4,95,550,3.97,0.03,15,18,20,21,25,35,55,80,95,95,95"]
+    (tmp_path / "s.csv").write_text("\n".join([header, *rows]) + "\n")
+    stats = read_stats(tmp_path / "s.csv")
+    assert stats["/predict"]["p99_ms"] == 70.0 and stats["PutObject inference-inputs"]["failures"] == 2
+    summary = rate_summary(4.0, 60, stats)
+    assert summary["requests"] == 238 and summary["failures"] == 2
+    assert summary["achieved_rps"] == pytest.approx(238 / 60, abs=0.01)
+    assert set(summary["by_request"]) == {"/predict", "PutObject inference-inputs"}
+
+
+def test_the_cli_process_never_imports_locust_or_gevent():
+    import subprocess
+    import sys
+
+    code = ("import sys, triage.cli, load_tests.loadtest, triage.send_live, triage.scale; "
+            "assert not {'locust', 'gevent'} & set(sys.modules), sorted(m for m in sys.modules if 'gevent' in m)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["loadtest", "--rates", "0", "--images", "."], "--rates"),
+    (["loadtest", "--rates", "5,x", "--images", "."], "--rates"),
+    (["loadtest", "--mix", "predict,bogus", "--images", "."], "--mix"),
+    (["loadtest", "--duration", "0", "--images", "."], "--duration"),
+    (["loadtest", "--url", "ftp://host/", "--images", "."], "--url"),
+    (["loadtest", "--images", "/no/such/folder"], "--images"),
+    (["send-live", "--rate", "0", "--duration", "5"], "--rate"),
+    (["send-live", "--rate", "500", "--duration", "5"], "--rate"),
+    (["send-live", "--rate", "1", "--duration", "-1"], "--duration"),
+    (["send-live", "--rate", "1", "--duration", "5", "--prefix", "../x"], "--prefix"),
+])
+def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
+    from triage.cli import main
+
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["send-live"], ["send-live", "--rate", "fast", "--duration", "5"],
+                                  ["loadtest", "--rates", "5"]])
+def test_missing_or_malformed_options_are_argparse_errors(argv, capsys):
+    from triage.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_send_live_to_an_unreachable_endpoint_is_an_exit_message_not_a_traceback(capsys):
+    from triage.cli import main
+    from triage.stack.processes import unused_port_block
+
+    [port] = unused_port_block(1)
+    assert main(["send-live", "--rate", "1", "--duration", "1", "--s3-url", f"http://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach S3 at http://127.0.0.1:{port}" in err and "Traceback" not in err

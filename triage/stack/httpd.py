@@ -327,6 +327,9 @@ class StackServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     block_on_close = False
     max_connections = 512
+    # socketserver's listen backlog is 5: a burst of new connections (Locust at 50 req/s) overflowed it and clients
+    # saw resets / SYN retries. The kernel caps this at net.core.somaxconn.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], handler: type[StackHandler]) -> None:
         super().__init__(address, handler)

@@ -109,7 +109,8 @@
     const list = $("counts");
     list.replaceChildren();
     for (const [name, text] of [["urgent", "urgent"], ["overdue", "waiting too long"], ["unreviewed", "unreviewed"],
-                                ["reviewed", "reviewed"], ["failed", "failed"], ["total", "in all"]]) {
+                                ["reviewed", "reviewed"], ["failed", "failed"], ["not_assessable", "not assessable"],
+                                ["total", "in all"]]) {
       const li = document.createElement("li");
       li.id = "count-" + name;
       const strong = document.createElement("strong");

@@ -58,3 +58,21 @@ def test_the_review_worklist_is_a_public_scale_to_zero_service_that_validates(ob
     assert env["REVIEWER_TOKENS"]["valueFrom"]["secretKeyRef"] == {"name": manifests.SECRET_NAME,
                                                                    "key": "reviewer_tokens"}
     assert container["image"].endswith("/review:0.3.1") and container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_measured_functions_get_their_knative_scaling_and_the_rest_the_stacks() -> None:
+    assert "predict" in topology.AUTOSCALING
+    for fn in manifests.FUNCTIONS:
+        template = manifests.knative_service(SETTINGS, fn)["spec"]["template"]
+        annotations, spec = template["metadata"]["annotations"], template["spec"]
+        scaling = topology.AUTOSCALING.get(fn.name)
+        if scaling is None:
+            assert spec["containerConcurrency"] == 0, fn.name  # the soft target alone
+            assert annotations["autoscaling.knative.dev/target"] == str(SETTINGS.target_concurrency)
+            assert annotations["autoscaling.knative.dev/max-scale"] == str(fn.max_scale or SETTINGS.max_scale)
+            continue
+        assert spec["containerConcurrency"] == scaling.container_concurrency
+        assert annotations["autoscaling.knative.dev/target"] == str(scaling.target)
+        assert annotations["autoscaling.knative.dev/max-scale"] == str(scaling.max_scale)
+        assert annotations["autoscaling.knative.dev/metric"] == "concurrency"
+        assert 1 <= scaling.target <= scaling.container_concurrency  # a soft target under the hard limit

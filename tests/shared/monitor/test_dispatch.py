@@ -29,3 +29,19 @@ def test_the_monitor_dispatches_on_the_event_type(storage):
     assert monitor.handle(tick)["status"] == "reported"
     with pytest.raises(BadEvent, match="io.minio.object.created"):
         monitor.handle(make_event("io.minio.object.created", "minio:raw-data", {"key": "a"}))
+
+
+def test_the_monitor_counts_a_not_assessable_prediction_and_reports_its_share(storage):
+    from prometheus_client import REGISTRY
+
+    monitor = Monitor(storage, CONFIG, now=lambda: NOW, card_loader=lambda: None)
+    assert monitor.handle(prediction_created_event(prediction(1, 0.8))) == {"status": "counted"}
+    refused = {**prediction(2, 0.5), "assessable": False, "label": None, "probability": None,
+               "reason": {"code": "flat_image", "message": "uniform"}}
+    assert monitor.handle(prediction_created_event(refused)) == {"status": "counted"}
+    monitor.handle(make_event(PING, "/apis/v1/namespaces/triage/pingsources/monitor-tick", {"check": "monitor"}))
+    report = storage.get_json("triage-state", "monitor/report.json")
+    assert report["predictions"]["not_assessable"] == 1 and report["predictions"]["n"] == 1
+    assert REGISTRY.get_sample_value("triage_monitor_not_assessable_rate") == 0.5
+    with pytest.raises(BadEvent, match="'label'"):  # an assessable answer still needs its label
+        monitor.handle(prediction_created_event({**prediction(3, 0.5), "label": None}))

@@ -63,3 +63,40 @@ def test_an_intensity_outside_the_unit_range_is_a_bad_event(storage):
         with pytest.raises(BadEvent, match="mean_intensity"):
             record_prediction(storage, CONFIG, event["id"], data, now=NOW)
     assert storage.get_json_versioned("triage-state", MONITOR_STATE_KEY)[0] is None
+
+
+def _not_assessable(n: int) -> dict:
+    """A not-assessable ingest result as its event carries it: no label, no probability, never urgent."""
+    return {**prediction(n, 0.5), "assessable": False, "label": None, "probability": None, "urgent": False,
+            "reason": {"code": "out_of_distribution", "message": "not a chest film"}}
+
+
+def test_not_assessable_answers_are_counted_apart_and_kept_out_of_the_probabilities_and_the_reference(storage):
+    from shared.monitor.predictions import read_summary, window_summary
+
+    assert send_predictions(storage, [0.9, 0.2, 0.7]) == ["counted"] * 3
+    for n in (10, 11):
+        event = prediction_created_event(_not_assessable(n))
+        assert record_prediction(storage, CONFIG, event["id"], event.get_data(), now=NOW) == "counted"
+    state = read_summary(storage, CONFIG)
+    window = window_summary(state, CONFIG, now=NOW)
+    assert (window["n"], window["not_assessable"], sum(window["histogram"])) == (3, 2, 3)
+    assert window["not_assessable_rate"] == pytest.approx(2 / 5)
+    assert window["positive_rate"] == pytest.approx(2 / 3)  # of the assessable answers only
+    assert window["by_version"]["3"]["not_assessable"] == 2
+    assert state["references"]["3"]["n"] == 3 and state["references"]["3"]["not_assessable"] == 0
+
+
+def test_a_state_written_before_not_assessable_was_counted_still_summarises(storage):
+    from shared.monitor.predictions import read_summary, window_summary
+
+    assert send_predictions(storage, [0.9]) == ["counted"]
+    state = storage.get_json("triage-state", MONITOR_STATE_KEY)
+    for versions in state["hours"].values():
+        for summary in versions.values():
+            del summary["not_assessable"]
+    storage.put_json("triage-state", MONITOR_STATE_KEY, state)
+    event = prediction_created_event(_not_assessable(5))
+    assert record_prediction(storage, CONFIG, event["id"], event.get_data(), now=NOW) == "counted"
+    window = window_summary(read_summary(storage, CONFIG), CONFIG, now=NOW)
+    assert (window["n"], window["not_assessable"]) == (1, 1)

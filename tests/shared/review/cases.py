@@ -35,12 +35,14 @@ def result(key: str, *, request_id: str, label: str | None = "normal", probabili
         return {"status": "error", "request_id": request_id, "bucket": INPUT_BUCKET, "key": key, "etag": etag,
                 "error": {"code": "bad_image", "message": "not an image"}, "model": {"name": "xray-vit"},
                 "uploaded_at": utc_iso(uploaded_at), "completed_at": utc_iso(uploaded_at + timedelta(seconds=1))}
+    refused = {} if assessable else {"reason": {"code": "out_of_distribution", "message": "not a chest film"}}
     return {
-        "request_id": request_id, "assessable": assessable, "label": label if assessable else None,
-        "probability": probability, "threshold": 0.5, "urgent": urgent,
+        "request_id": request_id, "assessable": assessable, **refused, "label": label if assessable else None,
+        "probability": probability if assessable else None, "threshold": 0.5, "urgent": urgent and assessable,
         "model": {"name": "xray-vit", "version": version}, "timings_ms": {"total": 3.0},
         "status": "ok", "bucket": INPUT_BUCKET, "key": key, "etag": etag, "size": 100,
-        "heatmap": {"bucket": RESULT_BUCKET, "key": heatmap_key(key), "method": "occlusion"},
+        "heatmap": ({"bucket": RESULT_BUCKET, "key": heatmap_key(key), "method": "occlusion"} if assessable
+                    else {"status": "none", "reason": "not_assessable"}),
         "uploaded_at": utc_iso(uploaded_at), "completed_at": utc_iso(uploaded_at + timedelta(seconds=0.2)),
         "upload_to_result_s": 0.2,
     }

@@ -96,6 +96,17 @@ def test_a_bad_filter_is_a_422_naming_it(args, field):
 
 def test_counts_cover_every_case_whatever_the_filter():
     cases = [case("u", minutes_ago=1, urgent=True), case("o", minutes_ago=61), case("w", minutes_ago=1),
-             case("r", minutes_ago=1, reviewed_by="ann"), case("f", minutes_ago=1, status="error")]
+             case("r", minutes_ago=1, reviewed_by="ann"), case("f", minutes_ago=1, status="error"),
+             case("n", minutes_ago=2, assessable=False)]
     assert counts(cases, now=NOW, max_wait_s=MAX_WAIT_S) == {
-        "total": 5, "unreviewed": 3, "urgent": 1, "overdue": 1, "waiting": 1, "failed": 1, "reviewed": 1}
+        "total": 6, "unreviewed": 4, "urgent": 1, "overdue": 1, "waiting": 2, "failed": 1, "reviewed": 1,
+        "not_assessable": 1}
+
+
+def test_a_not_assessable_case_shows_the_gates_reason_and_no_heatmap():
+    item = case("n", minutes_ago=2, assessable=False).to_json(NOW, MAX_WAIT_S)
+    assert (item["assessable"], item["label"], item["probability"], item["urgent"]) == (False, None, None, False)
+    assert (item["reason"], item["reason_code"]) == ("not a chest film", "out_of_distribution")
+    assert item["has_heatmap"] is False and item["group"] == "waiting"
+    assessable = case("a", minutes_ago=2).to_json(NOW, MAX_WAIT_S)
+    assert assessable["assessable"] is True and assessable["reason"] is None and assessable["has_heatmap"] is True
