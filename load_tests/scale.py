@@ -153,18 +153,18 @@ def break_even_volume(inputs: CostInputs, low: float = 1.0, high: float = 1e9) -
     return high
 
 
-# The run behind shared.topology.AUTOSCALING["predict"] (2026-12-02T02:07Z, `triage scale-report --repeats 5
-# --requests 300`): the phantom-trained ViT `triage up` serves, predict pinned to 1 CPU (its pod's limit), on a
-# shared 2-core machine (the fastest of 5 runs per level). CPU per prediction 5.8 ms (median of the levels), cold
-# start 1.9 s (median of 3, loaded machine). A test derives the table from it: the manifests change only with a
-# new measurement pasted here.
+# The run behind shared.topology.AUTOSCALING["predict"] (2026-12-02T03:07Z, `triage scale-report --repeats 5`): the
+# default ViT trained on PneumoniaMNIST (with its gate), predict pinned to 1 CPU (its pod's limit), on an otherwise
+# idle 2-core machine (the fastest of 5 runs per level). CPU per prediction 7.6 ms (median of the levels), cold start
+# 0.75 s (median of 3). An earlier run on the same machine under load (load average 10-15) put the knee at 4 too
+# (76 req/s). A test derives the table from it: the manifests change only with a new measurement pasted here.
 MEASURED_PREDICT: tuple[Level, ...] = (
-    Level(1, 39.1, 19.985, 82.264),
-    Level(2, 52.2, 27.541, 119.53),
-    Level(4, 76.1, 38.955, 185.503),
-    Level(8, 72.9, 93.948, 286.027),
-    Level(16, 66.3, 189.242, 633.452),
-    Level(32, 56.7, 386.911, 1467.391),
+    Level(1, 108.8, 8.855, 15.079),
+    Level(2, 122.1, 16.013, 30.995),
+    Level(4, 148.6, 25.274, 62.979),
+    Level(8, 152.5, 46.754, 112.288),
+    Level(16, 121.8, 122.689, 315.989),
+    Level(32, 114.5, 198.376, 688.113),
 )
 PEAK_RPS = 50.0  # the predict API's design peak: client systems of a region, requests/s
 

@@ -16,7 +16,7 @@ Per object version (bucket/key/etag), in this order:
    same keys, same event id); only a result whose heatmap is ready (or an error result) makes it a duplicate.
    An input the gate refuses (`assessable: false`, a `reason`, no label, no probability, not urgent) has no
    heatmap: its final result says `heatmap: {"status": "none", "reason": "not_assessable"}`, and its event is
-   published all the same (the monitor counts it; the PACS export skips it).
+   published all the same (the monitor counts it; the PACS export sends an SR saying it is not assessable).
    `completed_at` / `upload_to_result_s` time the flag (when the label became readable), not the picture.
 A bad image is the uploader's fault and final: an error result is stored (so nothing is lost silently) and the
 call succeeds, so the broker does not retry — a DICOM the decoders refuse (a window width of 0, an unknown VOI LUT

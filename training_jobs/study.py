@@ -160,7 +160,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, options: TrainOptions, *, folds
 
 def markdown_table(records: list[dict[str, Any]]) -> str:
     """One row per study record: CV mean / worst fold and stress (pooled / worst shift) numbers."""
-    head = ("| recipe | folds x min | CV AUC mean / worst | CV acc | CV sens | CV spec | CV ECE (Platt) | "
+    head = ("| recipe | folds x epochs / min | CV AUC mean / worst | CV acc | CV sens | CV spec | CV ECE (Platt) | "
             "stress AUC pooled / worst shift | stress acc | stress sens / spec | wall min |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
@@ -176,8 +176,8 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
         s_ss = (f"{stress['overall']['sensitivity']['mean']:.3f} / {stress['overall']['specificity']['mean']:.3f}"
                 if stress else "-")
         lines.append(
-            f"| {r['recipe']} | {r['folds']} x {r['max_minutes']:g} | {mw(cv, 'auc')} | {mw(cv, 'accuracy')} | "
-            f"{mw(cv, 'sensitivity')} | {mw(cv, 'specificity')} | {cv['ece']['mean']:.4f} "
+            f"| {r['recipe']} | {r['folds']} x {r['epochs']} / {r['max_minutes']:g} | {mw(cv, 'auc')} | "
+            f"{mw(cv, 'accuracy')} | {mw(cv, 'sensitivity')} | {mw(cv, 'specificity')} | {cv['ece']['mean']:.4f} "
             f"({cv['ece_platt']['mean']:.4f}) | {s_auc} | {s_acc} | {s_ss} | {r['wall_seconds'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
 

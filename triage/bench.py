@@ -77,8 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
 
 
-def pacs_benchmark(model_uri: str, run_dir: Path, env: TriageEnv, studies: int) -> dict[str, Any]:
-    """`load_tests.pacs.cstore_to_sr` on a stack of the receiver, minio-source, ingest, export and Orthanc;
+def pacs_benchmark(model_uri: str, run_dir: Path, env: TriageEnv, studies: int,
+                   images: list[Any] | None = None) -> dict[str, Any]:
+    """`load_tests.pacs.cstore_to_sr` (DX studies of `images`, uint8 radiographs) on a stack of the receiver,
+    minio-source, ingest, export and Orthanc;
     {"skipped": why} when Orthanc (with its DICOMweb plugin) is not installed or did not start."""
     from load_tests.pacs import cstore_to_sr
     from triage.stack.orthanc import INSTALL_HINT, OrthancPorts, orthanc_spec
@@ -96,7 +98,7 @@ def pacs_benchmark(model_uri: str, run_dir: Path, env: TriageEnv, studies: int) 
     with Stack(config, echo=sys.stderr, env=env) as stack:
         if "orthanc" not in stack.urls or "dicom" not in stack.urls:
             return {"skipped": "Orthanc or the DICOM receiver did not start (see the stack's log above)"}
-        return cstore_to_sr(stack.urls["dicom"], ports.dicomweb_url, studies=studies)
+        return cstore_to_sr(stack.urls["dicom"], ports.dicomweb_url, studies=studies, images=images)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
     if args.pacs_studies:
         print(f"PACS: C-STORE of {args.pacs_studies} DX studies (2,500 x 2,048) to the SR in Orthanc ...",
               file=sys.stderr)
-        report["pacs"] = pacs_benchmark(model_uri, run_dir / "pacs", env, args.pacs_studies)
+        report["pacs"] = pacs_benchmark(model_uri, run_dir / "pacs", env, args.pacs_studies,
+                                         [image.pixels for image in images])
     report["targets"] = targets(report)
     report["peer_targets"] = peer_targets(report)
     (out / "bench.json").write_text(json.dumps(report, indent=2))

@@ -2,7 +2,8 @@
 original study on the hospital's PACS (design §2; `shared.pacs.export`).
 
 An HTTP target that parses the CloudEvent itself, so the same process serves GET /healthz and GET /metrics.
-Answers 200 when exported or skipped (not DICOM, not assessable, replaced, gone, no PACS configured: final);
+Answers 200 when exported (a not-assessable input: the SR alone, saying so) or skipped (not DICOM, replaced, gone,
+no PACS configured: final);
 503 when the PACS or S3 is unreachable or DEID_SECRET is not set, 502 when the PACS refused: the broker retries with
 backoff, then dead-letters the event. Another event type is a 400.
 """

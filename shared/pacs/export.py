@@ -1,15 +1,19 @@
 """Results back to the PACS: `triage.prediction.created` for a DICOM input → an SR and a Secondary Capture in the
-original study, sent by STOW-RS or C-STORE (`shared.pacs.send`).
+original study, sent by STOW-RS or C-STORE (`shared.pacs.send`). The radiologist sees in the PACS either the
+pneumonia / normal prediction or that the AI could not assess the image.
 
 Per event, in this order:
-1. only a stored (`status` ok), assessable prediction of an object in `inference-inputs` is exported; anything
-   else is `skipped` (200, final), and so is every event where no PACS is configured (counted, and logged);
+1. only a stored (`status` ok) prediction of an object in `inference-inputs` is exported: assessable (with its
+   label, probability and threshold; one without them is `skipped` as `incomplete_prediction`) or not assessable
+   (`assessable: false`); anything else is `skipped` (200, final), and so is every event where no PACS is
+   configured (counted, and logged);
 2. the ORIGINAL instance is read from `inference-inputs` (exactly the version the prediction was made from:
    If-Match on the etag; replaced → `skipped`, the newer version has its own prediction; gone → `skipped`);
    not DICOM (a PNG upload) → `skipped`. Its patient and study attributes go only into the two instances sent
    to the hospital's PACS: never into a result, a log line or a metric;
 3. the SR (`shared.pacs.sr.measurement_report`) and, when the heatmap is stored, the Secondary Capture, with
-   UIDs derived from the input's SOPInstanceUID and the model version: a redelivery replaces, never duplicates;
+   UIDs derived from the input's SOPInstanceUID and the model version: a redelivery replaces, never duplicates.
+   Not assessable: the SR alone (pneumonia Indeterminate and the gate's reason; no heatmap exists, none is read);
 4. sent, up to `attempts` times with doubling backoff; then PacsUnavailable (503) / PacsRejected (502) and the
    broker delivers the event again, then dead-letters it. S3 failures are 503 too.
 Counters: `triage_export_total{method,outcome}` (exported and each skip reason),
@@ -84,15 +88,16 @@ def export_prediction(
     method = sender.method if sender is not None else "none"
     if data.get("status") != "ok" or data.get("bucket") != INPUT_BUCKET:
         return _skip(method, "not_a_stored_prediction")
-    if data.get("label") is None or data.get("probability") is None or data.get("threshold") is None:
-        return _skip(method, "not_assessable")
+    assessable = data.get("assessable") is not False
+    if assessable and (data.get("label") is None or data.get("probability") is None or data.get("threshold") is None):
+        return _skip(method, "incomplete_prediction")
     if not secret:
         raise DeidentificationNotConfigured("DEID_SECRET is not set: result UIDs cannot be derived")
     if sender is None:  # an installation without a PACS (the worklist only): nothing to retry, nothing lost
         log.warning("no PACS configured (PACS_STOW_URL, or PACS_HOST with EXPORT_METHOD=cstore): not exported")
         return _skip(method, "no_pacs_configured")
     with unavailable_on_s3_failure("while exporting"):
-        source, heatmap = _read_inputs(storage, data)
+        source, heatmap = _read_inputs(storage, data, heatmap=assessable)
     if isinstance(source, str):
         return _skip(method, source)
     finding = Finding.from_result(data)
@@ -102,14 +107,15 @@ def export_prediction(
     _send(sender, datasets, attempts=attempts, backoff_s=backoff_s, sleep=sleep)
     EXPORTS.labels(method=method, outcome="exported").inc()
     metrics.EVENTS_PROCESSED.labels(function="export", type=PREDICTION_CREATED, outcome="exported").inc()
-    log.info("exported %d instances for %s (model v%s) by %s", len(datasets),
-             key_ref(INPUT_BUCKET, str(data["key"])), finding.model_version, method)
+    log.info("exported %d instances for %s (model v%s%s) by %s", len(datasets),
+             key_ref(INPUT_BUCKET, str(data["key"])), finding.model_version,
+             "" if finding.assessable else f", not assessable: {finding.reason_code}", method)
     return ExportOutcome("exported", instances=tuple(str(ds.SOPInstanceUID) for ds in datasets),
                          study_instance_uid=str(source.StudyInstanceUID))
 
 
-def _read_inputs(storage: Storage, data: Mapping[str, Any]) -> tuple[Any, bytes | None]:
-    """(the original Dataset, the heatmap PNG or None), or (a skip reason, None)."""
+def _read_inputs(storage: Storage, data: Mapping[str, Any], *, heatmap: bool) -> tuple[Any, bytes | None]:
+    """(the original Dataset, the heatmap PNG or None; not read unless `heatmap`), or (a skip reason, None)."""
     key = str(data["key"])
     try:
         stored = storage.get_object(INPUT_BUCKET, key, if_match=str(data["etag"]))
@@ -125,11 +131,12 @@ def _read_inputs(storage: Storage, data: Mapping[str, Any]) -> tuple[Any, bytes 
         return "not_dicom", None
     if not source.get("SOPInstanceUID") or not source.get("StudyInstanceUID"):
         return "no_uids", None
+    if not heatmap:
+        return source, None
     try:
-        heatmap = storage.get_bytes(RESULT_BUCKET, heatmap_key(key))
+        return source, storage.get_bytes(RESULT_BUCKET, heatmap_key(key))
     except NotFound:
-        heatmap = None  # the SR alone: the finding matters more than its picture
-    return source, heatmap
+        return source, None  # the SR alone: the finding matters more than its picture
 
 
 def _send(sender: Sender, datasets: list[Any], *, attempts: int, backoff_s: float,

@@ -4,9 +4,12 @@ Secondary Capture, both in the original study, built with highdicom's typed temp
 The SR says: pneumonia (SNOMED CT 233604007) present or absent, the calibrated probability, the operating
 threshold, the algorithm (the model's name and version), VerificationFlag UNVERIFIED (no radiologist has signed
 it), contributing equipment xray-triage with the model version, and a series description saying it is AI
-output for decision support. The Secondary Capture carries the same notice burned into its pixels
-(BurnedInAnnotation YES). Patient and study attributes are copied by highdicom from the ORIGINAL instance
-(`source`), read at export time; nothing here stores them elsewhere.
+output for decision support. For an input the gate found not assessable (`assessable: false`) the same report
+says pneumonia Indeterminate (SNOMED CT 82334004), has no probability or threshold, and carries the gate's reason
+as a TEXT Comment (DCM 121106) "Not assessable by AI: <message> (reason <code>)"; there is no Secondary Capture.
+The Secondary Capture carries the same notice burned into its pixels (BurnedInAnnotation YES). Patient and
+study attributes are copied by highdicom from the ORIGINAL instance (`source`), read at export time; nothing here
+stores them elsewhere.
 
 UIDs are deterministic (`result_uid`): a keyed hash of the input's SOPInstanceUID and the model version under
 the 2.25 root, so a redelivered event replaces the same instances in the PACS, never adds new ones.
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from shared.gate import REASONS
 from shared.names import POSITIVE
 
 __all__ = [
@@ -56,6 +60,8 @@ def _codes() -> dict[str, Any]:
         "chest_xray": CodedConcept("168731009", "SCT", "Standard chest X-ray"),
         "present": codes.SCT.Present,
         "absent": codes.SCT.Absent,
+        "indeterminate": codes.SCT.Indeterminate,  # 82334004: the AI could not assess the image
+        "comment": codes.DCM.Comment,
         "probability": codes.DCM.Probability,
         "threshold": codes.DCM.ThresholdValue,
         "unity": CodedConcept("1", "UCUM", "no units"),
@@ -67,21 +73,38 @@ PNEUMONIA = ("233604007", "SCT")
 
 @dataclass(frozen=True)
 class Finding:
-    """What the model said about one input: the ingest result's fields the report needs (no identifiers)."""
+    """What the model said about one input: the ingest result's fields the report needs (no identifiers).
+
+    Not assessable (`assessable` False): `present` False, no probability or threshold, and the gate's reason.
+    """
 
     present: bool  # label == pneumonia
-    probability: float  # calibrated, in [0, 1]
-    threshold: float  # the operating threshold the label was decided with
+    probability: float | None  # calibrated, in [0, 1]; None when not assessable
+    threshold: float | None  # the operating threshold the label was decided with; None when not assessable
     model_name: str
     model_version: str
+    assessable: bool = True
+    reason_code: str | None = None  # shared.gate.REASONS: not_grayscale, flat_image, out_of_distribution
+    reason_message: str | None = None
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> Finding:
         """From an ingest result (or the prediction event carrying it)."""
         model = result.get("model") or {}
+        name, version = str(model.get("name") or "xray-vit"), str(model.get("version") or "unversioned")
+        if result.get("assessable") is False:
+            reason = result.get("reason") if isinstance(result.get("reason"), Mapping) else {}
+            code = str(reason.get("code") or "unknown")
+            message = str(reason.get("message") or REASONS.get(code) or "the gate gave no reason")
+            return cls(present=False, probability=None, threshold=None, model_name=name, model_version=version,
+                       assessable=False, reason_code=code, reason_message=message)
         return cls(present=result["label"] == POSITIVE, probability=float(result["probability"]),
-                   threshold=float(result["threshold"]), model_name=str(model.get("name") or "xray-vit"),
-                   model_version=str(model.get("version") or "unversioned"))
+                   threshold=float(result["threshold"]), model_name=name, model_version=version)
+
+    @property
+    def reason_text(self) -> str | None:
+        """The SR's Comment for a not-assessable input, None otherwise."""
+        return None if self.assessable else f"Not assessable by AI: {self.reason_message} (reason {self.reason_code})"
 
 
 def result_uid(secret: str, source_sop_instance_uid: str, model_version: str, kind: str) -> str:
@@ -114,19 +137,26 @@ def measurement_report(source: Any, finding: Finding, *, secret: str) -> Any:
         manufacturer_name=DEVICE_NAME, model_name=f"{finding.model_name} v{finding.model_version}")
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"), observer_identifying_attributes=device))
+    if finding.assessable:
+        verdict = c["present"] if finding.present else c["absent"]
+        measurements = [
+            hd.sr.Measurement(name=c["probability"], value=round(float(finding.probability), 6), unit=c["unity"],
+                              algorithm_id=algorithm),
+            hd.sr.Measurement(name=c["threshold"], value=round(float(finding.threshold), 6), unit=c["unity"],
+                              algorithm_id=algorithm),
+        ]
+    else:
+        verdict, measurements = c["indeterminate"], None
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid("tracking"), identifier="AI pneumonia triage"),
         finding_type=c["pneumonia"],
         algorithm_id=algorithm,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            name=c["pneumonia"], value=c["present"] if finding.present else c["absent"])],
-        measurements=[
-            hd.sr.Measurement(name=c["probability"], value=round(finding.probability, 6), unit=c["unity"],
-                              algorithm_id=algorithm),
-            hd.sr.Measurement(name=c["threshold"], value=round(finding.threshold, 6), unit=c["unity"],
-                              algorithm_id=algorithm),
-        ],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=c["pneumonia"], value=verdict)],
+        measurements=measurements,
     )
+    if finding.reason_text is not None:  # TID 1501 has no typed slot for it: a TEXT item in the group
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=c["comment"], value=finding.reason_text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=c["chest_xray"],
                                       imaging_measurements=[group])
     return hd.sr.ComprehensiveSR(
@@ -160,8 +190,12 @@ def _orientation(source: Any) -> tuple[str, str]:
 
 
 def heatmap_secondary_capture(source: Any, overlay_png: bytes, finding: Finding, *, secret: str) -> Any:
-    """The heatmap overlay as a Secondary Capture in `source`'s study, new series, notice burned in."""
+    """The heatmap overlay as a Secondary Capture in `source`'s study, new series, notice burned in (an assessable
+    finding only: a not-assessable input has no heatmap)."""
     import highdicom as hd
+
+    if not finding.assessable:
+        raise ValueError("a not-assessable finding has no heatmap to export")
 
     uid = lambda kind: result_uid(secret, str(source.SOPInstanceUID), finding.model_version, kind)  # noqa: E731
     pixels = _with_notice(overlay_png, finding)

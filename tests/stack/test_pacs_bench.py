@@ -56,3 +56,22 @@ def test_bench_refuses_a_pacs_count_out_of_range() -> None:
     assert parser.parse_args([]).pacs_studies == 20
     with pytest.raises(UserError, match="--pacs-studies 0..200"):
         run(parser.parse_args(["--pacs-studies", "500"]))
+
+
+def test_a_benchmark_study_carries_the_radiograph_it_was_given() -> None:
+    """The PACS benchmark sends real radiographs (random pixels would be refused by the not-assessable gate)."""
+    import io
+
+    import numpy as np
+    import pydicom
+
+    from load_tests.pacs import _study
+
+    image = np.tile(np.linspace(0, 255, 28, dtype=np.float32), (28, 1)).astype(np.uint8)
+    data, study = _study(56, 40, seed=1, image=image)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    pixels = ds.pixel_array.astype(np.float64)
+    assert ds.StudyInstanceUID == study and pixels.shape == (56, 40)
+    # left to right it ramps as the image does (x 4095 / 255), up to the small per-study noise
+    assert pixels[:, :4].mean() < 300 and pixels[:, -4:].mean() > 3700
+    assert np.corrcoef(pixels.mean(axis=0), np.arange(40))[0, 1] > 0.99

@@ -13,7 +13,7 @@ from shared.names import INPUT_BUCKET, RESULT_BUCKET, dicom_instance_key, heatma
 from shared.storage import Storage
 from tests.shared.pacs.generated_dx import generated_dx
 
-__all__ = ["ingested", "prediction_event"]
+__all__ = ["ingested", "not_assessable_event", "prediction_event"]
 
 
 def prediction_event(key: str, etag: str, *, label: str | None = "pneumonia", status: str = "ok",
@@ -24,6 +24,20 @@ def prediction_event(key: str, etag: str, *, label: str | None = "pneumonia", st
         "label": label, "probability": probability, "threshold": 0.4, "urgent": False,
         "model": {"name": "xray-vit", "version": "5"},
         "heatmap": {"status": "ready", "bucket": RESULT_BUCKET, "key": heatmap_key(key), "method": "occlusion"},
+    })
+
+
+def not_assessable_event(key: str, etag: str, code: str = "out_of_distribution") -> CloudEvent:
+    """`triage.prediction.created` for an input the gate refused, as ingest sends it: no label, no probability,
+    the gate's reason and no heatmap."""
+    from shared.gate import REASONS
+
+    return prediction_created_event({
+        "request_id": "req-export-na", "status": "ok", "bucket": INPUT_BUCKET, "key": key, "etag": etag,
+        "assessable": False, "reason": {"code": code, "message": REASONS[code]},
+        "label": None, "probability": None, "threshold": 0.4, "urgent": False,
+        "model": {"name": "xray-vit", "version": "5"},
+        "heatmap": {"status": "none", "reason": "not_assessable"},
     })
 
 

@@ -14,7 +14,7 @@ from shared.names import INPUT_BUCKET, RESULT_BUCKET
 from shared.pacs.export import export_prediction
 from shared.pacs.send import CStoreSender, PacsRejected, PacsUnavailable, StowSender
 from shared.pacs.sr import SC_SERIES_DESCRIPTION, SR_SERIES_DESCRIPTION
-from tests.shared.pacs.export_inputs import ingested, prediction_event
+from tests.shared.pacs.export_inputs import ingested, not_assessable_event, prediction_event
 from tests.shared.pacs.generated_dx import IDENTIFIERS, generated_dx
 from tests.shared.pacs.orthanc_process import orthanc, qido
 from triage.stack.processes import unused_port_block
@@ -140,13 +140,13 @@ class Recorder:
         self.sent.append(datasets)
 
 
-def test_only_stored_assessable_dicom_predictions_are_exported(storage):
+def test_only_stored_dicom_predictions_are_exported(storage):
     recorder = Recorder()
     png_etag = storage.put_bytes(INPUT_BUCKET, "scan.png", b"\x89PNG\r\n\x1a\n" + b"0" * 200, "image/png")
     dcm_etag = storage.put_bytes(INPUT_BUCKET, "dicom/a.dcm", generated_dx(), "application/dicom")
     cases = {
         "not_dicom": prediction_event("scan.png", png_etag),
-        "not_assessable": prediction_event("dicom/a.dcm", dcm_etag, label=None, probability=None),
+        "incomplete_prediction": prediction_event("dicom/a.dcm", dcm_etag, label=None, probability=None),
         "not_a_stored_prediction": prediction_event("dicom/a.dcm", dcm_etag, status="error"),
         "replaced": prediction_event("dicom/a.dcm", "0" * 32),
         "gone": prediction_event("dicom/none.dcm", dcm_etag),
@@ -164,6 +164,43 @@ def test_sr_only_when_the_heatmap_is_missing(storage):
     etag = storage.put_bytes(INPUT_BUCKET, "dicom/b.dcm", generated_dx(), "application/dicom")
     export_prediction(storage, prediction_event("dicom/b.dcm", etag), sender=recorder, secret=SECRET)
     assert [str(ds.SOPClassUID) for ds in recorder.sent[0]] == [SR_CLASS]
+
+
+def test_a_not_assessable_result_is_one_sr_saying_indeterminate_and_why_never_a_heatmap(storage):
+    import io
+
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    recorder = Recorder()
+    source, event = ingested(storage, seed=9)  # a heatmap file lies there: a not-assessable export must not use it
+    refused = not_assessable_event(str(event.data["key"]), str(event.data["etag"]), "flat_image")
+    before = _metric("triage_export_total", method="stow", outcome="exported")
+    outcome = export_prediction(storage, refused, sender=recorder, secret=SECRET)
+    assert outcome.status == "exported" and outcome.study_instance_uid == source.StudyInstanceUID
+    (sent,) = recorder.sent
+    assert [str(ds.SOPClassUID) for ds in sent] == [SR_CLASS]
+    assert list(outcome.instances) == [str(sent[0].SOPInstanceUID)]
+    buffer = io.BytesIO()
+    sent[0].save_as(buffer, enforce_file_format=True)
+    sr = hd.sr.srread(io.BytesIO(buffer.getvalue()))
+    assert isinstance(sr, hd.sr.ComprehensiveSR) and sr.VerificationFlag == "UNVERIFIED"
+    (group,) = sr.content.get_image_measurement_groups()
+    assert [e.value for e in group.get_qualitative_evaluations()] == [codes.SCT.Indeterminate]
+    assert group.get_measurements() == []
+    assert _metric("triage_export_total", method="stow", outcome="exported") == before + 1
+    again = export_prediction(storage, refused, sender=recorder, secret=SECRET)
+    assert again.instances == outcome.instances  # a redelivery replaces
+
+
+def test_orthanc_stores_the_not_assessable_sr_alone_once(storage, pacs):
+    source, event = ingested(storage, seed=10)
+    refused = not_assessable_event(str(event.data["key"]), str(event.data["etag"]))
+    for _ in range(2):  # redelivered: replaced, not added
+        outcome = export_prediction(storage, refused, sender=_stow(pacs), secret=SECRET)
+    instances = qido(pacs, str(source.StudyInstanceUID))
+    assert [i["00080016"]["Value"][0] for i in instances] == [SR_CLASS]
+    assert [i["00080018"]["Value"][0] for i in instances] == list(outcome.instances)
 
 
 def test_no_secret_is_a_503_no_pacs_a_counted_skip_and_a_bad_event_a_4xx(storage):

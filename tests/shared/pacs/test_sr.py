@@ -107,3 +107,41 @@ def test_secondary_capture_is_in_the_study_with_its_notice_burned_in(source):
     band = pixels[: pixels.shape[0] - 512]
     assert (band[..., 0] > 200).sum() > 100 and (pixels[-512:] == 0).all()
     assert sc.SOPInstanceUID != measurement_report(source, FINDING, secret="k").SOPInstanceUID
+
+
+def test_a_not_assessable_result_is_indeterminate_with_its_reason_and_no_probability(source):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from shared.gate import REASONS
+
+    result = {"status": "ok", "assessable": False, "label": None, "probability": None, "threshold": 0.35,
+              "reason": {"code": "not_grayscale", "message": REASONS["not_grayscale"]},
+              "model": {"name": "xray-vit", "version": "7"}}
+    refused = Finding.from_result(result)
+    assert (refused.assessable, refused.probability, refused.threshold) == (False, None, None)
+    sr = hd.sr.srread(io.BytesIO(_roundtrip(measurement_report(source, refused, secret="k"))))
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.SeriesDescription == SR_SERIES_DESCRIPTION
+    (group,) = sr.content.get_image_measurement_groups()
+    (pneumonia,) = group.get_qualitative_evaluations()
+    assert pneumonia.name.value == "233604007" and pneumonia.value == codes.SCT.Indeterminate
+    assert pneumonia.value.value == "82334004"
+    assert group.get_measurements() == []  # no probability, no threshold
+    texts = _text_items(sr)
+    (comment,) = texts[codes.DCM.Comment.meaning]
+    assert "not_grayscale" in comment and REASONS["not_grayscale"] in comment and "Not assessable" in comment
+    assert texts[codes.DCM.AlgorithmName.meaning] == {"xray-vit"} and texts[codes.DCM.AlgorithmVersion.meaning] == {"7"}
+    assert codes.DCM.Probability.meaning not in str(sr)
+    # The same input and model: the same UIDs as before, so a redelivery replaces it in the PACS.
+    assert measurement_report(source, refused, secret="k").SOPInstanceUID == sr.SOPInstanceUID
+    with pytest.raises(ValueError, match="no heatmap"):
+        heatmap_secondary_capture(source, encode_png(np.zeros((28, 28), np.uint8)), refused, secret="k")
+
+
+def test_a_reason_without_a_message_takes_the_gates_text():
+    from shared.gate import REASONS
+
+    refused = Finding.from_result({"assessable": False, "reason": {"code": "flat_image"}, "model": {}})
+    assert refused.reason_message == REASONS["flat_image"] and "flat_image" in (refused.reason_text or "")
+    assert FINDING.reason_text is None and FINDING.assessable
