@@ -85,16 +85,22 @@ def test_the_wait_is_capped_even_when_the_batch_does_not_fill():
     assert sum(function.sizes) == 6 and max(function.sizes) <= 2
 
 
+def _three_queued_behind_a_running_call(pool: ThreadPoolExecutor, batcher: MicroBatcher, function: Recorder) -> list:
+    """Row 0 is being run (held by `function`) while rows 1-3 wait in the batcher's queue: their futures, in order."""
+    futures = [pool.submit(batcher, _rows(1)[0])]
+    assert function.entered.wait(10)
+    futures += [pool.submit(batcher, row) for row in _rows(4)[1:]]
+    while len(batcher._queue) < 3:
+        threading.Event().wait(0.005)
+    return futures
+
+
 def test_an_error_reaches_every_caller_of_the_batch_and_the_batcher_keeps_working():
     hold = threading.Event()
     function = Recorder(hold, fail=True)
     batcher = MicroBatcher(function, max_batch=8, wait_s=0.5)
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(batcher, _rows(1)[0])]
-        assert function.entered.wait(10)
-        futures += [pool.submit(batcher, row) for row in _rows(4)[1:]]
-        while len(batcher._queue) < 3:
-            threading.Event().wait(0.005)
+        futures = _three_queued_behind_a_running_call(pool, batcher, function)
         hold.set()
         for future in futures:
             with pytest.raises(ValueError, match="the model failed"):
@@ -123,11 +129,7 @@ def test_close_answers_the_queued_calls_and_later_calls_run_alone():
     function = Recorder(hold)
     batcher = MicroBatcher(function, max_batch=8, wait_s=5)
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(batcher, _rows(1)[0])]
-        assert function.entered.wait(10)
-        futures += [pool.submit(batcher, row) for row in _rows(4)[1:]]
-        while len(batcher._queue) < 3:
-            threading.Event().wait(0.005)
+        futures = _three_queued_behind_a_running_call(pool, batcher, function)
         batcher.close()  # with a 5 s cap: the queued ones must not wait it out, nor hang
         hold.set()
         assert [float(f.result(10)[0, 0]) for f in futures] == [1, 11, 21, 31]
