@@ -39,14 +39,19 @@ def stack(tmp_path_factory):
 
 
 def read_result(s3, key: str, timeout_s: float = 60) -> dict:
+    """The committed result: ingest writes the flag first and the result again once its heatmap is stored, so a
+    test that rewrites the result must wait for that second write (or ingest would overwrite the rewrite)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return json.loads(s3.get_object(Bucket=RESULT_BUCKET, Key=result_key(key))["Body"].read())
+            result = json.loads(s3.get_object(Bucket=RESULT_BUCKET, Key=result_key(key))["Body"].read())
+            if (result.get("heatmap") or {}).get("status") != "pending":
+                return result
         except s3.exceptions.NoSuchKey:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no committed result for {key} within {timeout_s} s")
+        time.sleep(0.2)
 
 
 def upload(s3, key: str, seed: int, **override) -> dict:
