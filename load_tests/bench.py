@@ -254,7 +254,8 @@ def side_by_side(systems: Sequence[System], *, requests: int, rounds: int = 3, c
     contention from anything else on the machine hits every system alike. Per system and concurrency: the merged
     latency summary, CPU ms per request of its processes (by part, and in all; over every request of the blocks,
     their warm-ups included, and for ours the settle after each block); for a system with `metrics_url`,
-    the request records left pending `settle_s` after each block and those failed (dropped) during the blocks.
+    the request records left pending `settle_s` after each block, and those dropped: answers (200) the blocks got
+    that have no record written nor pending at the end (failed counts write attempts that were retried).
     Returns (that summary, the merged LoadResults by "<system>_c<concurrency>")."""
     loads: dict[str, dict[int, LoadResult]] = {s.name: {c: LoadResult(c) for c in concurrencies} for s in systems}
     cpu: dict[str, dict[int, dict[str, float]]] = {s.name: {c: {} for c in concurrencies} for s in systems}
@@ -299,8 +300,11 @@ def side_by_side(systems: Sequence[System], *, requests: int, rounds: int = 3, c
         if system.name in records:
             after = records_state(system.metrics_url)  # type: ignore[arg-type]
             before = records[system.name]["before"]
+            counts = {outcome: int(after.get(outcome, 0) - before.get(outcome, 0))
+                      for outcome in ("written", "inline", "failed", "invalid")}
+            answered = sum(sent[(system.name, c)] - sum(loads[system.name][c].errors.values()) for c in concurrencies)
+            dropped = answered - counts["written"] - counts["inline"] - int(after.get("pending", 0))
             out["systems"][system.name]["request_records"] = {
-                "pending_after_s": records[system.name]["pending_after_s"], "settle_s": settle_s,
-                **{outcome: int(after.get(outcome, 0) - before.get(outcome, 0))
-                   for outcome in ("written", "inline", "failed", "invalid")}}
+                "pending_after_s": records[system.name]["pending_after_s"], "settle_s": settle_s, **counts,
+                "answered": answered, "dropped": max(0, dropped)}
     return out, {f"{name}_c{c}": loads[name][c] for name in loads for c in concurrencies}

@@ -33,6 +33,7 @@ __all__ = [
     "RetrainConfig",
     "Settings",
     "default_tracking_uri",
+    "disable_onnxruntime_telemetry",
     "env_number",
     "parse_steps",
 ]
@@ -232,6 +233,13 @@ class Settings:
 def default_tracking_uri() -> str:
     """MLflow tracking URI: $MLFLOW_TRACKING_URI, else a local store inside the project's working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns.db'}"
+
+
+def disable_onnxruntime_telemetry() -> None:
+    """ONNX Runtime (>= 1.29 on Linux) uploads usage telemetry to Microsoft unless ORT_DISABLE_TELEMETRY=1 is set
+    before its first session: called before the serving model opens, so a hospital's service sends nothing out,
+    writes no device id, and starts no uploader thread at load. An operator's own ORT_DISABLE_TELEMETRY wins."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 # --- canary (design §9) ------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Event ids are deterministic where a redelivery must be recognisable as the same event (CloudEvents consumers
 deduplicate on source + id): the object-created event of one object version always has the same id, so do the
-prediction made from it and the registration of one model version.
+heatmap request and the prediction made from it and the registration of one model version.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from shared.config import Settings
 from shared.errors import InvalidField, TriageError, UserError
 from shared.names import (
     FEEDBACK_RECEIVED,
+    HEATMAP_REQUESTED,
     MODEL_REGISTERED,
     OBJECT_CREATED,
     PREDICTION_CREATED,
@@ -36,6 +37,7 @@ from shared.timestamps import utc_iso
 __all__ = [
     # The event types and sources live in shared.names; they are here too because every event user needs them.
     "FEEDBACK_RECEIVED",
+    "HEATMAP_REQUESTED",
     "MAX_EVENT_BYTES",
     "MAX_KEY_BYTES",
     "MODEL_REGISTERED",
@@ -58,6 +60,7 @@ __all__ = [
     "event_to_binary_http",
     "event_to_structured_http",
     "feedback_received_event",
+    "heatmap_requested_event",
     "make_event",
     "minio_source",
     "model_registered_event",
@@ -104,6 +107,7 @@ EVENT_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "request_id": (str,), "label": (str,), "probability": _NUMBER, "threshold": _NUMBER, "urgent": (bool,),
         "bucket": (str,), "key": (str,), "etag": (str,), "status": (str,), "model": (dict,),
     },
+    HEATMAP_REQUESTED: {"bucket": (str,), "key": (str,), "etag": (str,), "request_id": (str,)},
     FEEDBACK_RECEIVED: {"request_id": (str,), "label": (str,), "reviewer": (str,), "key": (str,), "time": (str,)},
     MODEL_REGISTERED: {"name": (str,), "version": (str, int), "run_id": (str,), "champion_version": (str, int)},
 }
@@ -211,6 +215,14 @@ def prediction_created_event(result: Mapping[str, Any]) -> CloudEvent:
     """`triage.prediction.created` carrying an ingest result; one id per input object version."""
     event_id = deterministic_id("prediction", result["bucket"], result["key"], result["etag"])
     return make_event(PREDICTION_CREATED, SOURCE_INGEST, result, event_id=event_id)
+
+
+def heatmap_requested_event(result: Mapping[str, Any]) -> CloudEvent:
+    """`triage.heatmap.requested`: ingest's flag step hands one object version's heatmap to a delivery of its own
+    (the version, not the result: the heatmap step re-reads it); one id per input object version."""
+    data = {name: result[name] for name in ("bucket", "key", "etag", "request_id")}
+    event_id = deterministic_id("heatmap", result["bucket"], result["key"], result["etag"])
+    return make_event(HEATMAP_REQUESTED, SOURCE_INGEST, data, event_id=event_id)
 
 
 def feedback_received_event(record: Mapping[str, Any]) -> CloudEvent:

@@ -1,9 +1,9 @@
 """Radiologists' labels: validate, store `feedback/<request_id>.json`, emit `triage.feedback.received`.
 
-A label is accepted only for a request the system answered. Every prediction is indexed under
-`triage-state/requests/<request_id>.json` (`record_request`; `names.STATE_BUCKET`, `names.request_record_key`):
-ingest writes it for every upload, and predict / explain for synchronous requests (`RequestRecorder`, off the
-request path, with back-pressure rather than drops: `shared.request_records`) so that those can get feedback too.
+A label is accepted only for a request the system answered: every prediction has a request record in
+`triage-state` (`shared.request_records.load_request_record` finds it): ingest writes one per upload under
+`requests/<request_id>.json`, predict / explain theirs in batch objects named in the request id
+(`RequestRecorder`, off the request path, with back-pressure rather than drops) so that those can get feedback too.
 Request ids are the service's own (generated, or derived from bucket/key/etag by ingest); a caller's
 `X-Request-Id` is kept only as the record's `correlation_id`.
 
@@ -25,9 +25,13 @@ from typing import Any
 
 from shared.errors import InvalidField, NotFound
 from shared.events import Publisher, feedback_received_event
-from shared.names import CLASS_NAMES, FEEDBACK_BUCKET, REQUEST_ID, STATE_BUCKET, feedback_key, request_record_key
+from shared.names import CLASS_NAMES, FEEDBACK_BUCKET, REQUEST_ID, feedback_key
 from shared.payloads import parse_json_object
-from shared.request_records import RequestRecorder, record_request  # the writer lives there (no S3 import)
+from shared.request_records import (  # the writer lives there (no S3 import)
+    RequestRecorder,
+    load_request_record,
+    record_request,
+)
 from shared.security import check_bearer
 from shared.storage import Storage
 from shared.timestamps import utc_iso
@@ -98,7 +102,7 @@ def submit_feedback(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> FeedbackOutcome:
     """Store the label (404 for an unknown request id) and publish its event; idempotent for a same label."""
-    answered = storage.get_json_object(STATE_BUCKET, request_record_key(request.request_id))
+    answered = load_request_record(storage, request.request_id)
     if answered is None:
         raise NotFound(f"request_id: no prediction {request.request_id} is known")
     key = feedback_key(request.request_id)

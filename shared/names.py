@@ -23,6 +23,7 @@ __all__ = [
     "DICOM_INPUT_PREFIX",
     "FEEDBACK_BUCKET",
     "FEEDBACK_RECEIVED",
+    "HEATMAP_REQUESTED",
     "INPUT_BUCKET",
     "MLFLOW_BUCKET",
     "MODEL_REGISTERED",
@@ -48,6 +49,8 @@ __all__ = [
     "feedback_request_id",
     "heatmap_key",
     "key_ref",
+    "request_batch_key",
+    "request_batch_of",
     "request_record_key",
     "result_key",
     "retrain_batch_key",
@@ -103,6 +106,22 @@ def request_record_key(request_id: str) -> str:
     return f"requests/{request_id}.json"
 
 
+# The id of a request predict / explain answered: `<batch>.<the model's uuid4 hex>`; its record is one of many in
+# the batch object `requests/batches/<batch>.json` (one S3 write per batch: shared.request_records).
+_BATCHED_REQUEST_ID = re.compile(r"^([0-9a-f]{16})\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,46}$")
+
+
+def request_batch_key(batch: str) -> str:
+    """Key in STATE_BUCKET of a batch of request records (a request id never holds a slash: no collision)."""
+    return f"requests/batches/{batch}.json"
+
+
+def request_batch_of(request_id: str) -> str | None:
+    """The batch a request id names (predict / explain ids), None for an id with its own record (ingest)."""
+    match = _BATCHED_REQUEST_ID.match(request_id)
+    return match.group(1) if match else None
+
+
 def feedback_key(request_id: str) -> str:
     """Key in FEEDBACK_BUCKET of the label of one request."""
     return f"{request_id}.json"
@@ -140,6 +159,7 @@ def key_ref(bucket: str, key: str) -> str:
 # --- events (design §4) ------------------------------------------------------------------------------------------
 OBJECT_CREATED = "io.minio.object.created"
 PREDICTION_CREATED = "triage.prediction.created"
+HEATMAP_REQUESTED = "triage.heatmap.requested"  # ingest's flag step hands the heatmap on to its own delivery
 FEEDBACK_RECEIVED = "triage.feedback.received"
 MODEL_REGISTERED = "triage.model.registered"
 PING = "dev.knative.sources.ping"

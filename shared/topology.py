@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from shared.names import (
     FEEDBACK_RECEIVED,
+    HEATMAP_REQUESTED,
     INPUT_BUCKET,
     MODEL_REGISTERED,
     OBJECT_CREATED,
@@ -242,6 +243,8 @@ class Subscription:
 
 SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription("ingest-inference-inputs", OBJECT_CREATED, "ingest", INPUT_BUCKET),
+    # ingest's heatmap step: its own Trigger, so occlusion maps are delivered apart from the flags of new uploads
+    Subscription("ingest-heatmaps", HEATMAP_REQUESTED, "ingest"),
     Subscription("retrain-raw-data", OBJECT_CREATED, "retrain", RAW_BUCKET),
     Subscription("monitor-predictions", PREDICTION_CREATED, "monitor"),
     Subscription("export-predictions", PREDICTION_CREATED, "export"),  # export skips all but DICOM inputs

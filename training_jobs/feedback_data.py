@@ -16,8 +16,8 @@ import numpy as np
 
 from shared.errors import NotFound, TriageError
 from shared.imaging import decode_image, to_model_input
-from shared.names import FEEDBACK_BUCKET, STATE_BUCKET
-from shared.names import request_record_key as request_index_key
+from shared.names import FEEDBACK_BUCKET
+from shared.request_records import load_request_record
 from shared.storage import Storage, split_s3_uri
 from training_jobs.data import SplitArrays, Splits, compute_data_hash
 
@@ -38,7 +38,9 @@ class FeedbackExamples:
 def _labelled_image(storage: Storage, label_key: str) -> tuple[bytes, str]:
     """The uploaded bytes a label refers to, and the label; NotFound when a link of the chain is missing."""
     label = storage.get_json(FEEDBACK_BUCKET, label_key)
-    index = storage.get_json(STATE_BUCKET, request_index_key(str(label["request_id"])))
+    index = load_request_record(storage, str(label["request_id"]))
+    if index is None:
+        raise NotFound("the labelled request has no record")
     if not index.get("result"):
         raise LookupError("synchronous request: no stored image")
     result = storage.get_json(*split_s3_uri(index["result"]))

@@ -20,7 +20,7 @@ SETTINGS = Settings.from_env()
 MODEL = get_model(SETTINGS)
 # Callers present an API token (design §5); the table is re-read when it changes (`triage tokens`).
 AUTH = ApiAuth.from_settings(SETTINGS)
-# Indexes each request id (off the latency path, never dropped) so a radiologist can label it through feedback.
+# Records each answer (batched, off the latency path, never dropped) so a radiologist can label it through feedback.
 REQUESTS = RequestRecorder.from_settings(SETTINGS, source="explain")
 # Empty unless URL_ALLOW_NETWORKS is set (local stack and tests only): networks a {"url"} may point into.
 URL_ALLOW_NETWORKS: tuple[IPNetwork, ...] = parse_networks(SETTINGS.url_allow_networks)
@@ -32,19 +32,19 @@ def _explain(request: flask.Request) -> flask.Response:
     method = request.args.get("method", "rollout")
     explanation = MODEL(data, content_type, explain=method)  # the request id is ours (see predict)
     prediction = explanation.prediction
-    REQUESTS.record(http.correlated(prediction.to_json(), request))
+    request_id = REQUESTS.record(http.correlated(prediction.to_json(), request))["request_id"]  # names its batch
     # Not assessable: there is no heatmap to send, so the answer is the JSON (200, `heatmap_png: null`) whatever
     # the Accept header asked for; its Content-Type says so.
     if http.wants_png(request) and explanation.overlay_png is not None:
         headers = {
-            "X-Request-Id": prediction.request_id,
+            "X-Request-Id": request_id,
             "X-Label": prediction.label,
             "X-Probability": f"{prediction.probability:.6f}",
         }
         if http.correlation_id(request):
             headers["X-Correlation-Id"] = http.correlation_id(request)
         return flask.Response(explanation.overlay_png, mimetype="image/png", headers=headers)
-    return http.json_response(http.correlated(explanation.to_json(), request))
+    return http.json_response(http.correlated({**explanation.to_json(), "request_id": request_id}, request))
 
 
 @functions_framework.http

@@ -25,7 +25,7 @@ SETTINGS = Settings.from_env()
 MODEL = get_model(SETTINGS)
 # Callers present an API token (design §5); the table is re-read when it changes (`triage tokens`).
 AUTH = ApiAuth.from_settings(SETTINGS)
-# Indexes each request id (off the latency path, never dropped) so a radiologist can label it through feedback.
+# Records each answer (batched, off the latency path, never dropped) so a radiologist can label it through feedback.
 REQUESTS = RequestRecorder.from_settings(SETTINGS, source="predict")
 # Empty unless URL_ALLOW_NETWORKS is set (local stack and tests only): networks a {"url"} may point into.
 URL_ALLOW_NETWORKS: tuple[IPNetwork, ...] = parse_networks(SETTINGS.url_allow_networks)
@@ -37,8 +37,7 @@ OIP = InferenceProtocol(MODEL, guard=AUTH.require("predict"), max_body_bytes=SET
 def _predict(request: flask.Request) -> flask.Response:
     data, content_type = http.read_image(request, SETTINGS, allow_networks=URL_ALLOW_NETWORKS)
     prediction = MODEL(data, content_type)  # the request id is ours; X-Request-Id is only a correlation field
-    answer = http.correlated(prediction.to_json(), request)
-    REQUESTS.record(answer)
+    answer = REQUESTS.record(http.correlated(prediction.to_json(), request))  # its id now names its record's batch
     return http.json_response(answer)
 
 

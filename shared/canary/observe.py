@@ -15,7 +15,8 @@ import httpx
 from shared.canary.errors import CanaryError
 from shared.canary.policy import CanaryState, FeedbackStats, Observation, RevisionStats
 from shared.errors import NotFound, UserError
-from shared.names import FEEDBACK_BUCKET, STATE_BUCKET, feedback_request_id, request_record_key
+from shared.names import FEEDBACK_BUCKET, feedback_request_id
+from shared.request_records import load_request_record
 from shared.storage import Storage
 
 __all__ = [
@@ -196,7 +197,9 @@ def feedback_accuracy(
             if label.get("model") and label.get("predicted_label"):  # the feedback function copies both: no join
                 model, predicted = label["model"], label["predicted_label"]
             else:
-                answered = storage.get_json(STATE_BUCKET, request_record_key(label["request_id"]))
+                answered = load_request_record(storage, str(label["request_id"]))
+                if answered is None:
+                    raise NotFound("no request record")
                 model, predicted = answered.get("model") or {}, answered.get("label")
             version = str(model.get("version"))
         except (NotFound, KeyError, TypeError, ValueError, AttributeError):

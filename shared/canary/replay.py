@@ -35,10 +35,9 @@ from shared.names import (
     INPUT_BUCKET,
     POSITIVE,
     RESULT_BUCKET,
-    STATE_BUCKET,
     feedback_request_id,
-    request_record_key,
 )
+from shared.request_records import load_request_record
 from shared.storage import Storage, unavailable_on_s3_failure
 
 if TYPE_CHECKING:
@@ -88,7 +87,7 @@ def replay_cases(storage: Storage, uploads: int, *, max_labels: int = MAX_LABELS
         label = storage.get_json_object(FEEDBACK_BUCKET, key) or {}
         if label.get("label") not in CLASS_NAMES:
             continue
-        input_key = _input_key(storage.get_json_object(STATE_BUCKET, request_record_key(request_id)))
+        input_key = _input_key(load_request_record(storage, request_id))
         if input_key is None:
             without_input += 1
         else:

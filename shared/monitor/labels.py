@@ -25,8 +25,8 @@ from shared.names import (
     STATE_BUCKET,
     feedback_key,
     feedback_request_id,
-    request_record_key,
 )
+from shared.request_records import load_request_record
 from shared.storage import Storage
 from shared.timestamps import parse_utc, utc_iso
 
@@ -44,7 +44,7 @@ def _joined_label(storage: Storage, request_id: str) -> tuple[str, dict[str, Any
         record = json.loads(stored.data)
     except ValueError:
         record = None
-    prediction = storage.get_json_object(STATE_BUCKET, request_record_key(request_id)) or {}
+    prediction = load_request_record(storage, request_id) or {}
     if not isinstance(record, dict):
         return etag, None
     # The stored prediction is the truth; the label record's copy of it serves when the index is gone.

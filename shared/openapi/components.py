@@ -13,6 +13,7 @@ from shared.events import EVENT_FIELDS, MAX_KEY_BYTES
 from shared.gate import REASONS
 from shared.names import (
     CLASS_NAMES,
+    HEATMAP_REQUESTED,
     INPUT_BUCKET,
     NOTIFYING_BUCKETS,
     OBJECT_CREATED,
@@ -234,6 +235,7 @@ _EVENT_RULES: dict[str, dict[str, Schema]] = {  # minio-source announces uploads
     # ingest sets `urgent` always (monitor refuses a null), `status` ok or error, for an input in INPUT_BUCKET
     PREDICTION_CREATED: {"urgent": {"type": "boolean"}, "status": {"enum": ["ok", "error"]},
                          "bucket": {"enum": [INPUT_BUCKET]}},
+    HEATMAP_REQUESTED: {"bucket": {"enum": [INPUT_BUCKET]}},  # ingest asks itself for the heatmap of an input
 }
 # What a CloudEvent attribute may be (shared.events checks it: a non-empty string for the required ones).
 _ATTRIBUTE = {"type": "string", "minLength": 1}

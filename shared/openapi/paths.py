@@ -7,6 +7,7 @@ from typing import Any
 
 from shared.names import (
     FEEDBACK_RECEIVED,
+    HEATMAP_REQUESTED,
     MODEL_REGISTERED,
     NOTIFYING_BUCKETS,
     OBJECT_CREATED,
@@ -340,8 +341,10 @@ FUNCTION_PATHS: dict[str, Callable[[], Paths]] = {
     "review": _review,
     "preprocess": _preprocess,
     "minio_source": _minio_source,
-    "ingest": _event_function("io.minio.object.created in inference-inputs → prediction and heatmap",
-                              {OBJECT_CREATED: ("bucket", "key", "etag")}, replies=True),
+    "ingest": _event_function("io.minio.object.created in inference-inputs → the flag (label, probability, "
+                              "urgent), then triage.heatmap.requested → the heatmap",
+                              {OBJECT_CREATED: ("bucket", "key", "etag"), HEATMAP_REQUESTED: ("bucket", "key", "etag")},
+                              replies=True),
     "retrain": _event_function("Feedback or new raw data → maybe launch training",
                                {FEEDBACK_RECEIVED: ("request_id",), OBJECT_CREATED: ("key",)}, ignores_others=True,
                                extensions={"bucket": {"enum": list(NOTIFYING_BUCKETS)}}),

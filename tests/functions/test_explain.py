@@ -46,7 +46,7 @@ def test_accept_png_answers_the_overlay_image(client) -> None:
 
 
 def test_the_callers_request_id_is_only_a_correlation_field(client, storage) -> None:
-    from shared.names import request_record_key
+    from shared.request_records import load_request_record
 
     caller = {"X-Request-Id": "study-42"}
     as_json = client.post("/", data=png_bytes(), content_type="image/png", headers=caller).get_json()
@@ -56,7 +56,7 @@ def test_the_callers_request_id_is_only_a_correlation_field(client, storage) -> 
     ids = {as_json["request_id"], as_png.headers["X-Request-Id"]}
     assert len(ids) == 2 and "study-42" not in ids
     for request_id in ids:
-        assert storage.get_json("triage-state", request_record_key(request_id))["correlation_id"] == "study-42"
+        assert load_request_record(storage, request_id)["correlation_id"] == "study-42"
 
 
 def test_each_input_form_gets_a_heatmap(client, server: LocalServer, monkeypatch) -> None:

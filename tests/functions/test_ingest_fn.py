@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from shared.events import PREDICTION_CREATED, event_from_http, event_to_binary_http, object_created_event
+from shared.events import (
+    HEATMAP_REQUESTED,
+    PREDICTION_CREATED,
+    event_from_http,
+    event_to_binary_http,
+    object_created_event,
+)
 from shared.storage import Storage
 from tests.functions.tiny_model import png_bytes
 
@@ -26,15 +32,22 @@ def test_an_upload_event_gets_a_result_and_a_knative_reply_and_a_redelivery_chan
     response = deliver(client, event)
 
     assert response.status_code == 200, response.data
-    reply = event_from_http(dict(response.headers), response.data)  # what the broker publishes next
-    assert reply["type"] == PREDICTION_CREATED and reply["source"] == "triage/ingest"
+    request = event_from_http(dict(response.headers), response.data)  # what the broker publishes next
+    assert request["type"] == HEATMAP_REQUESTED and request["source"] == "triage/ingest"
     result = storage.get_json("inference-results", "p1.png.json")
-    assert reply.get_data()["request_id"] == result["request_id"]
+    assert request.get_data()["request_id"] == result["request_id"] and result["heatmap"]["status"] == "pending"
     assert result["model"]["name"] == "xray-vit" and "version" in result["model"]
 
-    again = deliver(client, event)
-    assert again.status_code == 200 and "ce-type" not in again.headers
-    assert again.get_json()["status"] == "duplicate"
+    picture = deliver(client, request)  # the heatmap step: its own delivery, its own reply
+    assert picture.status_code == 200, picture.data
+    reply = event_from_http(dict(picture.headers), picture.data)
+    assert reply["type"] == PREDICTION_CREATED and reply.get_data()["heatmap"]["status"] == "ready"
+    assert storage.get_json("inference-results", "p1.png.json")["heatmap"]["status"] == "ready"
+
+    for redelivered in (event, request):
+        again = deliver(client, redelivered)
+        assert again.status_code == 200 and "ce-type" not in again.headers
+        assert again.get_json()["status"] == "duplicate"
     assert b"triage_upload_to_result_seconds_count" in client.get("/metrics").data
 
 
@@ -42,8 +55,10 @@ def test_with_k_sink_the_prediction_event_is_published_once(client_for, storage,
     client = client_for("ingest", DEID_SECRET="ingest-fn-secret", S3_ENDPOINT_URL=s3_server, K_SINK=sink.url)
     event = uploaded(storage, "p2.png", png_bytes(28, seed=5))
     assert deliver(client, event).get_json()["status"] == "created"
+    [request] = sink.events
+    assert deliver(client, request).get_json()["status"] == "completed"
     assert deliver(client, event).get_json()["status"] == "duplicate"
-    assert [e["type"] for e in sink.events] == [PREDICTION_CREATED]
+    assert [e["type"] for e in sink.events] == [HEATMAP_REQUESTED, PREDICTION_CREATED]
 
 
 def test_a_bad_image_is_a_final_200_with_an_error_result(client_for, storage, s3_server):

@@ -144,11 +144,16 @@ def test_record_request_indexes_a_prediction_under_its_request_id(storage):
 
 def test_request_recorder_indexes_predictions_in_the_background_so_they_accept_feedback(storage):
     recorder = RequestRecorder(storage, source="predict")
-    recorder.record({"request_id": "sync-1", "label": "pneumonia", "model": {"name": "xray-vit", "version": "1"}})
-    recorder.record({"request_id": "../bad"})  # refused by record_request; the writer keeps going
+    model = {"name": "xray-vit", "version": "1"}
+    first = recorder.record({"request_id": "sync-1", "label": "pneumonia", "model": model})
+    recorder.record({"request_id": "../bad"})  # not a safe key: answered unrecorded; the writer keeps going
     recorder.record({"request_id": "sync-2", "label": "normal"})
     recorder.flush()
 
-    assert storage.list_keys("triage-state", "requests/") == ["requests/sync-1.json", "requests/sync-2.json"]
-    request = parse_feedback(body(request_id="sync-1", label="normal"), "Bearer tok-ann", TOKENS)
-    assert submit_feedback(storage, request, RecordingSink().publisher()).status == "stored"
+    [batch] = storage.list_keys("triage-state", "requests/")  # both records in one batch object, one write
+    assert batch.startswith("requests/batches/")
+    assert sorted(r["label"] for r in storage.get_json("triage-state", batch)["records"].values()) == [
+        "normal", "pneumonia"]
+    request = parse_feedback(body(request_id=first["request_id"], label="normal"), "Bearer tok-ann", TOKENS)
+    outcome = submit_feedback(storage, request, RecordingSink().publisher())
+    assert outcome.status == "stored" and outcome.record["predicted_label"] == "pneumonia"

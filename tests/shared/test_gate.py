@@ -17,7 +17,7 @@ from shared.config import Settings
 from shared.events import PREDICTION_CREATED
 from shared.gate import REASONS, Gate, GateError, fit_reference
 from shared.imaging import Chroma, decode_image, encode_png
-from shared.ingest import ObjectVersion, ingest_object
+from shared.ingest import ObjectVersion, ingest_event, ingest_object
 from shared.model import TriageModel
 from shared.modelcard import ModelCard, ModelCardError
 from shared.names import RESULT_BUCKET, heatmap_key, result_key
@@ -187,6 +187,7 @@ def test_ingest_of_a_chest_image_still_gets_a_label_and_a_heatmap(storage, gated
     key = "ward3/chest.png"
     etag = storage.put_bytes("inference-inputs", key, _png(gated_phantoms(3, seed=31)[0]))
     outcome = ingest_object(storage, gated, ObjectVersion("inference-inputs", key, etag, None, "2026-11-26T10:00:00Z"))
+    assert ingest_event(storage, gated, outcome.event).status == "completed"  # the heatmap step
     stored = storage.get_json(RESULT_BUCKET, result_key(key))
     assert outcome.status == "created" and stored["assessable"] is True and stored["label"] in ("normal", "pneumonia")
     assert stored["heatmap"]["status"] == "ready" and storage.exists(RESULT_BUCKET, heatmap_key(key))

@@ -96,6 +96,39 @@ def test_get_model_returns_one_model_per_process(model_dir: Path, tmp_path: Path
     assert get_model(settings) is get_model(Settings(model_uri=str(model_dir), model_cache_dir=tmp_path))
 
 
+def test_the_optimized_graph_is_made_once_verified_and_answers_as_the_source(model_dir: Path, tmp_path: Path) -> None:
+    """Cold start: later processes open the cached, already optimized graph (`_optimized_graph`), same outputs."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    batch = np.random.default_rng(3).random((4, 1, 28, 28), dtype=np.float32)
+    names = [output.name for output in source.get_outputs()]
+    expected = source.run(names, {source.get_inputs()[0].name: batch})
+    for attempt in range(2):  # the first load makes the file, the second opens it
+        model = TriageModel(Settings(model_uri=str(model_dir), model_cache_dir=tmp_path))
+        model.load()
+        made = sorted((tmp_path / "optimized").glob("*.onnx"))
+        assert len(made) == 1, attempt
+        for got, want in zip(model.run_outputs(batch, tuple(names)), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    # named by the source's sha256, ONNX Runtime's version and its own sha256 (checked before every use)
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert made[0].name.startswith(f"{card['sha256']['model.onnx'][:32]}-onnxruntime-{ort.__version__}-")
+    good = made[0].read_bytes()
+    made[0].write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # a corrupt cached graph is made again, never opened
+    TriageModel(Settings(model_uri=str(model_dir), model_cache_dir=tmp_path)).load()
+    remade = sorted((tmp_path / "optimized").glob("*.onnx"))
+    assert len(remade) == 1 and remade[0].read_bytes() == good
+
+
+def test_a_cache_that_cannot_be_written_still_serves_the_source(model_dir: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")  # every mkdir below it fails
+    model = TriageModel(Settings(model_uri=str(model_dir), model_cache_dir=blocked))
+    model.load()
+    assert model.ready and model(png_bytes(), "image/png").label in ("normal", "pneumonia")
+
+
 def test_ensure_loaded_reports_a_failed_load(tmp_path: Path) -> None:
     model = TriageModel(Settings(model_uri=str(tmp_path / "missing"), model_cache_dir=tmp_path))
     with pytest.raises(ModelLoadError) as error:

@@ -16,7 +16,7 @@ from shared.canary.controller import save_state
 from shared.config import CanaryPolicy, RetrainConfig
 from shared.events import NullPublisher, prediction_created_event
 from shared.feedback import FeedbackRequest, submit_feedback
-from shared.ingest import ObjectVersion, ingest_object
+from shared.ingest import ObjectVersion, ingest_event, ingest_object
 from shared.model import TriageModel
 from shared.monitor.labels import record_label
 from shared.monitor.predictions import record_prediction
@@ -31,7 +31,10 @@ NOW_ISO = "2026-11-26T12:00:00Z"
 
 def ingest(storage: Storage, model: TriageModel, key: str, seed: int = 0):
     etag = storage.put_bytes(names.INPUT_BUCKET, key, png_bytes(28, seed=seed))
-    return ingest_object(storage, model, ObjectVersion(names.INPUT_BUCKET, key, etag, None, NOW_ISO))
+    flag = ingest_object(storage, model, ObjectVersion(names.INPUT_BUCKET, key, etag, None, NOW_ISO))
+    if flag.event is not None:  # the heatmap step, as the broker delivers the flag step's reply
+        ingest_event(storage, model, flag.event)
+    return flag
 
 
 def count_prediction(storage: Storage, result: dict) -> str:

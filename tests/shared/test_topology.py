@@ -17,7 +17,8 @@ def test_every_function_has_its_functions_framework_source() -> None:
 
 
 def test_every_subscription_and_ping_ends_at_a_function() -> None:
-    events = {names.OBJECT_CREATED, names.PREDICTION_CREATED, names.FEEDBACK_RECEIVED, names.MODEL_REGISTERED}
+    events = {names.OBJECT_CREATED, names.HEATMAP_REQUESTED, names.PREDICTION_CREATED, names.FEEDBACK_RECEIVED,
+              names.MODEL_REGISTERED}
     for sub in topology.SUBSCRIPTIONS:
         assert sub.subscriber in FUNCTION_NAMES and sub.event_type in events, sub.name
         assert sub.bucket is None or sub.bucket in names.NOTIFYING_BUCKETS, sub.name

@@ -54,6 +54,7 @@ def test_rounds_interleave_the_systems_and_count_requests_cpu_and_records():
     assert changes >= 2 * 3 * 2 - 1
     records = summary["systems"]["ours"]["request_records"]
     assert records["written"] == sum(1 for name in _order if name == "ours") and records["failed"] == 0
+    assert records["answered"] == records["written"] and records["dropped"] == 0  # every answer has its record
     assert len(records["pending_after_s"]) == 6 and "request_records" not in summary["systems"]["peer"]
     json.dumps(summary)  # the report's JSON
 

@@ -250,3 +250,44 @@ def test_the_config_file_carries_ping_sources(tmp_path):
     path = tmp_path / "broker.json"
     path.write_text(json.dumps({"triggers": [], "pings": [{"name": "monitor-tick", "every_s": 60}]}))
     assert load_full_config(path)[2] == [PingSource("monitor-tick", 60.0)]
+
+
+def test_each_trigger_is_dispatched_on_its_own_so_slow_deliveries_never_hold_another_triggers(tmp_path):
+    """Knative delivers per Trigger: two heatmap-like deliveries holding the one slot of their trigger (workers=1)
+    neither delay the flag-like delivery of another trigger nor get a second slot of their own."""
+    release, lock = threading.Event(), threading.Lock()
+    in_flight, most, delivered = {"http://slow": 0}, {"http://slow": 0}, []
+
+    def send(url, headers, body, timeout_s):
+        if url == "http://slow":
+            with lock:
+                in_flight[url] += 1
+                most[url] = max(most[url], in_flight[url])
+            release.wait(10)
+            with lock:
+                in_flight[url] -= 1
+        delivered.append((url, json.loads(body)["key"]))
+        return SubscriberReply(200, {}, b"")
+
+    triggers = [Trigger("heatmaps", "http://slow", {"type": "triage.heatmap.requested"}),
+                Trigger("flags", "http://fast", {"type": "io.minio.object.created"})]
+    broker = Broker(triggers, DeliveryQueue(tmp_path / "q.sqlite"), send=send)
+    for key in ("h1", "h2"):
+        broker.publish(CloudEvent({"type": "triage.heatmap.requested", "source": "triage/ingest"}, {"key": key}))
+    broker.start(workers=1)
+    try:
+        deadline = time.monotonic() + 5
+        while in_flight["http://slow"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        broker.publish(created("inference-inputs", "flag"))
+        while ("http://fast", "flag") not in delivered and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert delivered == [("http://fast", "flag")]  # while the first heatmap still holds its trigger's slot
+        release.set()
+        while len(delivered) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(delivered) == [("http://fast", "flag"), ("http://slow", "h1"), ("http://slow", "h2")]
+        assert most["http://slow"] == 1 and broker.queue.counts() == {"done": 3}
+    finally:
+        release.set()
+        broker.stop()

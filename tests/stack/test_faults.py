@@ -61,6 +61,7 @@ def put_until_acknowledged(s3, key: str, body: bytes, deadline_s: float = 120) -
 
 
 def results_of(s3, keys: list[str], timeout_s: float) -> dict[str, dict]:
+    """Each key's committed result: the flag is written first, its heatmap step (its own event) commits it."""
     found: dict[str, dict] = {}
     deadline = time.monotonic() + timeout_s
     while len(found) < len(keys) and time.monotonic() < deadline:
@@ -68,7 +69,9 @@ def results_of(s3, keys: list[str], timeout_s: float) -> dict[str, dict]:
             if key in found:
                 continue
             with contextlib.suppress(BotoCoreError, ClientError):
-                found[key] = json.loads(s3.get_object(Bucket=RESULT_BUCKET, Key=result_key(key))["Body"].read())
+                result = json.loads(s3.get_object(Bucket=RESULT_BUCKET, Key=result_key(key))["Body"].read())
+                if (result.get("heatmap") or {}).get("status") != "pending":
+                    found[key] = result
         time.sleep(0.5)
     return found
 

@@ -22,10 +22,13 @@ from triage.stack.processes import unused_port_block
 from triage.stack.stack import Stack
 
 HELLO = """
+import gc
 import functions_framework
 
 @functions_framework.http
 def hello(request):
+    if request.args.get("gc"):  # what the server did to the collector before it forked this worker
+        return {"frozen": gc.get_freeze_count(), "enabled": gc.isenabled()}
     return {"ok": True, "bytes": len(request.get_data())}
 """
 
@@ -37,7 +40,8 @@ def function_port(tmp_path):
     port = unused_port_block(1)[0]
     argv = Stack.function_argv("hello", port)  # how the stack starts every function
     argv[argv.index("--source") + 1] = str(source)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "THREADS": "2", "WORKERS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "THREADS": "2", "WORKERS": "1", "HOME": str(tmp_path)}
+    env.pop("XDG_RUNTIME_DIR", None)  # gunicorn's control socket would go to $XDG_RUNTIME_DIR, else ~/.gunicorn
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -59,6 +63,22 @@ def test_the_stack_starts_functions_under_the_bounded_server():
     argv = Stack.function_argv("predict", 8101)
     assert argv[:3] == [sys.executable, "-m", "triage.stack.function_server"]
     assert argv[argv.index("--source") + 1].endswith("functions/predict/main.py")
+
+
+def test_the_function_server_starts_no_gunicorn_control_socket(function_port, tmp_path):
+    # gunicorn >= 25.1 would import asyncio in the master during the worker's cold start and bind
+    # ~/.gunicorn/gunicorn.ctl, one path for every function of the stack (GUNICORN_OPTIONS)
+    port, _ = function_port
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+    time.sleep(0.5)  # gunicorn starts it after the worker is forked
+    assert not (tmp_path / ".gunicorn").exists()
+
+
+def test_the_worker_inherits_the_imported_app_frozen_and_collects_as_usual(function_port):
+    # no collections while the app is imported, gc.freeze() before the fork (Python's gc docs for pre-fork servers)
+    port, _ = function_port
+    state = httpx.get(f"http://127.0.0.1:{port}/?gc=1", timeout=5).json()
+    assert state["frozen"] > 10_000 and state["enabled"] is True
 
 
 def test_slow_header_connections_do_not_stall_a_normal_request(function_port):

@@ -97,18 +97,32 @@ def wait_for_results(s3, keys, timeout_s: float = 30.0) -> dict[str, dict]:
     return found
 
 
-def test_each_upload_gives_one_result_naming_the_model_version(stack):
+def _heatmap_steps(stack: Stack) -> float:
+    """How many heatmap requests ingest has completed (its own metrics)."""
+    text = httpx.get(stack.function_urls["ingest"] + "/metrics").text
+    line = 'triage_events_processed_total{function="ingest",outcome="completed",type="triage.heatmap.requested"}'
+    return sum(float(row.rsplit(" ", 1)[1]) for row in text.splitlines() if row.startswith(line))
+
+
+def test_each_upload_gets_its_flag_then_its_heatmap_through_the_broker(stack):
     s3 = stack.s3()
+    before = _heatmap_steps(stack)
     keys = [f"e2e/upload-{i}.png" for i in range(4)]
     for i, key in enumerate(keys):
         s3.put_object(Bucket="inference-inputs", Key=key, Body=png_bytes(seed=i), ContentType="image/png")
     results = wait_for_results(s3, keys)
     assert sorted(results) == keys
-    for result in results.values():
+    for key, result in results.items():
         assert result["model"]["version"] == "7"
         assert result["label"] in ("normal", "pneumonia")
+        # The flag's time, then the picture's: the heatmap was its own step, after the label was readable.
+        heatmap = result["heatmap"]
+        assert heatmap["status"] == "ready" and heatmap["key"] == f"{key}.heatmap.png"
+        assert heatmap["completed_at"] >= result["completed_at"]
     heatmaps = s3.list_objects_v2(Bucket="inference-results", Prefix="e2e/")["Contents"]
     assert len([o for o in heatmaps if o["Key"].endswith(".png")]) == 4
+    # Each heatmap came to ingest as its own triage.heatmap.requested delivery (the ingest-heatmaps trigger).
+    assert _heatmap_steps(stack) - before == 4
 
 
 def test_the_same_event_delivered_twice_gives_one_result(stack):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ class DeliveryQueue:
             " event_json TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
             " next_at REAL NOT NULL, last_error TEXT)"
         )
+        self._db.execute("CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, trigger, next_at)")
         # Deliveries in flight when the broker died were never acknowledged: they are due again (at least once).
         self._db.execute("UPDATE deliveries SET status = 'pending', next_at = 0 WHERE status = 'inflight'")
 
@@ -47,13 +48,16 @@ class DeliveryQueue:
             )
         return len(rows)
 
-    def claim_due(self, now: float, lease_s: float, limit: int = 32) -> list[Delivery]:
-        """Due deliveries, leased for `lease_s` so a stuck attempt is retried rather than lost."""
+    def claim_due(self, now: float, lease_s: float, limit: int = 32, *, only: str | None = None,
+                  other_than: Collection[str] = ()) -> list[Delivery]:
+        """Due deliveries, oldest first, leased for `lease_s` so a stuck attempt is retried rather than lost; `only`
+        one trigger's, or those of triggers `other_than` the named ones."""
+        where, params = self._trigger_filter(only, other_than)
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, trigger, event_json, attempts, last_error FROM deliveries"
-                " WHERE status IN ('pending', 'inflight') AND next_at <= ? ORDER BY next_at, id LIMIT ?",
-                (now, limit),
+                f" WHERE status IN ('pending', 'inflight') AND next_at <= ?{where} ORDER BY next_at, id LIMIT ?",
+                (now, *params, limit),
             ).fetchall()
             self._db.executemany(
                 "UPDATE deliveries SET status = 'inflight', next_at = ? WHERE id = ?",
@@ -77,12 +81,23 @@ class DeliveryQueue:
         with self._lock:
             self._db.execute("UPDATE deliveries SET status = 'dead' WHERE id = ?", (delivery_id,))
 
-    def next_due_at(self) -> float | None:
+    def next_due_at(self, triggers: Collection[str] | None = None) -> float | None:
+        """When the next delivery (of one of `triggers`, when given) is due; None when there is none."""
+        where, params = ("", ()) if triggers is None else (
+            f" AND trigger IN ({', '.join('?' * len(triggers))})", tuple(triggers))
         with self._lock:
             row = self._db.execute(
-                "SELECT MIN(next_at) FROM deliveries WHERE status IN ('pending', 'inflight')"
+                f"SELECT MIN(next_at) FROM deliveries WHERE status IN ('pending', 'inflight'){where}", params
             ).fetchone()
         return row[0]
+
+    @staticmethod
+    def _trigger_filter(only: str | None, other_than: Collection[str]) -> tuple[str, tuple[str, ...]]:
+        if only is not None:
+            return " AND trigger = ?", (only,)
+        if other_than:
+            return f" AND trigger NOT IN ({', '.join('?' * len(other_than))})", tuple(other_than)
+        return "", ()
 
     def counts(self) -> dict[str, int]:
         with self._lock:

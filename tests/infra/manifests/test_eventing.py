@@ -16,6 +16,7 @@ def test_triggers_follow_the_event_table(objects: list[dict]) -> None:
     }
     assert routes == {
         ("io.minio.object.created", "inference-inputs", "ingest"),
+        ("triage.heatmap.requested", None, "ingest"),  # issue 12: the heatmap, ingest's second step, after the flag
         ("io.minio.object.created", "raw-data", "retrain"),
         ("triage.prediction.created", None, "monitor"),
         ("triage.prediction.created", None, "export"),  # design §4: export (DICOM inputs)
