@@ -53,6 +53,10 @@ _REVIEWER = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 MAX_BODY_BYTES = 16 * 1024  # the feedback function reads at most this (shared.security.read_body)
 
 
+# How long a label waits for its answer's record when that record's batch is not written yet (predict / explain
+# write a batch 50 ms after its first answer): a label sent right after its answer is not a 404.
+RECORD_WAIT_S = 2.0
+
 @dataclass(frozen=True)
 class FeedbackRequest:
     """A validated label: which request, which class, by whom."""
@@ -102,7 +106,7 @@ def submit_feedback(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> FeedbackOutcome:
     """Store the label (404 for an unknown request id) and publish its event; idempotent for a same label."""
-    answered = load_request_record(storage, request.request_id)
+    answered = load_request_record(storage, request.request_id, wait_s=RECORD_WAIT_S)
     if answered is None:
         raise NotFound(f"request_id: no prediction {request.request_id} is known")
     key = feedback_key(request.request_id)

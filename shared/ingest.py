@@ -331,8 +331,9 @@ def _picture(
     metrics.STEP_SECONDS.labels(step="explain").observe(explain_s)
     t2 = time.perf_counter()
     storage.put_bytes(RESULT_BUCKET, heatmap_key(obj.key), overlay, "image/png")
+    # The model that drew the map: under a canary split its delivery may reach another revision than the flag's.
     heatmap = {"status": "ready", "bucket": RESULT_BUCKET, "key": heatmap_key(obj.key), "method": EXPLAIN_METHOD,
-               "completed_at": utc_iso(now())}
+               "model": dict(model.model_ref), "completed_at": utc_iso(now())}
     timings = {"heatmap_read": round((t1 - t0) * 1000.0, 3), "explain": round(explain_s * 1000.0, 3),
                "heatmap_write": _ms_since(t2)}
     return _commit(storage, obj, {**flagged, "timings_ms": {**flagged.get("timings_ms", {}), **timings}}, heatmap,

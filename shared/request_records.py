@@ -108,14 +108,27 @@ def record_request(
                      _record(prediction, request_id, source, result_uri))  # fmt: skip
 
 
-def load_request_record(storage: RecordSource, request_id: str) -> dict[str, Any] | None:
-    """The record of `request_id` (in its batch object, or under its own key); None when there is none (yet)."""
+def load_request_record(storage: RecordSource, request_id: str, *, wait_s: float = 0.0,
+                        sleep: Callable[[float], None] = time.sleep) -> dict[str, Any] | None:
+    """The record of `request_id` (in its batch object, or under its own key); None when there is none.
+
+    A batch is written `linger_s` (plus a PUT) after its first answer: with `wait_s`, a lookup whose batch object
+    does not exist yet reads again (backoff, up to `wait_s`), so a label sent right after its answer still finds
+    it. A batch that exists without the id answers None at once (a batch is written once, whole).
+    """
     if not REQUEST_ID.match(request_id):
         return None
     batch = request_batch_of(request_id)
     if batch is None:
         return storage.get_json_object(STATE_BUCKET, request_record_key(request_id))
-    records = (storage.get_json_object(STATE_BUCKET, request_batch_key(batch)) or {}).get("records")
+    waited, delay = 0.0, 0.05
+    while (stored := storage.get_json_object(STATE_BUCKET, request_batch_key(batch))) is None:
+        if waited >= wait_s:
+            return None
+        step = min(delay, wait_s - waited)
+        sleep(step)
+        waited, delay = waited + step, delay * 2
+    records = stored.get("records")
     record = records.get(request_id) if isinstance(records, dict) else None
     return record if isinstance(record, dict) else None
 

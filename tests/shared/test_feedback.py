@@ -157,3 +157,11 @@ def test_request_recorder_indexes_predictions_in_the_background_so_they_accept_f
     request = parse_feedback(body(request_id=first["request_id"], label="normal"), "Bearer tok-ann", TOKENS)
     outcome = submit_feedback(storage, request, RecordingSink().publisher())
     assert outcome.status == "stored" and outcome.record["predicted_label"] == "pneumonia"
+
+
+def test_a_label_sent_right_after_its_answer_waits_for_the_lingering_record_instead_of_a_404(storage):
+    recorder = RequestRecorder(storage, source="predict", linger_s=0.3)
+    answer = recorder.record({"request_id": "a" * 32, "label": "pneumonia"})
+    request = parse_feedback(body(request_id=answer["request_id"], label="normal"), "Bearer tok-ann", TOKENS)
+    outcome = submit_feedback(storage, request, RecordingSink().publisher())  # before the batch is written
+    assert outcome.status == "stored" and outcome.record["predicted_label"] == "pneumonia"

@@ -113,7 +113,8 @@ def test_an_upload_gets_its_flag_then_in_its_own_step_its_heatmap_and_its_predic
     assert picture.status == "completed"
     final = storage.get_json(RESULTS, "ward3/chest.png.json")
     assert final["heatmap"] == {"status": "ready", "bucket": RESULTS, "key": "ward3/chest.png.heatmap.png",
-                                "method": "occlusion", "completed_at": "2026-11-26T10:00:03Z"}
+                                "method": "occlusion", "model": result["model"],  # the model that drew it
+                                "completed_at": "2026-11-26T10:00:03Z"}
     assert {k: v for k, v in final.items() if k not in ("heatmap", "timings_ms")} == {
         k: v for k, v in result.items() if k not in ("heatmap", "timings_ms")}  # the flag, as it was read
     assert final["timings_ms"]["explain"] > 0 and "heatmap_write" in final["timings_ms"]

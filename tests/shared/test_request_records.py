@@ -234,3 +234,19 @@ def test_the_recorder_builds_its_s3_client_only_on_the_first_write():
     request_id = recorder.record(answer())["request_id"]
     assert recorder.flush(5) and built == [1]
     assert load_request_record(recorder.storage, request_id) is not None
+
+
+def test_a_lookup_waits_for_a_batch_not_written_yet_but_not_for_an_id_its_written_batch_lacks():
+    store = SlowStore()
+    recorder = RequestRecorder(store, source="predict", linger_s=0.3)
+    request_id = recorder.record(answer())["request_id"]
+    assert load_request_record(store, request_id) is None  # its batch is still lingering
+    started = time.monotonic()
+    assert load_request_record(store, request_id, wait_s=5)["request_id"] == request_id  # read again until written
+    assert time.monotonic() - started < 2
+    slept: list[float] = []
+    sibling = f"{request_batch_of(request_id)}.{uuid.uuid4().hex}"  # the batch exists, without this id: at once
+    assert load_request_record(store, sibling, wait_s=5, sleep=slept.append) is None and slept == []
+    never = f"{'f' * 16}.{uuid.uuid4().hex}"  # no such batch: waits up to wait_s, in growing steps, then None
+    assert load_request_record(store, never, wait_s=0.3, sleep=slept.append) is None
+    assert slept and slept == sorted(slept) and sum(slept) <= 0.3 + 1e-9
