@@ -133,6 +133,10 @@ def load_request_record(storage: RecordSource, request_id: str, *, wait_s: float
     return record if isinstance(record, dict) else None
 
 
+# The model's own id must leave room for `<16 hex batch>.` within REQUEST_ID's 64 characters.
+_MAX_OWN_ID = 64 - len("0123456789abcdef.")
+
+
 @dataclass
 class _Batch:
     """Records of one batch object: named at its first record, cut by the writer, written once."""
@@ -141,8 +145,15 @@ class _Batch:
     opened: float = field(default_factory=time.monotonic)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def body(self, source: str) -> dict[str, Any]:
-        return {"batch": self.name, "source": source, "records": self.records}
+    def add(self, answer: dict[str, Any], request_id: str, source: str) -> None:
+        """Give `answer` its final id `<batch>.<request_id>` and keep its record here."""
+        answer["request_id"] = f"{self.name}.{request_id}"
+        self.records[answer["request_id"]] = _record(answer, answer["request_id"], source, None)
+
+    def write(self, storage: RecordStore, source: str) -> None:
+        """The batch object, whole (the same key and body each time: a retry is idempotent)."""
+        storage.put_json(STATE_BUCKET, request_batch_key(self.name),
+                         {"batch": self.name, "source": source, "records": self.records})  # fmt: skip
 
 
 class RequestRecorder:
@@ -213,7 +224,7 @@ class RequestRecorder:
         """
         answer = dict(prediction)
         request_id = str(answer.get("request_id"))
-        if not REQUEST_ID.match(request_id) or len(request_id) > 47:
+        if not REQUEST_ID.match(request_id) or len(request_id) > _MAX_OWN_ID:
             RECORDS_WRITTEN.labels(outcome="invalid").inc()
             log.warning("request record refused: the request id is not a safe key")
             return answer
@@ -228,8 +239,7 @@ class RequestRecorder:
             if self._open is None:
                 self._open = _Batch()
             batch = self._open
-            answer["request_id"] = f"{batch.name}.{request_id}"
-            batch.records[answer["request_id"]] = _record(answer, answer["request_id"], self.source, None)
+            batch.add(answer, request_id, self.source)
             self._pending += 1
             if len(batch.records) >= self.max_batch:
                 self._sealed.append(batch)
@@ -322,7 +332,7 @@ class RequestRecorder:
         attempt = 0
         while True:
             try:
-                self.storage.put_json(STATE_BUCKET, request_batch_key(batch.name), batch.body(self.source))
+                batch.write(self.storage, self.source)
             except Exception as exc:  # a failed write is retried; it must not kill the writer thread
                 RECORDS_WRITTEN.labels(outcome="failed").inc(len(batch.records))
                 delay = self.retry_delays_s[min(attempt, len(self.retry_delays_s) - 1)]
@@ -338,10 +348,9 @@ class RequestRecorder:
 
     def _write_inline(self, answer: dict[str, Any], request_id: str) -> dict[str, Any]:
         batch = _Batch()
-        answer["request_id"] = f"{batch.name}.{request_id}"
-        batch.records[answer["request_id"]] = _record(answer, answer["request_id"], self.source, None)
+        batch.add(answer, request_id, self.source)
         try:
-            self.storage.put_json(STATE_BUCKET, request_batch_key(batch.name), batch.body(self.source))
+            batch.write(self.storage, self.source)
         except Exception as exc:
             RECORDS_WRITTEN.labels(outcome="failed").inc()
             raise StorageUnavailable(

@@ -52,7 +52,7 @@ class DeliveryQueue:
                   other_than: Collection[str] = ()) -> list[Delivery]:
         """Due deliveries, oldest first, leased for `lease_s` so a stuck attempt is retried rather than lost; `only`
         one trigger's, or those of triggers `other_than` the named ones."""
-        where, params = self._trigger_filter(only, other_than)
+        where, params = _trigger_filter(None if only is None else (only,), other_than)
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, trigger, event_json, attempts, last_error FROM deliveries"
@@ -83,21 +83,12 @@ class DeliveryQueue:
 
     def next_due_at(self, triggers: Collection[str] | None = None) -> float | None:
         """When the next delivery (of one of `triggers`, when given) is due; None when there is none."""
-        where, params = ("", ()) if triggers is None else (
-            f" AND trigger IN ({', '.join('?' * len(triggers))})", tuple(triggers))
+        where, params = _trigger_filter(triggers, ())
         with self._lock:
             row = self._db.execute(
                 f"SELECT MIN(next_at) FROM deliveries WHERE status IN ('pending', 'inflight'){where}", params
             ).fetchone()
         return row[0]
-
-    @staticmethod
-    def _trigger_filter(only: str | None, other_than: Collection[str]) -> tuple[str, tuple[str, ...]]:
-        if only is not None:
-            return " AND trigger = ?", (only,)
-        if other_than:
-            return f" AND trigger NOT IN ({', '.join('?' * len(other_than))})", tuple(other_than)
-        return "", ()
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -107,3 +98,13 @@ class DeliveryQueue:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _trigger_filter(among: Collection[str] | None, other_than: Collection[str]) -> tuple[str, tuple[str, ...]]:
+    """The SQL condition (and its parameters) for deliveries of the triggers `among` (when given), or of triggers
+    `other_than` those named."""
+    if among is not None:
+        return f" AND trigger IN ({', '.join('?' * len(among))})", tuple(among)
+    if other_than:
+        return f" AND trigger NOT IN ({', '.join('?' * len(other_than))})", tuple(other_than)
+    return "", ()
