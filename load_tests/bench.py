@@ -239,6 +239,7 @@ class System:
     metrics_url: str | None = None  # ours: /metrics, for the request records' queue and their outcomes
 
 
+WARMUP_REQUESTS = 100  # per system and concurrency, before the measured rounds (side_by_side)
 _RECORD_LINE = re.compile(r'^triage_request_records_(pending|total\{outcome="(\w+)"\})\s+([0-9.eE+-]+)$', re.M)
 
 
@@ -249,8 +250,12 @@ def records_state(metrics_url: str) -> dict[str, float]:
 
 
 def side_by_side(systems: Sequence[System], *, requests: int, rounds: int = 3, concurrencies: Sequence[int] = (1, 8),
-                 settle_s: float = 1.0) -> tuple[dict[str, Any], dict[str, LoadResult]]:
-    """Interleaved rounds (A B C A B C ...) at each concurrency, `requests` per system and concurrency in all, so
+                 settle_s: float = 1.0, warmup_requests: int = WARMUP_REQUESTS,
+                 ) -> tuple[dict[str, Any], dict[str, LoadResult]]:
+    """First `warmup_requests` per system and concurrency that count nowhere: each server's one-time costs (lazy
+    imports, its first S3 client, first allocations: ~0.25 s of CPU in ours, which spread over the 300 requests of
+    a run added ~0.8 ms to its CPU per request) stay out of a steady-state comparison. Then interleaved rounds
+    (A B C A B C ...) at each concurrency, `requests` per system and concurrency in all, so
     contention from anything else on the machine hits every system alike. Per system and concurrency: the merged
     latency summary, CPU ms per request of its processes (by part, and in all; over every request of the blocks,
     their warm-ups included, and for ours the settle after each block); for a system with `metrics_url`,
@@ -261,6 +266,13 @@ def side_by_side(systems: Sequence[System], *, requests: int, rounds: int = 3, c
     cpu: dict[str, dict[int, dict[str, float]]] = {s.name: {c: {} for c in concurrencies} for s in systems}
     records: dict[str, dict[str, Any]] = {}
     share = [requests // rounds + (1 if i < requests % rounds else 0) for i in range(rounds)]
+    if warmup_requests > 0:
+        for system in systems:
+            for concurrency in concurrencies:
+                run_load(system.url, system.body, requests=max(warmup_requests, concurrency), concurrency=concurrency,
+                         content_type=system.content_type, warmup=0, token=system.token)
+        if any(system.metrics_url for system in systems):
+            time.sleep(settle_s)  # their records written before the counters are read
     for system in systems:
         if system.metrics_url:
             records[system.name] = {"before": records_state(system.metrics_url), "pending_after_s": []}
@@ -286,7 +298,7 @@ def side_by_side(systems: Sequence[System], *, requests: int, rounds: int = 3, c
                     cpu[system.name][concurrency][part] = cpu[system.name][concurrency].get(part, 0.0) + spent
                 if system.metrics_url:
                     records[system.name]["pending_after_s"].append(records_state(system.metrics_url).get("pending"))
-    out: dict[str, Any] = {"rounds": rounds, "requests": requests, "systems": {}}
+    out: dict[str, Any] = {"rounds": rounds, "requests": requests, "warmup_requests": warmup_requests, "systems": {}}
     for system in systems:
         rows = {}
         for concurrency in concurrencies:

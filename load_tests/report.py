@@ -104,8 +104,11 @@ def side_by_side_lines(report: dict[str, Any]) -> list[str]:
     bare = report["bare_onnx"]["session_run"]
     title = ("## Side by side with `mlflow models serve` (same ONNX model, same image, interleaved rounds)"
              if len(side["systems"]) > 1 else "## Predict beside bare `session.run` (--no-peers)")
+    warm = side.get("warmup_requests")
     lines = [title, "",
-             f"{side['rounds']} rounds of {', '.join(side['systems'])} in turn at c=1 then c=8, {side['requests']} "
+             (f"After {warm} warm-up requests per system and concurrency that count nowhere (one-time costs out), "
+              if warm else "")
+             + f"{side['rounds']} rounds of {', '.join(side['systems'])} in turn at c=1 then c=8, {side['requests']} "
              "requests per system and concurrency in all; server CPU is the server's process tree (ours: the "
              "function plus the S3 server's share, written as function + S3).", "",
              "| system | c=1 p50 / p99 ms | c=8 req/s (p99 ms) | cold start s | server CPU ms / request (c=1) |",

@@ -54,7 +54,8 @@ MAX_BODY_BYTES = 16 * 1024  # the feedback function reads at most this (shared.s
 
 
 # How long a label waits for its answer's record when that record's batch is not written yet (predict / explain
-# write a batch 50 ms after its first answer): a label sent right after its answer is not a 404.
+# write a batch `request_records.LINGER_S` (250 ms) after its first answer): a label sent right after its answer
+# is not a 404.
 RECORD_WAIT_S = 2.0
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ field (`GATE_VERSION` 1: class means as lists, the precision's Cholesky factor a
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -91,35 +92,48 @@ ASSESSABLE = Verdict(True)
 LAYOUT = 7  # the model input is pooled to LAYOUT x LAYOUT cells for the layout features
 
 
-def _pool(images: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean of each of cells x cells blocks of images [N, S, S], the blocks' sizes) (S >= cells; blocks differ by
-    at most a pixel)."""
-    edges = np.linspace(0, images.shape[-1], cells + 1).round().astype(int)[:-1]
-    sums = np.add.reduceat(np.add.reduceat(images, edges, axis=1), edges, axis=2)
-    sizes = np.diff(np.append(edges, images.shape[-1]))
-    return sums / (sizes[:, None] * sizes[None, :]), sizes
+@functools.lru_cache(maxsize=16)
+def _layout_plan(side: int, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For images [N, side, side] pooled to cells x cells blocks (side >= cells; blocks differ by at most a pixel):
+    (each block's first row / column, each block's area [cells, cells], each row's / column's block)."""
+    edges = np.linspace(0, side, cells + 1).round().astype(int)
+    sizes = np.diff(edges)
+    areas = (sizes[:, None] * sizes[None, :]).astype(np.float64)
+    for array in (edges, areas, sizes):
+        array.flags.writeable = False
+    return edges[:-1], areas, np.repeat(np.arange(cells), sizes)
+
+
+def _std(centred: np.ndarray) -> np.ndarray:
+    """Standard deviation [N, 1] of each row of `centred` [N, P] (rows already of mean 0)."""
+    return np.sqrt(np.einsum("ij,ij->i", centred, centred)[:, None] / centred.shape[1])
 
 
 def features(embeddings: np.ndarray, model_inputs: np.ndarray, *, mean: float = 0.5, std: float = 0.5) -> np.ndarray:
     """The gate's features [N, dim + LAYOUT^2 + 4] of embeddings [N, dim] and model inputs [N, 1, S, S]: the
     embedding; of the image in [0, 1] its LAYOUT x LAYOUT layout (standardized), mean, std, detail (the std of
     what the layout misses, relative to the image's std) and left-right symmetry (the correlation with its mirror
-    image: a chest film is nearly symmetric, a gradient or a page is not)."""
-    e = np.asarray(embeddings, dtype=np.float64).reshape(len(model_inputs), -1)
-    x = np.asarray(model_inputs, dtype=np.float64).reshape(len(model_inputs), *np.shape(model_inputs)[-2:])
-    x = x * std + mean
-    n = len(x)
+    image: a chest film is nearly symmetric, a gradient or a page is not).
+
+    Written for one image as much as for a batch (serving calls it per request): a fixed number of whole-array
+    numpy calls, the layout's block plan cached per image size."""
+    n = len(model_inputs)
+    e = np.asarray(embeddings, dtype=np.float64).reshape(n, -1)
+    x = np.asarray(model_inputs, dtype=np.float64).reshape(n, *np.shape(model_inputs)[-2:]) * std + mean
+    starts, areas, block_of = _layout_plan(x.shape[-1], LAYOUT)
     flat = x.reshape(n, -1)
-    level, spread = flat.mean(axis=1, keepdims=True), flat.std(axis=1, keepdims=True)
-    pooled, sizes = _pool(x, LAYOUT)
-    coarse = np.repeat(np.repeat(pooled, sizes, axis=1), sizes, axis=2)
-    detail = (x - coarse).reshape(n, -1).std(axis=1, keepdims=True) / (spread + 0.02)
-    centred = x - x.mean(axis=(1, 2), keepdims=True)
-    mirrored = centred[:, :, ::-1]
-    norm = np.sqrt((centred * centred).sum(axis=(1, 2)) * (mirrored * mirrored).sum(axis=(1, 2))) + 1e-9
-    symmetry = ((centred * mirrored).sum(axis=(1, 2)) / norm)[:, None]
+    level = flat.mean(axis=1, keepdims=True)
+    centred = flat - level
+    spread = _std(centred)
+    pooled = np.add.reduceat(np.add.reduceat(x, starts, axis=1), starts, axis=2) / areas  # [N, LAYOUT, LAYOUT]
+    residual = (x - pooled[:, block_of][:, :, block_of]).reshape(n, -1)
+    detail = _std(residual - residual.mean(axis=1, keepdims=True)) / (spread + 0.02)
+    image = centred.reshape(x.shape)
+    # The mirror image has the same energy, so the correlation's norm is the image's own sum of squares.
+    symmetry = (np.einsum("nij,nij->n", image, image[:, :, ::-1]) / (spread[:, 0] ** 2 * flat.shape[1] + 1e-9))[:, None]
     layout = pooled.reshape(n, -1)
-    layout = (layout - layout.mean(axis=1, keepdims=True)) / (layout.std(axis=1, keepdims=True) + 0.02)
+    layout_centred = layout - layout.mean(axis=1, keepdims=True)
+    layout = layout_centred / (_std(layout_centred) + 0.02)
     return np.concatenate([e, layout, level, spread, detail, symmetry], axis=1)
 
 

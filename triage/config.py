@@ -13,11 +13,19 @@ from pathlib import Path
 
 from shared.config import ConfigError, env_number
 
-__all__ = ["PORT_ENV", "TriageEnv", "env_port"]
+__all__ = ["PORT_ENV", "TriageEnv", "env_port", "env_threads"]
 
 # The local stack's ports (design §6): field of `StackPorts` → environment variable.
 PORT_ENV = {"s3": "S3_PORT", "s3_notify": "S3_NOTIFY_PORT", "mlflow": "MLFLOW_PORT", "gateway": "GATEWAY_PORT",
             "broker": "BROKER_PORT", "prometheus": "PROMETHEUS_PORT", "function_base": "FUNCTION_BASE_PORT"}
+
+
+def env_threads(env: Mapping[str, str]) -> int | None:
+    """THREADS as a whole number >= 1, None when unset; ConfigError naming the variable otherwise."""
+    value = env_number(env, "THREADS", None, whole=True)
+    if value is not None and value < 1:
+        raise ConfigError(f"environment variable THREADS={env['THREADS']!r} must be at least 1")
+    return None if value is None else int(value)
 
 
 def env_port(env: Mapping[str, str], name: str) -> int | None:
@@ -37,7 +45,9 @@ class TriageEnv:
     run_dir: Path = Path(".triage")
     data: Path | None = None  # DATA: a data set for the first model instead of phantoms
     model_uri: str | None = None  # MODEL_URI: serve this model instead of training one
-    threads: int = 8  # THREADS: gunicorn threads per function process in the local stack
+    # THREADS: gunicorn threads per function process, for every function; None: each function's own
+    # (`shared.topology.Function.threads`: 2 for predict and explain), else functions-framework's default
+    threads: int | None = None
     ports: Mapping[str, int] = field(default_factory=dict)  # PORT_ENV fields that are set
     knative_namespace: str = "xray-triage"
     prometheus_url: str | None = None
@@ -62,7 +72,7 @@ class TriageEnv:
             run_dir=Path(env.get("RUN_DIR") or ".triage"),
             data=Path(env["DATA"]) if env.get("DATA") else None,
             model_uri=env.get("MODEL_URI") or None,
-            threads=int(env_number(env, "THREADS", 8, whole=True)),  # type: ignore[arg-type]
+            threads=env_threads(env),
             ports=ports,
             knative_namespace=env.get("KNATIVE_NAMESPACE") or "xray-triage",
             prometheus_url=env.get("PROMETHEUS_URL") or None,

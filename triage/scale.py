@@ -1,11 +1,11 @@
 """`triage scale-report`: where one predict process saturates, the Knative scaling it implies, cost vs volume.
 
-Starts predict alone in the local stack (gunicorn with as many threads as the highest level, so the process and
-not its thread pool is what saturates), pins it to `--cpus` CPUs (default 1: its pod's CPU limit in the
-manifests) and the load generator to the others, then runs the closed loop (`run_load`) at each `--levels`
-concurrency, reading the process tree's CPU time around each run (CPU-seconds per prediction). Restarts predict
-`--cold-starts` times for the cold start. Each level runs `--repeats` times and keeps its fastest run: on a shared
-machine other work only ever slows a run down. CPU-seconds are not disturbed that way: they count every run.
+Starts predict alone in the local stack, as it is deployed (its request threads from `shared.topology`), pins it
+to `--cpus` CPUs (default 1: its pod's CPU limit in the manifests) and the load generator to the others, then
+runs the closed loop (`run_load`) at each `--levels` concurrency, reading the process tree's CPU time around each
+run (CPU-seconds per prediction). Restarts predict `--cold-starts` times for the cold start. Each level runs
+`--repeats` times and keeps its fastest run: on a shared machine other work only ever slows a run down.
+CPU-seconds are not disturbed that way: they count every run.
 The derivation and the cost model are `load_tests.scale`'s. Writes scale.json, scale.md and cost.png under --out
 (reports/scale).
 """
@@ -113,8 +113,7 @@ def _measure(args: argparse.Namespace, levels: list[int], allowed: list[int]) ->
     client_cpus = set(allowed[args.cpus:]) or set(allowed)
     config = StackConfig(run_dir=run_dir, model_uri=model_uri, functions=("predict",), ports=StackPorts.free(),
                          mlflow=False, prometheus=False,
-                         extra_env={"THREADS": str(max(levels)), "API_RATE_PER_S": "1000000",
-                                    "API_RATE_BURST": "1000000"})
+                         extra_env={"API_RATE_PER_S": "1000000", "API_RATE_BURST": "1000000"})
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     measured: list[Level] = []
     cpu_per_prediction: list[float] = []

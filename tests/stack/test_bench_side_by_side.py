@@ -40,7 +40,8 @@ def test_rounds_interleave_the_systems_and_count_requests_cpu_and_records():
         systems = [System("ours", ours.url + "/", b"x", "image/png", cpu_pids={"server": [os.getpid()]},
                           metrics_url=ours.url + "/metrics"),
                    System("peer", peer.url + "/", b"{}", "application/json", cpu_pids={"server": [os.getpid()]})]
-        summary, loads = side_by_side(systems, requests=12, rounds=3, concurrencies=(1, 2), settle_s=0.0)
+        summary, loads = side_by_side(systems, requests=12, rounds=3, concurrencies=(1, 2), settle_s=0.0,
+                                      warmup_requests=5)
     finally:
         ours.close()
         peer.close()
@@ -49,11 +50,16 @@ def test_rounds_interleave_the_systems_and_count_requests_cpu_and_records():
         for c in (1, 2):
             row = summary["systems"][name][f"c{c}"]
             assert row["ok"] == 12 and row["errors"] == {} and row["cpu_ms_per_request_total"] > 0
+    # Each server's warm-up first (5 at c=1, 5 at c=2), counted nowhere: the rows hold the 12 measured requests.
+    first_peer = _order.index("peer")
+    rounds_start = _order.index("ours", first_peer)
+    assert first_peer >= 10 and rounds_start - first_peer >= 10 and set(_order[first_peer:rounds_start]) == {"peer"}
     # A B A B ...: the servers alternate block by block (warm-up requests included), never all of one first.
-    changes = sum(1 for a, b in zip(_order, _order[1:], strict=False) if a != b)
+    rounds_order = _order[rounds_start:]
+    changes = sum(1 for a, b in zip(rounds_order, rounds_order[1:], strict=False) if a != b)
     assert changes >= 2 * 3 * 2 - 1
     records = summary["systems"]["ours"]["request_records"]
-    assert records["written"] == sum(1 for name in _order if name == "ours") and records["failed"] == 0
+    assert records["written"] == rounds_order.count("ours") and records["failed"] == 0  # the warm-ups' are not in it
     assert records["answered"] == records["written"] and records["dropped"] == 0  # every answer has its record
     assert len(records["pending_after_s"]) == 6 and "request_records" not in summary["systems"]["peer"]
     json.dumps(summary)  # the report's JSON

@@ -170,3 +170,60 @@ def test_the_heartbeat_to_the_arbiter_is_sent_at_most_once_per_interval(monkeypa
     worker.notify()
     worker.notify()
     assert len(sent) == 2
+
+
+def test_request_threads_come_from_the_flag_then_threads_then_the_function_then_the_framework():
+    from shared import topology
+
+    assert topology.function("predict").threads == topology.function("explain").threads == topology.MODEL_THREADS == 2
+    assert function_server.request_threads("predict", env={}) == 2  # the model's functions: their own
+    assert function_server.request_threads("ingest", env={}) is None  # functions-framework's default
+    assert function_server.request_threads("hello", env={}) is None  # not a function of the topology
+    assert function_server.request_threads("predict", env={"THREADS": "6"}) == 6  # the operator's, for all
+    assert function_server.request_threads("predict", 3, env={"THREADS": "6"}) == 3  # --threads first
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="THREADS"):
+        function_server.request_threads("predict", env={"THREADS": "0"})
+
+
+def test_the_server_runs_the_worker_with_the_functions_own_threads(monkeypatch, tmp_path):
+    import functions_framework._http as framework_http
+
+    source = tmp_path / "main.py"
+    source.write_text(HELLO)
+    started: list[dict] = []
+
+    class _Server:
+        def __init__(self, app, debug, **options):
+            started.append(options)
+
+        def run(self, host, port):
+            pass
+
+    monkeypatch.setattr(framework_http, "create_server", _Server)
+    monkeypatch.delenv("THREADS", raising=False)
+    function_server.main(["--target", "hello", "--source", str(source), "--threads", "3"])
+    monkeypatch.setattr(function_server, "request_threads", lambda target, asked=None, env=None: 2)
+    function_server.main(["--target", "hello", "--source", str(source)])
+    monkeypatch.setattr(function_server, "request_threads", lambda target, asked=None, env=None: None)
+    function_server.main(["--target", "hello", "--source", str(source)])
+    assert [options.get("threads") for options in started] == [3, 2, None]
+    assert all(options["worker_class"].endswith("BoundedThreadWorker") for options in started)
+    with pytest.raises(SystemExit):
+        function_server.main(["--target", "hello", "--source", str(source), "--threads", "0"])
+    import gc
+
+    gc.unfreeze()  # main froze this test process's objects before its (here pretended) fork
+
+
+def test_the_stack_sets_threads_only_when_asked():
+    from triage.config import TriageEnv
+    from triage.stack.wiring import LocalValues, stack_env
+
+    assert TriageEnv.from_env({}).threads is None and TriageEnv.from_env({"THREADS": "4"}).threads == 4
+    values = LocalValues(s3_url="http://s3", broker_url="http://broker", gateway_url="http://gw", mlflow_url=None,
+                         model_uri="/m", access_key="a", secret_key="b", webhook_token="", reviewer_tokens="",
+                         admin_token="", api_tokens="/t", deid_secret="")
+    assert "THREADS" not in stack_env(values, run_dir=PROJECT_ROOT, threads=None, pythonpath=None)
+    assert stack_env(values, run_dir=PROJECT_ROOT, threads=4, pythonpath=None)["THREADS"] == "4"

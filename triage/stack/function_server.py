@@ -18,12 +18,14 @@ import contextlib
 import gc
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from gunicorn import util
 from gunicorn.workers import gthread
 
-__all__ = ["GUNICORN_OPTIONS", "HEAD_TIMEOUT_S", "HEARTBEAT_S", "IDLE_TIMEOUT_S", "BoundedThreadWorker", "main"]
+__all__ = ["GUNICORN_OPTIONS", "HEAD_TIMEOUT_S", "HEARTBEAT_S", "IDLE_TIMEOUT_S", "BoundedThreadWorker", "main",
+           "request_threads"]
 
 HEAD_TIMEOUT_S = 10.0  # the whole request head, from its first byte
 IDLE_TIMEOUT_S = 30.0  # the longest silence while a body is read
@@ -151,6 +153,23 @@ class BoundedThreadWorker(gthread.ThreadWorker):
             conn.sock.next_request()
 
 
+def request_threads(target: str, asked: int | None = None, env: Mapping[str, str] | None = None) -> int | None:
+    """The worker's request threads: `asked` (--threads), else THREADS, else the function's own
+    (`shared.topology.Function.threads`), else None (functions-framework's default)."""
+    from shared import topology
+    from triage.config import TriageEnv
+
+    if asked is not None:
+        return asked
+    from_env = TriageEnv.from_env(env).threads
+    if from_env is not None:
+        return from_env
+    try:
+        return topology.function(target).threads
+    except KeyError:  # not one of the project's functions (a test's own target)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m triage.stack.function_server", description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="the function's name in its source file")
@@ -158,7 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signature-type", default="http", choices=("http", "event", "cloudevent"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="request threads (default: THREADS, else the function's own in shared/topology, "
+                             "else functions-framework's)")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    threads = request_threads(args.target, args.threads)
     # Python's gc docs for a pre-forking server: no collections in the parent while the app is imported (the
     # framework and the function's modules: ~7 % of that time), then freeze what it imported before the worker is
     # forked (shared copy-on-write with the worker, never scanned again by its collections), then collect as usual.
@@ -171,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.freeze()
     finally:
         gc.enable()
-    create_server(app, False, **GUNICORN_OPTIONS).run(args.host, args.port)
+    create_server(app, False, **GUNICORN_OPTIONS, **({"threads": threads} if threads else {})).run(args.host, args.port)
     return 0
 
 

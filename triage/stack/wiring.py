@@ -61,7 +61,8 @@ class LocalValues:
         }
 
 
-def stack_env(values: LocalValues, *, run_dir: Path, threads: int, pythonpath: str | None) -> dict[str, str]:
+def stack_env(values: LocalValues, *, run_dir: Path, threads: int | None,
+              pythonpath: str | None) -> dict[str, str]:
     """Every local function's contract (all, not only those started: the gateway starts revisions with it, the S3
     relay and the broker take their token and credentials from it) plus the local stack's own variables."""
     env = {
@@ -70,7 +71,7 @@ def stack_env(values: LocalValues, *, run_dir: Path, threads: int, pythonpath: s
         "AWS_DEFAULT_REGION": "us-east-1",
         "MODEL_CACHE_DIR": str(run_dir / "model-cache"),
         "WORKERS": "1",
-        "THREADS": str(threads),
+        **({"THREADS": str(threads)} if threads else {}),  # else each function's own (function_server)
     }
     if values.admin_token:  # the gateway guards /admin with it; the canary function steps the gateway with it
         env["GATEWAY_ADMIN_TOKEN"] = values.admin_token
