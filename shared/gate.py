@@ -98,10 +98,10 @@ def _layout_plan(side: int, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     (each block's first row / column, each block's area [cells, cells], each row's / column's block)."""
     edges = np.linspace(0, side, cells + 1).round().astype(int)
     sizes = np.diff(edges)
-    areas = (sizes[:, None] * sizes[None, :]).astype(np.float64)
-    for array in (edges, areas, sizes):
+    plan = (edges[:-1], (sizes[:, None] * sizes[None, :]).astype(np.float64), np.repeat(np.arange(cells), sizes))
+    for array in plan:  # shared by every call (cached): no caller may change it
         array.flags.writeable = False
-    return edges[:-1], areas, np.repeat(np.arange(cells), sizes)
+    return plan
 
 
 def _std(centred: np.ndarray) -> np.ndarray:
