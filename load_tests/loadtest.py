@@ -10,10 +10,10 @@ kind) and `latency-vs-rate.png`.
 
 `run_load` stays the benchmark's engine (`triage bench`, `triage scale-report`): `concurrency` threads, each
 sending its next request the moment the previous answer arrives, so the server sees exactly that many requests
-in flight, with a client cheaper than Locust's (httpx on a kept-alive connection, no stats machinery) on the
-same 2 cores as the server. That is what saturation and latency-at-concurrency need; an arrival rate is what a
-hospital produces, and what Locust measures. It only loads 127.0.0.1 / localhost: it sends as fast as the server
-answers.
+in flight, with the cheapest client there is (the standard library's `http.client`, a kept-alive connection per
+thread, no stats machinery; httpx cost ~1-2 ms of CPU per request, Locust more) on the same 2 cores as the server.
+That is what saturation and latency-at-concurrency need; an arrival rate is what a hospital produces, and what
+Locust measures. It only loads 127.0.0.1 / localhost: it sends as fast as the server answers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import http.client
 import ipaddress
 import json
 import math
@@ -35,7 +36,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 
 from shared.config import Settings
@@ -98,6 +98,38 @@ def check_loopback(url: str) -> str:
     return url
 
 
+class _KeptAlive:
+    """One kept-alive HTTP/1.1 connection of `run_load`'s (http.client), opened again after an error or a close."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        parts = urlsplit(url)
+        self._connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self._address = (parts.hostname or "127.0.0.1", parts.port)
+        self._timeout_s = timeout_s
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._connection: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+        """(status, the answering revision or "-") of one POST; the body is read whole (the connection is reused)."""
+        if self._connection is None:
+            self._connection = self._connection_class(*self._address, timeout=self._timeout_s)
+        try:
+            self._connection.request("POST", self.path, body=body, headers=headers)
+            response = self._connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        if response.will_close:
+            self.close()
+        return response.status, response.getheader(REVISION_HEADER) or "-"
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
 def run_load(url: str, body: bytes, *, requests: int, concurrency: int, content_type: str = "image/png",
              warmup: int = 10, timeout_s: float = 30.0, token: str | None = None) -> LoadResult:
     """`requests` POSTs split over `concurrency` threads, each with its own keep-alive connection (presenting the
@@ -112,26 +144,29 @@ def run_load(url: str, body: bytes, *, requests: int, concurrency: int, content_
     barrier = threading.Barrier(concurrency + 1)
 
     def worker(count: int) -> None:
-        with httpx.Client(timeout=timeout_s) as client:
+        client = _KeptAlive(url, timeout_s)
+        try:
             for _ in range(max(1, warmup // concurrency)):
-                with contextlib.suppress(httpx.HTTPError):
-                    client.post(url, content=body, headers=headers)
+                with contextlib.suppress(OSError, http.client.HTTPException):
+                    client.post(body, headers)
             barrier.wait()
             for _ in range(count):
                 started = time.perf_counter()
                 try:
-                    response = client.post(url, content=body, headers=headers)
-                except httpx.HTTPError as exc:
+                    status, revision = client.post(body, headers)
+                except (OSError, http.client.HTTPException) as exc:
                     with lock:
                         result.errors[type(exc).__name__] += 1
                     continue
                 elapsed = time.perf_counter() - started
                 with lock:
-                    if response.status_code == 200:
+                    if status == 200:
                         result.latencies.append(elapsed)
-                        result.revisions[response.headers.get(REVISION_HEADER, "-")] += 1
+                        result.revisions[revision] += 1
                     else:
-                        result.errors[f"HTTP {response.status_code}"] += 1
+                        result.errors[f"HTTP {status}"] += 1
+        finally:
+            client.close()
 
     threads = [threading.Thread(target=worker, args=(share,), daemon=True) for share in shares]
     for thread in threads:

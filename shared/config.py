@@ -23,6 +23,7 @@ __all__ = [
     "CANARY_SERVICES",
     "DEFAULT_MAX_PIXELS",
     "PROJECT_ROOT",
+    "RECORD_WRITERS",
     "RETRAIN_BACKENDS",
     "CanaryPolicy",
     "CanarySettings",
@@ -43,6 +44,10 @@ CANARY_SERVICES = ("predict", "explain", "ingest")  # the services a model versi
 RETRAIN_BACKENDS = ("local", "kubernetes", "github")
 DEFAULT_MAX_PIXELS = 50_000_000  # declared pixels above this are refused (413) before any is decoded
 BURNED_IN_POLICIES = ("refuse", "mark")  # BURNED_IN_ANNOTATION: the first is the default
+# REQUEST_RECORD_WRITER: predict's / explain's record batches through a child process (the default: botocore off the
+# request threads' GIL, ~50 MB of RSS) or from a thread of the function's own process (tests that import a function
+# many times, a platform that allows no subprocess).
+RECORD_WRITERS = ("process", "thread")
 
 
 class ConfigError(UserError, ValueError):
@@ -142,6 +147,7 @@ class Settings:
     # is de-identified, 503), and what to do with an image whose pixels carry burned-in text: refuse | mark.
     deid_secret: str | None = field(default=None, repr=False)
     burned_in_annotation: str = "refuse"
+    request_record_writer: str = "process"  # RECORD_WRITERS
     # API tokens of predict / explain: the table (s3://bucket/key or a file), how often it is re-read, the rate limit.
     api_tokens_uri: str = f"s3://{STATE_BUCKET}/{API_TOKENS_KEY}"
     api_tokens_refresh_s: float = 10.0
@@ -200,6 +206,7 @@ class Settings:
             reviewer_tokens=env.get("REVIEWER_TOKENS") or None,
             deid_secret=env.get("DEID_SECRET") or None,
             burned_in_annotation=_choice(env, "BURNED_IN_ANNOTATION", BURNED_IN_POLICIES),
+            request_record_writer=_choice(env, "REQUEST_RECORD_WRITER", RECORD_WRITERS),
             api_tokens_uri=env.get("API_TOKENS_URI") or f"s3://{STATE_BUCKET}/{API_TOKENS_KEY}",
             api_tokens_refresh_s=_positive(env, "API_TOKENS_REFRESH_S", 10.0, "number of seconds"),
             api_rate_per_s=_positive(env, "API_RATE_PER_S", 10.0, "number of requests per second"),

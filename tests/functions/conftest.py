@@ -55,6 +55,9 @@ def client_for(
         monkeypatch.setenv("MODEL_URI", str(tiny_model_dir))
         monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "model-cache"))
         monkeypatch.setenv("S3_ENDPOINT_URL", s3_server)  # the request index goes to the local S3 server
+        # Each test imports the function anew: its records from a thread, not a writer child per import (the child
+        # is tested in tests/shared/test_record_writer.py and by every stack test, where functions run as served).
+        monkeypatch.setenv("REQUEST_RECORD_WRITER", "thread")
         tokens, token = api_token_table(tmp_path / "api-tokens.json") if name in API_FUNCTIONS else (None, None)
         if tokens is not None:  # generous defaults: only the rate-limit tests meet the limit
             for key, value in {"API_TOKENS_URI": str(tokens.path), "API_TOKENS_REFRESH_S": "0.2",

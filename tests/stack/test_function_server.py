@@ -185,6 +185,8 @@ def test_request_threads_come_from_the_flag_then_threads_then_the_function_then_
 
     with pytest.raises(ConfigError, match="THREADS"):
         function_server.request_threads("predict", env={"THREADS": "0"})
+    # Only THREADS is read at a function's start: a variable of the CLI's own (a stack port) cannot stop it.
+    assert function_server.request_threads("predict", env={"S3_PORT": "not-a-port"}) == 2
 
 
 def test_the_server_runs_the_worker_with_the_functions_own_threads(monkeypatch, tmp_path):

@@ -31,6 +31,54 @@ def test_load_is_bounded():
         run_load("http://127.0.0.1:9/", b"x", requests=10**6, concurrency=1)
 
 
+def test_run_load_counts_answers_statuses_revisions_and_lost_connections():
+    """Against a real HTTP server: every 5th answer a 503, every 7th closes the connection without one (the client
+    opens a new one), the others name their revision; the server sees every body whole."""
+    import http.server
+    import threading
+
+    seen: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            seen.append(self.rfile.read(int(self.headers["Content-Length"])))
+            n = len(seen)
+            if n % 7 == 0:
+                self.close_connection = True  # no answer at all: the client sees the connection drop
+                return
+            status = 503 if n % 5 == 0 else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.send_header("X-Triage-Revision", "predict-00002" if n % 2 else "predict-00001")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run_load(f"http://127.0.0.1:{server.server_address[1]}/p?x=1", b"body", requests=70, concurrency=2,
+                          warmup=0)
+    finally:
+        server.shutdown()
+    assert set(seen) == {b"body"} and len(seen) == 72  # the 2 warm-up requests, then the 70
+    summary = result.summary()
+    assert summary["requests"] == 70 and summary["ok"] == len(result.latencies) > 0
+    assert result.errors["HTTP 503"] > 0 and sum(result.errors.values()) == 70 - summary["ok"]
+    assert any(name != "HTTP 503" for name in result.errors)  # the dropped connections, by exception type
+    assert set(result.revisions) == {"predict-00001", "predict-00002"}
+    assert summary["throughput_rps"] > 0 and summary["p50_ms"] > 0
+
+
+def test_run_load_counts_a_refused_connection_as_an_error():
+    result = run_load("http://127.0.0.1:9/", b"x", requests=3, concurrency=1, warmup=0, timeout_s=2)
+    assert result.latencies == [] and sum(result.errors.values()) == 3 and "ConnectionRefusedError" in result.errors
+
+
 def test_images_come_from_a_folder_or_an_npz(tmp_path):
     import numpy as np
 

@@ -156,12 +156,14 @@ class BoundedThreadWorker(gthread.ThreadWorker):
 def request_threads(target: str, asked: int | None = None, env: Mapping[str, str] | None = None) -> int | None:
     """The worker's request threads: `asked` (--threads), else THREADS, else the function's own
     (`shared.topology.Function.threads`), else None (functions-framework's default)."""
+    import os
+
     from shared import topology
-    from triage.config import TriageEnv
+    from triage.config import env_threads  # THREADS alone: nothing else of the CLI's environment is read here
 
     if asked is not None:
         return asked
-    from_env = TriageEnv.from_env(env).threads
+    from_env = env_threads(os.environ if env is None else env)
     if from_env is not None:
         return from_env
     try:
