@@ -296,6 +296,29 @@ def test_review_flow_explain_then_feedback_through_the_gateway(stack):
         unauthorized = client.post("/feedback", json={"request_id": body["request_id"], "label": label,
                                                       "reviewer": "radiologist"})
         assert unauthorized.status_code == 401
+    # explain's record went through its writer child process (botocore off the request threads' GIL)
+    assert _descendants_running(stack.supervisor.pids()["explain"], "shared.record_writer")
+
+
+def _descendants_running(pid: int, module: str) -> list[int]:
+    """Pids of `pid`'s descendants whose command line runs `python -m <module>` (read from /proc)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ValueError):
+                continue
+    found = []
+    for child, command in commands.items():
+        ancestor = parents.get(child)
+        while ancestor and ancestor != pid:
+            ancestor = parents.get(ancestor)
+        if ancestor == pid and f"-m {module}" in command:
+            found.append(child)
+    return found
 
 
 def test_the_monitor_counts_each_prediction_and_reports_on_its_tick(stack):
