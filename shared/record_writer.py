@@ -9,7 +9,8 @@ write, after any fork) and waits for the child's one-line answer, the GIL releas
 changes: the recorder still counts a record pending until the child says its batch landed, retries a failed or
 lost write (a child that died is started again on the next attempt) and applies back-pressure.
 
-The child reads the function's own environment (`Settings.from_env`: S3 endpoint and credentials), ignores SIGTERM
+The child reads the function's environment (`Settings.from_env`) with the S3 endpoint, credentials and region of
+the function's settings (`for_settings`), ignores SIGTERM
 and SIGINT (the stack signals a function's whole process group; the function's graceful exit flushes through the
 child) and exits when its input closes: when the function process exits, however it exits. A batch it has read
 whole is still written if the function is killed meanwhile. It logs no key and no record: errors by type only.
@@ -26,10 +27,13 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
-from typing import IO, Any
+from collections.abc import Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 from shared.storage import StorageUnavailable
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 __all__ = ["RecordWriterProcess", "main"]
 
@@ -37,11 +41,18 @@ __all__ = ["RecordWriterProcess", "main"]
 class RecordWriterProcess:
     """`put_json` of `shared.storage.Storage`, done by a child process (module docstring); one write at a time."""
 
-    def __init__(self, argv: Sequence[str] | None = None) -> None:
+    def __init__(self, argv: Sequence[str] | None = None, *, s3: Mapping[str, str | None] | None = None) -> None:
         self.argv = list(argv or (sys.executable, "-m", "shared.record_writer"))
+        self._s3 = dict(s3 or {})  # S3 variables the child gets whatever this process's environment says
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
         self._pid = os.getpid()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> RecordWriterProcess:
+        """A writer whose child talks to the S3 of `settings` (endpoint, credentials, region), not just the env's."""
+        return cls(s3={"S3_ENDPOINT_URL": settings.s3_endpoint_url, "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
+                       "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key, "AWS_REGION": settings.aws_region})
 
     @property
     def child_pid(self) -> int | None:
@@ -90,7 +101,10 @@ class RecordWriterProcess:
             self._child, self._pid = None, os.getpid()
         if self._child is None or self._child.poll() is not None:
             self._drop()
-            self._child = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            env = {**os.environ, **{name: value for name, value in self._s3.items() if value is not None}}
+            for name in (name for name, value in self._s3.items() if value is None):
+                env.pop(name, None)
+            self._child = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         return self._child
 
     def _drop(self) -> None:

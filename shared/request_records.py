@@ -204,7 +204,7 @@ class RequestRecorder:
     def from_settings(cls, settings: Settings, *, source: str) -> RequestRecorder:
         """A recorder writing to the settings' S3, built on the first write: through a writer process
         (`shared.record_writer`, REQUEST_RECORD_WRITER=process, the default: botocore off this process's GIL; the
-        child reads the same environment) or from the writer thread itself (=thread)."""
+        child gets the settings' S3) or from the writer thread itself (=thread)."""
 
         def build() -> RecordStore:
             if settings.request_record_writer == "thread":
@@ -213,7 +213,7 @@ class RequestRecorder:
                 return Storage.from_settings(settings)
             from shared.record_writer import RecordWriterProcess
 
-            return RecordWriterProcess()
+            return RecordWriterProcess.for_settings(settings)
 
         return cls(build, source=source)
 

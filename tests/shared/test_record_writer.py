@@ -116,3 +116,15 @@ def test_request_record_writer_thread_writes_from_the_functions_own_process(s3_e
     monkeypatch.setenv("REQUEST_RECORD_WRITER", "fork")
     with pytest.raises(ConfigError, match="REQUEST_RECORD_WRITER"):
         Settings.from_env()
+
+
+def test_the_child_writes_to_the_s3_of_the_settings_not_only_of_the_environment(storage, s3_server, monkeypatch):
+    from shared.config import Settings
+
+    monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    writer = RecordWriterProcess.for_settings(Settings(s3_endpoint_url=s3_server))
+    try:
+        writer.put_json(STATE_BUCKET, "requests/batches/from-settings.json", {"x": 1})
+    finally:
+        writer.close()
+    assert storage.get_json(STATE_BUCKET, "requests/batches/from-settings.json") == {"x": 1}
