@@ -101,9 +101,12 @@ class RecordWriterProcess:
             self._child, self._pid = None, os.getpid()
         if self._child is None or self._child.poll() is not None:
             self._drop()
-            env = {**os.environ, **{name: value for name, value in self._s3.items() if value is not None}}
-            for name in (name for name, value in self._s3.items() if value is None):
-                env.pop(name, None)
+            env = dict(os.environ)
+            for name, value in self._s3.items():  # the settings' S3 over the environment's (None: unset)
+                if value is None:
+                    env.pop(name, None)
+                else:
+                    env[name] = value
             self._child = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         return self._child
 
