@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import math
 import secrets
 import warnings
 from typing import Any
@@ -158,18 +159,63 @@ def burned_in_annotation(data: bytes) -> bool:
     return str(value or "").strip().upper() == "YES"
 
 
-def _output_range(ds: Any) -> tuple[float, float]:
-    """Range of the modality-LUT output for the stored bit depth (what pydicom's windowing maps onto)."""
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
+# Without a VOI window or LUT the stored range is what maps onto [0, 1]. Detectors deliver 10-14 bits and many
+# writers still declare BitsStored 16: a 12-bit radiograph declared as 16 bits came out at 1/16 of its brightness
+# (the gate called it flat; a 14-bit one got p 0.99 for a film the PNG of scored 0.21). When the stored values leave
+# at least this many of the declared top bits unused, the range is that of the bits they use (at least 8); a
+# film using a quarter or more of its declared range is mapped as declared, so a PNG and a well-declared DICOM of
+# the same pixels still give the same answer.
+UNUSED_BITS_MIN = 2
+
+
+def _stored_bits(ds: Any, arr: np.ndarray) -> int:
+    """The bit depth the stored values map from when no VOI applies: BitsStored, or the depth the values actually
+    use when that leaves `UNUSED_BITS_MIN` or more of the declared bits unused (PixelPaddingValue not counted)."""
+    declared = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
+    if ds.get("VOILUTSequence") or ds.get("WindowCenter") is not None or ds.get("ModalityLUTSequence"):
+        return declared
+    padding = ds.get("PixelPaddingValue")
+    lows, highs = [], []
+    for top in range(0, arr.shape[0], 256):  # in row bands: a padding mask of a 7000 x 7000 film is never made
+        band = arr[top:top + 256]
+        if isinstance(padding, int):
+            band = band[band != padding]
+        if band.size:
+            lows.append(int(band.min()))
+            highs.append(int(band.max()))
+    if not highs:
+        return declared
+    low, high = min(lows), max(highs)
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        used = max(high, 0).bit_length()
+    else:  # two's complement: k bits hold -2**(k-1) .. 2**(k-1) - 1
+        used = max(max(high, 0).bit_length(), (-low - 1).bit_length() if low < 0 else 0) + 1
+    used = max(used, 8)
+    return used if used <= declared - UNUSED_BITS_MIN else declared
+
+
+def _output_range(ds: Any, bits: int) -> tuple[float, float]:
+    """Range of the modality-LUT output for `bits` stored bits (what pydicom's windowing maps onto)."""
     if ds.get("ModalityLUTSequence"):
         return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
     if int(ds.get("PixelRepresentation", 0)) == 0:
         lo, hi = 0.0, float(2**bits - 1)
     else:
         lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = _rescale(ds)
     a, b = lo * slope + intercept, hi * slope + intercept
     return min(a, b), max(a, b)
+
+
+def _rescale(ds: Any) -> tuple[float, float]:
+    """(slope, intercept) of the modality rescale, applied as pydicom applies it: only when both are present."""
+    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+        return 1.0, 0.0
+    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+        raise ImageError(f"DICOM Rescale Slope (0028,1053) {slope!r} / Rescale Intercept (0028,1052) {intercept!r}: "
+                         "the slope must be a finite non-zero number and the intercept finite")
+    return slope, intercept
 
 
 def decode_dicom(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None,
@@ -213,8 +259,10 @@ def _decode(ds: Any, max_pixels: int, max_side: int | None, chroma: Any = None) 
     if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(f"DICOM pixel data has an unusable shape {arr.shape}")
 
+    bits = 0 if colour else _stored_bits(ds, arr)  # from the whole frame: every band maps the same way
+
     def to_unit(band: np.ndarray) -> np.ndarray:
-        return _colour_to_unit(band, ds, photometric, chroma) if colour else _gray_to_unit(band, ds, photometric)
+        return _colour_to_unit(band, ds, photometric, chroma) if colour else _gray_to_unit(band, ds, photometric, bits)
 
     height, width = int(arr.shape[0]), int(arr.shape[1])
     factor = working_factor(width, height, max_side)
@@ -254,15 +302,16 @@ def _colour_to_unit(arr: np.ndarray, ds: Any, photometric: str, chroma: Any = No
     return np.clip(np.nan_to_num(gray, nan=0.0), 0.0, 1.0).astype(np.float32)
 
 
-def _gray_to_unit(arr: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
-    """Stored values → [0, 1]: modality LUT, then the VOI LUT or window; ImageError naming a bad attribute."""
+def _gray_to_unit(arr: np.ndarray, ds: Any, photometric: str, bits: int) -> np.ndarray:
+    """Stored values (of `bits` bits: `_stored_bits`) → [0, 1]: modality LUT, then the VOI LUT or window;
+    ImageError naming a bad attribute."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             values = apply_modality_lut(arr, ds)
-            lo, hi = _output_range(ds)
+            lo, hi = _output_range(ds, bits)
             if ds.get("VOILUTSequence"):
                 descriptor = ds.VOILUTSequence[0].LUTDescriptor
                 if values.dtype.kind == "f" and np.all(np.mod(values, 1) == 0):

@@ -110,6 +110,58 @@ def test_rescale_slope_intercept_is_applied_before_the_window(tmp_path: Path) ->
     np.testing.assert_allclose(out, [[0.0, 0.5, 1.0]], atol=0.003)
 
 
+@pytest.mark.parametrize("used_bits", [10, 12, 14])
+def test_a_film_declared_wider_than_its_values_maps_from_the_bits_it_uses(
+    tmp_path: Path, phantom: np.ndarray, used_bits: int
+) -> None:
+    # A 12-bit detector's film written with BitsStored 16 and no window: mapped as the 12 bits it uses, so it
+    # decodes as the same film declared 12-bit does (before: at 1/16 of its brightness).
+    stored = np.round(phantom * (2**used_bits - 1))
+    declared_as_used = decode_dicom(_dicom_with(tmp_path, stored, bits=16, BitsStored=used_bits,
+                                                HighBit=used_bits - 1))  # fmt: skip
+    declared_16 = decode_dicom(_dicom_with(tmp_path, stored, bits=16))
+    np.testing.assert_allclose(declared_16, declared_as_used, atol=1e-6)
+    np.testing.assert_allclose(declared_16, stored / (2**used_bits - 1), atol=1e-6)
+
+
+def test_the_declared_depth_stays_for_a_film_using_its_range_a_window_or_padding(tmp_path: Path) -> None:
+    # Values reaching a quarter of the declared range: mapped as declared (a PNG of the same pixels agrees).
+    quarter = np.array([[0, 100], [1024, 2000]])
+    np.testing.assert_allclose(decode_dicom(_dicom_with(tmp_path, quarter)), quarter / 4095, atol=1e-6)
+    # A window decides the mapping: nothing inferred.
+    dark = np.array([[0, 100], [1000, 4000]])
+    windowed = decode_dicom(_dicom_with(tmp_path, dark, bits=16, WindowCenter="2000", WindowWidth="4000"))
+    assert windowed[1, 1] == pytest.approx(1.0, abs=0.001) and windowed[0, 0] == 0.0
+    # A padding value at the type's top does not count as a used bit; it stays white, clipped.
+    ds = pydicom.dcmread(io.BytesIO(_dicom_with(tmp_path, np.array([[0, 2000], [4095, 65535]]), bits=16)))
+    ds.add_new(0x00280120, "US", 65535)  # Pixel Padding Value
+    padded = decode_dicom(_save(ds))
+    np.testing.assert_allclose(padded, [[0.0, 2000 / 4095], [1.0, 1.0]], atol=1e-6)
+
+
+def test_a_signed_film_declared_wider_maps_from_the_bits_it_uses(tmp_path: Path) -> None:
+    stored = np.array([[-2048, -1000], [0, 2047]])
+    path = write_phantom_dicom(tmp_path / "signed.dcm", np.zeros(stored.shape), PhantomDicomSpec(bits=16, signed=True))
+    ds = pydicom.dcmread(path)
+    ds.PixelData = stored.astype(np.int16).tobytes()
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    np.testing.assert_allclose(decode_dicom(_save(ds)), (stored + 2048) / 4095, atol=1e-6)
+
+
+def test_the_rescale_is_applied_to_the_range_as_to_the_pixels(tmp_path: Path) -> None:
+    stored = np.array([[0, 1000], [2000, 4095]])
+    plain = decode_dicom(_dicom_with(tmp_path, stored))
+    # A slope without its intercept: pydicom does not apply it to the pixels, nor do we to their range.
+    np.testing.assert_allclose(decode_dicom(_dicom_with(tmp_path, stored, RescaleSlope="2")), plain, atol=1e-6)
+    np.testing.assert_allclose(
+        decode_dicom(_dicom_with(tmp_path, stored, RescaleSlope="2", RescaleIntercept="-100")), plain, atol=1e-6)
+    for slope in ("0", "NaN", "inf"):
+        with pytest.raises(ImageError, match="Rescale Slope"):
+            decode_dicom(_dicom_with(tmp_path, stored, RescaleSlope=slope, RescaleIntercept="0"))
+
+
 def test_dicom_without_preamble_needs_the_content_type(tmp_path: Path, phantom: np.ndarray) -> None:
     data = write_phantom_dicom(tmp_path / "raw.dcm", phantom, PhantomDicomSpec(preamble=False)).read_bytes()
     assert data[128:132] != b"DICM"

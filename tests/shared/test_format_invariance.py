@@ -1,6 +1,7 @@
 """The same radiograph answers the same in every form a hospital sends it (issue 11 item 3): a 28 x 28 PNG, a large
 PNG, a 16-bit PNG, a JPEG, and DICOMs of 8 / 12 / 16 bits with rescale slope / intercept, a VOI window or LUT,
-MONOCHROME1 or MONOCHROME2 — the same label and a probability within 0.02 of the reference form."""
+MONOCHROME1 or MONOCHROME2, a 12-bit film declared 16-bit — the same label and a probability within 0.02 of the
+reference form."""
 
 from __future__ import annotations
 
@@ -83,7 +84,21 @@ def forms(image: np.ndarray, tmp: Path) -> dict[str, tuple[bytes, str]]:
         name = f"dicom-{spec.bits}bit-{spec.photometric.lower()}" + ("-rescale" if spec.rescale else "") + (
             "-window" if spec.window else "") + ("-voilut" if spec.voi_lut else "") + ("-signed" if spec.signed else "")
         made[name] = (_dicom(image, spec, tmp / f"{i}.dcm"), "application/dicom")
+    made["dicom-12bit-declared-16bit"] = (_declared_16_bits(_dicom(image, PhantomDicomSpec(bits=12), tmp / "12.dcm")),
+                                          "application/dicom")
     return made
+
+
+def _declared_16_bits(data: bytes) -> bytes:
+    """A 12-bit film as many writers store it: BitsStored 16, no window (`shared.dicom._stored_bits`)."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert "WindowCenter" not in ds and int(ds.pixel_array.max()) < 4096
+    ds.BitsStored, ds.HighBit = 16, 15
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 @pytest.mark.parametrize("seed,pneumonia", [(0, False), (1, True), (2, False), (3, True)])
