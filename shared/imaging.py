@@ -80,6 +80,14 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def _looks_like_bare_dicom(data: bytes) -> bool:
+    """The first element of a data set written without the PS3.10 preamble: group 0002 or 0008, little endian,
+    with an explicit VR's two capital letters or an implicit VR's 4-byte length."""
+    if len(data) < 8 or data[:2] not in (b"\x02\x00", b"\x08\x00") or data[3:4] != b"\x00":
+        return False
+    return data[4:6].isalpha() and data[4:6].isupper() or int.from_bytes(data[4:8], "little") < 1 << 16
+
+
 def _media_type(content_type: str | None) -> str | None:
     if content_type is None:
         return None
@@ -112,7 +120,9 @@ def decode_image(
     if kind == "dicom" or (kind is None and media == "application/dicom"):
         return decode_dicom(data, max_pixels=max_pixels, max_side=max_side, chroma=chroma)
     if kind is None:
-        raise ImageError("the bytes are not a PNG, JPEG or DICOM image")
+        hint = (" (they look like a DICOM data set without its 128-byte preamble: send it as application/dicom)"
+                if _looks_like_bare_dicom(data) else "")
+        raise ImageError(f"the bytes are not a PNG, JPEG or DICOM image{hint}")
     return _decode_raster(data, kind, max_pixels, max_side, chroma)
 
 

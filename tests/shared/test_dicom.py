@@ -166,8 +166,11 @@ def test_dicom_without_preamble_needs_the_content_type(tmp_path: Path, phantom: 
     data = write_phantom_dicom(tmp_path / "raw.dcm", phantom, PhantomDicomSpec(preamble=False)).read_bytes()
     assert data[128:132] != b"DICM"
     np.testing.assert_allclose(decode_image(data, "application/dicom"), phantom, atol=0.002)
-    with pytest.raises(ImageError):
-        decode_image(data)  # without the type, headerless bytes are just bytes
+    with pytest.raises(ImageError, match="without its 128-byte preamble: send it as application/dicom"):
+        decode_image(data, "application/octet-stream")  # without the type, headerless bytes are just bytes
+    with pytest.raises(ImageError) as refused:
+        decode_image(b"\x08\x00\x05\x00" + b"\xff" * 200)  # no VR, no sane length: no hint
+    assert "preamble" not in refused.value.message
 
 
 # What PACS and modalities send besides uncompressed pixels, each re-encoded here by GDCM (lossless).
