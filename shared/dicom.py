@@ -33,6 +33,7 @@ __all__ = [
     "decode_dicom",
     "deidentify",
     "deidentify_bytes",
+    "effective_bits",
     "is_dicom",
     "read_dataset",
 ]
@@ -168,6 +169,13 @@ def burned_in_annotation(data: bytes) -> bool:
 UNUSED_BITS_MIN = 2
 
 
+def effective_bits(used: int, declared: int) -> int:
+    """The depth stored values map from: `used` (at least 8) when it leaves `UNUSED_BITS_MIN` or more of the
+    `declared` bits unused, else `declared` (a 16-bit PNG's values are mapped by the same rule: `shared.imaging`)."""
+    used = max(used, 8)
+    return used if used <= declared - UNUSED_BITS_MIN else declared
+
+
 def _stored_bits(ds: Any, arr: np.ndarray) -> int:
     """The bit depth the stored values map from when no VOI applies: BitsStored, or the depth the values actually
     use when that leaves `UNUSED_BITS_MIN` or more of the declared bits unused (PixelPaddingValue not counted)."""
@@ -190,8 +198,7 @@ def _stored_bits(ds: Any, arr: np.ndarray) -> int:
         used = max(high, 0).bit_length()
     else:  # two's complement: k bits hold -2**(k-1) .. 2**(k-1) - 1
         used = max(max(high, 0).bit_length(), (-low - 1).bit_length() if low < 0 else 0) + 1
-    used = max(used, 8)
-    return used if used <= declared - UNUSED_BITS_MIN else declared
+    return effective_bits(used, declared)
 
 
 def _output_range(ds: Any, bits: int) -> tuple[float, float]:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from shared.config import DEFAULT_MAX_PIXELS
-from shared.dicom import decode_dicom, is_dicom
+from shared.dicom import decode_dicom, effective_bits, is_dicom
 from shared.errors import ImageError, PayloadTooLarge, UnsupportedMediaType
 from shared.names import IMAGE_CONTENT_TYPES
 from shared.working_size import WORKING_SIDE, reduce_in_bands, working_factor
@@ -162,23 +162,36 @@ def _to_working_size(image: Image.Image, max_side: int | None, chroma: Chroma | 
     """A loaded PIL image → gray float32 in [0, 1], box-averaged to `max_side` a band of rows at a time."""
     width, height = image.size
     factor = working_factor(width, height, max_side)
+    full_scale = _sixteen_bit_scale(image)  # of the whole image: every band maps the same way
     if factor == 1:
-        return _to_gray_float(image, chroma)
-    return reduce_in_bands(height, lambda top, bottom: _to_gray_float(image.crop((0, top, width, bottom)), chroma),
-                           factor)
+        return _to_gray_float(image, chroma, full_scale)
+    return reduce_in_bands(
+        height, lambda top, bottom: _to_gray_float(image.crop((0, top, width, bottom)), chroma, full_scale), factor)
+
+
+def _sixteen_bit_scale(image: Image.Image) -> float:
+    """The white of a 16-bit grey image: 65535, or 2**k - 1 when its values use only k <= 14 bits (at least 8).
+
+    Pixel data exported from a 10-14-bit detector's DICOM to PNG keeps its values (a 12-bit film in 0..4095): read
+    over 65535 it is a film at 1/16 of its brightness, as `shared.dicom` maps a DICOM's declared-wider range."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return 65535.0
+    high = int(image.getextrema()[1])
+    return float(2 ** effective_bits(max(min(high, 65535), 0).bit_length(), 16) - 1)
 
 
 _COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr")
 
 
-def _to_gray_float(image: Image.Image, chroma: Chroma | None = None) -> np.ndarray:
+def _to_gray_float(image: Image.Image, chroma: Chroma | None = None, full_scale: float = 65535.0) -> np.ndarray:
     mode = image.mode
     if mode.startswith("I;16"):
-        return (np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0).astype(np.float32)
+        arr16 = np.asarray(image, dtype=np.uint16).astype(np.float32)
+        return np.clip(arr16 / np.float32(full_scale), 0.0, 1.0).astype(np.float32)
     if mode == "I":
         # 16-bit grayscale PNGs may open as 32-bit "I" with values in 0..65535.
-        arr = np.asarray(image, dtype=np.int64)
-        return (np.clip(arr, 0, 65535).astype(np.float32) / 65535.0).astype(np.float32)
+        arr = np.clip(np.asarray(image, dtype=np.int64), 0, 65535).astype(np.float32)
+        return np.clip(arr / np.float32(full_scale), 0.0, 1.0).astype(np.float32)
     if mode == "F":
         return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
     if mode != "L":

@@ -1,7 +1,7 @@
 """The same radiograph answers the same in every form a hospital sends it (issue 11 item 3): a 28 x 28 PNG, a large
-PNG, a 16-bit PNG, a JPEG, and DICOMs of 8 / 12 / 16 bits with rescale slope / intercept, a VOI window or LUT,
-MONOCHROME1 or MONOCHROME2, a 12-bit film declared 16-bit — the same label and a probability within 0.02 of the
-reference form."""
+PNG, a 16-bit PNG (of 16- or 12-bit values), a JPEG, and DICOMs of 8 / 12 / 16 bits with rescale slope / intercept,
+a VOI window or LUT, MONOCHROME1 or MONOCHROME2, a 12-bit film declared 16-bit — the same label and a probability
+within 0.02 of the reference form."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> TriageModel:
 
 
 def _png(image: np.ndarray, size: int, bits: int = 8) -> bytes:
-    if bits == 16:
-        pil = Image.fromarray(np.round(image * 65535).astype(np.uint16))
+    if bits > 8:
+        pil = Image.fromarray(np.round(image * (2**bits - 1)).astype(np.uint16))
     else:
         pil = Image.fromarray(np.round(image * 255).astype(np.uint8))
     if size != image.shape[0]:
@@ -78,6 +78,7 @@ def forms(image: np.ndarray, tmp: Path) -> dict[str, tuple[bytes, str]]:
         "png-224": (_png(image, SIZE), "image/png"),
         "png-1536": (_png(image, 1536), "image/png"),
         "png-16bit": (_png(image, SIZE, bits=16), "image/png"),
+        "png-16bit-of-12bit-values": (_png(image, SIZE, bits=12), "image/png"),  # DICOM pixels exported unscaled
         "jpeg-q95": (_jpeg(image), "image/jpeg"),
     }
     for i, spec in enumerate(DICOM_VARIANTS):

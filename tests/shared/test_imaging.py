@@ -54,6 +54,20 @@ def test_16bit_png_keeps_its_precision() -> None:
     assert len(np.unique(out)) == image.size  # 8-bit decoding would collapse these to <= 256 levels
 
 
+@pytest.mark.parametrize("bits", [10, 12, 14])
+def test_a_16bit_png_of_a_detectors_values_maps_from_the_bits_they_use(bits: int) -> None:
+    # DICOM pixel data exported to PNG unscaled (a 12-bit film in 0..4095): white is 2**bits - 1, not 65535.
+    image = np.round(np.linspace(0, 1, 24 * 32).reshape(24, 32) * (2**bits - 1)).astype(np.uint16)
+    np.testing.assert_allclose(decode_image(_png(image)), image / (2**bits - 1), atol=1e-6)
+    big = np.kron(image, np.ones((48, 48), np.uint16))  # banded to the working size: every band maps the same
+    assert float(decode_image(_png(big)).max()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_16bit_png_reaching_a_quarter_of_its_range_is_mapped_as_declared() -> None:
+    image = np.array([[0, 100], [16384, 20000]], np.uint16)
+    np.testing.assert_allclose(decode_image(_png(image)), image / 65535.0, atol=1e-6)
+
+
 def test_rgb_jpeg_and_rgba_png_become_one_gray_channel() -> None:
     rgb = np.stack([_gradient()] * 3, axis=-1)
     out = decode_image(_jpeg(rgb), "image/jpeg")
