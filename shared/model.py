@@ -317,7 +317,7 @@ class TriageModel:
             logits, attention, embedding = self.predict(model_input, with_attention=explain == "rollout",
                                                         with_embedding=gate is not None)  # fmt: skip
         with timer.step("gate"):
-            verdict = self.assess(chroma.mean, model_input, embedding)
+            verdict = self.assess(chroma.mean, model_input, embedding, source_side=min(image.shape))
         with timer.step("postprocess"):
             prediction = self.postprocess(logits, model_input, timer.timings_ms, request_id, burned_in=marked,
                                           verdict=verdict)  # fmt: skip
@@ -370,13 +370,16 @@ class TriageModel:
         outputs = dict(zip(names, self.run_outputs(model_input[np.newaxis], names), strict=True))
         return outputs["logits"], outputs.get("attention"), outputs.get("embedding")
 
-    def assess(self, chroma: float, model_input: np.ndarray, embedding: np.ndarray | None) -> Verdict:
-        """The gate's verdict (`shared.gate`): the source's colour spread, the model input [1, S, S], its embedding."""
+    def assess(self, chroma: float, model_input: np.ndarray, embedding: np.ndarray | None, *,
+               source_side: int | None = None) -> Verdict:
+        """The gate's verdict (`shared.gate`): the source's colour spread, the model input [1, S, S], its embedding,
+        the decoded image's shorter side."""
         gate = self.gate
         if gate is None:
             return ASSESSABLE
         card = self.loaded_card
-        return gate(chroma, model_input, embedding, mean=float(card.input["mean"]), std=float(card.input["std"]))
+        return gate(chroma, model_input, embedding, mean=float(card.input["mean"]), std=float(card.input["std"]),
+                    source_side=source_side)
 
     def explain(
         self,

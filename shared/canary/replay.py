@@ -104,9 +104,10 @@ def score(model: TriageModel, data: bytes, key: str) -> str:
     content_type = "application/dicom" if is_dicom(data) or key.lower().endswith(_DICOM_SUFFIXES) else None
     model.screen(data, content_type)  # a burned-in DICOM is refused as ingest refuses it
     chroma = imaging.Chroma()
-    model_input = model.preprocess(model.decode(data, content_type, chroma=chroma))
+    image = model.decode(data, content_type, chroma=chroma)
+    model_input = model.preprocess(image)
     logits, _, embedding = model.predict(model_input, with_embedding=model.gate is not None)
-    if not model.assess(chroma.mean, model_input, embedding).assessable:
+    if not model.assess(chroma.mean, model_input, embedding, source_side=min(image.shape)).assessable:
         return NOT_ASSESSABLE  # no label: not flagged, so not a detected pneumonia either
     probability = float(calibrated_probability(logits, model.temperature)[0])
     return CLASS_NAMES[int(probability >= model.threshold)]

@@ -65,4 +65,4 @@ def test_explain_of_a_colour_image_is_json_without_a_heatmap(client_for, gated_d
 def test_the_prediction_schema_requires_assessable() -> None:
     assert "assessable" in SCHEMAS["Prediction"]["required"]
     assert set(SCHEMAS["Prediction"]["properties"]["reason"]["properties"]["code"]["enum"]) == {
-        "not_grayscale", "flat_image", "out_of_distribution"}
+        "not_grayscale", "too_small", "flat_image", "out_of_distribution"}

@@ -116,6 +116,16 @@ def test_the_gate_accepts_phantoms_of_the_training_distribution(gated: TriageMod
     assert all(a.label in ("normal", "pneumonia") and a.probability is not None for a in answers if a.assessable)
 
 
+def test_too_small_is_a_source_under_half_the_models_side(gated: TriageModel) -> None:
+    from PIL import Image
+
+    film = np.asarray(Image.fromarray(gated_phantoms(1, seed=22)[0].astype(np.uint8)).resize((14, 14)))
+    assert gated(_png(film), "image/png").verdict.reason != "too_small"  # half the 28 px input: judged
+    assert gated(_png(film[:13]), "image/png").verdict.reason == "too_small"
+    assert gated.gate is not None and gated.gate.check_input(0.0, np.zeros((1, 28, 28)), source_side=None).reason \
+        != "too_small"  # not told the size: not checked
+
+
 def test_a_grey_image_stored_as_rgb_jpeg_is_not_taken_for_colour(gated: TriageModel) -> None:
     chroma = Chroma()
     image = gated_phantoms(1, seed=21)[0]
@@ -131,6 +141,8 @@ def test_a_grey_image_stored_as_rgb_jpeg_is_not_taken_for_colour(gated: TriageMo
     ("white", np.full((40, 40), 255), {"flat_image"}),
     ("near-constant", 128 + np.random.default_rng(3).normal(0, 1, (28, 28)), {"flat_image"}),
     ("colour", _colour_photo(), {"not_grayscale"}),
+    ("a thumbnail", np.kron(np.eye(2) * 200 + 30, np.ones((6, 6))), {"too_small"}),
+    ("one pixel high", np.random.default_rng(4).integers(0, 256, (1, 500)), {"too_small"}),
 ])
 def test_the_gate_refuses_noise_flat_and_colour_images(gated: TriageModel, name, pixels, reasons) -> None:
     answer = gated(_png(np.clip(pixels, 0, 255)), "image/png")
