@@ -23,7 +23,10 @@ Metrics: `triage_request_records_pending`, `triage_request_records_total{outcome
 failed: records of a failed attempt, retried), `triage_request_record_batch_size` and
 `triage_request_record_wait_seconds`. This module imports no S3 client: in a function (`from_settings`) the
 batches go through a writer process (`shared.record_writer`: botocore and the JSON encoding off the request
-threads' GIL, measured c=1 p99 4.9 -> 4.2 ms), started on the first write, off cold start.
+threads' GIL, measured c=1 p99 4.9 -> 4.2 ms), started by the writer thread, off cold start. Each record is staged
+with that process as its answer is made (`StagingStore.stage`: before the answer leaves) and a batch is written by
+`commit`, so a SIGKILL of the function loses no answered record (the child writes what it holds when the function
+is gone); records answered before the process ran are staged when it starts.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -49,13 +52,14 @@ if TYPE_CHECKING:
     from shared.config import Settings
 
 __all__ = ["LINGER_S", "RECORDS_PENDING", "RECORDS_WRITTEN", "RECORD_WAIT", "RecordStore", "RequestRecorder",
-           "load_request_record", "record_request"]
+           "StagingStore", "load_request_record", "record_request"]
 
 log = logging.getLogger(__name__)
 # How long a batch stays open after its first answer. Each batch is one S3 PUT (~1.4 ms of botocore, now in the
 # writer process, and ~3 ms of the local S3 server's CPU on the same cores). Measured at c=1 / c=8 (one predict,
 # 2 threads, the PUT still on a thread): 50 ms -> p99 5.9 ms, 532 req/s; 250 ms -> p99 5.0 ms, 562 req/s; the
-# records a SIGKILL of the function can lose are those of the last LINGER_S not yet handed to the writer process;
+# writer process holds every record from its answer on (`RecordWriterProcess.stage`), so a SIGKILL of the function
+# loses none of them (only one killed together with its writer child can);
 # a label sent at once waits for them (feedback.RECORD_WAIT_S).
 LINGER_S = 0.25
 
@@ -82,6 +86,22 @@ class RecordStore(Protocol):
     """What a record needs of `shared.storage.Storage`."""
 
     def put_json(self, bucket: str, key: str, value: Any) -> Any: ...
+
+
+class _Stage(Protocol):
+    """`RecordWriterProcess.stage`: one record of a batch object handed over before its answer leaves."""
+
+    def __call__(self, bucket: str, key: str, batch: Mapping[str, Any], request_id: str, record: Any) -> None: ...
+
+
+class StagingStore(RecordStore, Protocol):
+    """A store records are handed to as they are answered (`shared.record_writer.RecordWriterProcess`)."""
+
+    def start(self) -> None: ...
+
+    def stage(self, bucket: str, key: str, batch: Mapping[str, Any], request_id: str, record: Any) -> None: ...
+
+    def commit(self, bucket: str, key: str, count: int) -> Any: ...
 
 
 class RecordSource(Protocol):
@@ -152,13 +172,24 @@ class _Batch:
     opened: float = field(default_factory=time.monotonic)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, answer: dict[str, Any], request_id: str, source: str) -> None:
-        """Give `answer` its final id `<batch>.<request_id>` and keep its record here."""
-        answer["request_id"] = f"{self.name}.{request_id}"
-        self.records[answer["request_id"]] = _record(answer, answer["request_id"], source, None)
+    def add(self, answer: dict[str, Any], request_id: str, source: str, stage: _Stage | None = None) -> None:
+        """Give `answer` its final id `<batch>.<request_id>` and keep its record here (and with `stage`)."""
+        answer["request_id"] = final = f"{self.name}.{request_id}"
+        self.records[final] = _record(answer, final, source, None)
+        if stage is not None:
+            self.hand_over(stage, source, final)
 
-    def write(self, storage: RecordStore, source: str) -> None:
-        """The batch object, whole (the same key and body each time: a retry is idempotent)."""
+    def hand_over(self, stage: _Stage, source: str, request_id: str) -> None:
+        """Stage one of this batch's records with the writer process (its batch object's key, body and id)."""
+        stage(STATE_BUCKET, request_batch_key(self.name), {"batch": self.name, "source": source}, request_id,
+              self.records[request_id])  # fmt: skip
+
+    def write(self, storage: RecordStore, source: str, *, staged: bool = False) -> None:
+        """The batch object, whole (the same key and body each time: a retry is idempotent); `staged`: every record
+        was handed to `storage` (a writer process), which builds the object itself (`commit`)."""
+        if staged:
+            cast("StagingStore", storage).commit(STATE_BUCKET, request_batch_key(self.name), len(self.records))
+            return
         storage.put_json(STATE_BUCKET, request_batch_key(self.name),
                          {"batch": self.name, "source": source, "records": self.records})  # fmt: skip
 
@@ -199,6 +230,7 @@ class RequestRecorder:
         self._sealed: list[_Batch] = []  # cut, waiting for the writer, oldest first
         self._pending = 0  # records answered and not yet written (the open, sealed and in-flight batches)
         self._writer: threading.Thread | None = None
+        self._stage: _Stage | None = None  # the writer process's `stage`, once the writer thread has started it
 
     @classmethod
     def from_settings(cls, settings: Settings, *, source: str) -> RequestRecorder:
@@ -252,7 +284,7 @@ class RequestRecorder:
             if self._open is None:
                 self._open = _Batch()
             batch = self._open
-            batch.add(answer, request_id, self.source)
+            batch.add(answer, request_id, self.source, self._stage)
             self._pending += 1
             if len(batch.records) >= self.max_batch:
                 self._sealed.append(batch)
@@ -334,7 +366,28 @@ class RequestRecorder:
                 else:
                     self._cond.wait()
 
+    def _start_storage(self) -> None:
+        """On the writer thread: build the store, start a writer process and stage with it from now on, the records
+        answered before it ran included (under the lock: no batch is cut meanwhile, so each is staged before its
+        batch's write)."""
+        try:
+            store = self.storage
+            start, stage = getattr(store, "start", None), getattr(store, "stage", None)
+            if callable(start):
+                start()
+        except Exception as exc:  # the first write starts it again, and retries
+            log.error("request recorder: the record writer could not be started (%s)", type(exc).__name__)
+            return
+        if not callable(stage):
+            return
+        with self._cond:
+            for batch in [*self._sealed, *([self._open] if self._open is not None else [])]:
+                for request_id in batch.records:
+                    batch.hand_over(stage, self.source, request_id)
+            self._stage = stage
+
     def _run(self) -> None:
+        self._start_storage()
         while True:
             batch = self._next_batch()
             self._write_with_retries(batch)
@@ -348,7 +401,7 @@ class RequestRecorder:
         attempt = 0
         while True:
             try:
-                batch.write(self.storage, self.source)
+                batch.write(self.storage, self.source, staged=self._stage is not None)
             except Exception as exc:  # a failed write is retried; it must not kill the writer thread
                 RECORDS_WRITTEN.labels(outcome="failed").inc(len(batch.records))
                 delay = self.retry_delays_s[min(attempt, len(self.retry_delays_s) - 1)]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
+import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +132,59 @@ def test_the_child_writes_to_the_s3_of_the_settings_not_only_of_the_environment(
     finally:
         writer.close()
     assert storage.get_json(STATE_BUCKET, "requests/batches/from-settings.json") == {"x": 1}
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_answers_given_before_the_function_is_sigkilled_keep_their_records(s3_env):
+    """The function's whole process group SIGKILLed, as the stack's crash test does, with its batch still lingering:
+    the writer child, in its own session, writes every staged record when its input closes."""
+    script = textwrap.dedent(f"""
+        import json, sys, time, uuid
+        sys.path.insert(0, {str(ROOT)!r})
+        from shared.config import Settings
+        from shared.record_writer import RecordWriterProcess
+        from shared.request_records import RequestRecorder
+
+        recorder = RequestRecorder(RecordWriterProcess.for_settings(Settings.from_env()), source="predict",
+                                   linger_s=600)
+        def answer():
+            return recorder.record({{"request_id": uuid.uuid4().hex, "label": "pneumonia"}})["request_id"]
+        early = [answer() for _ in range(10)]  # before the writer process runs: handed over when it starts
+        time.sleep(1.0)
+        print(json.dumps(early), flush=True)
+        print(json.dumps([answer() for _ in range(10)]), flush=True)  # staged as they are answered
+        time.sleep(600)
+    """)
+    function = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    try:
+        assert function.stdout is not None
+        early, late = json.loads(function.stdout.readline()), json.loads(function.stdout.readline())
+    finally:
+        os.killpg(function.pid, signal.SIGKILL)
+        function.wait(10)
+    assert len(early) == len(late) == 10
+    for request_id in early + late:
+        record = load_request_record(s3_env, request_id, wait_s=20)
+        assert record is not None and record["label"] == "pneumonia", request_id
+
+
+def test_a_replaced_child_is_handed_the_staged_records_and_a_written_batch_is_not_overwritten(s3_env):
+    writer = RecordWriterProcess()
+    lost, whole = request_batch_key(uuid.uuid4().hex[:16]), request_batch_key(uuid.uuid4().hex[:16])
+    writer.stage(STATE_BUCKET, lost, {"batch": "b1", "source": "predict"}, "b1.x", {"label": "normal"})
+    writer.stage(STATE_BUCKET, whole, {"batch": "b2", "source": "predict"}, "b2.y", {"label": "normal"})
+    writer.start()
+    first = writer.child_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    time.sleep(0.2)
+    # The next write starts a new child, which gets both staged records; the batch written whole drops its own.
+    writer.put_json(STATE_BUCKET, whole, {"batch": "b2", "records": {"b2.y": {"label": "pneumonia"}, "b2.z": {}}})
+    assert writer.child_pid not in (None, first)
+    writer.close()  # input closed with b1 still staged: the child writes it
+    assert s3_env.get_json(STATE_BUCKET, lost) == {"batch": "b1", "source": "predict",
+                                                   "records": {"b1.x": {"label": "normal"}}}
+    assert s3_env.get_json(STATE_BUCKET, whole)["records"]["b2.y"] == {"label": "pneumonia"}  # not overwritten

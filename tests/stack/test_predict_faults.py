@@ -1,0 +1,33 @@
+"""predict SIGKILLed (its whole process group, as a crash) right after answering, its request-record batch still
+lingering: every answer it gave can still be labelled — the record writer child, in its own session, writes the
+records it was handed (`shared/record_writer.py`). Real processes: the stack's S3, predict under gunicorn, feedback."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.functions.tiny_model import build_tiny_model_dir, png_bytes
+from triage.stack import Stack, StackConfig, StackPorts
+
+ANSWERS = 30
+
+
+def test_every_answer_given_before_predict_is_killed_can_be_labelled(tmp_path) -> None:
+    model = build_tiny_model_dir(tmp_path / "model", seed=0)
+    config = StackConfig(run_dir=tmp_path / "run", model_uri=str(model), functions=("predict", "feedback"),
+                         ports=StackPorts.free(), mlflow=False, prometheus=False)
+    with Stack(config, echo=None) as stack:
+        headers = {"Content-Type": "image/png", **stack.api_headers}
+        with httpx.Client(base_url=stack.function_urls["predict"], timeout=30) as client:
+            answered = []
+            for i in range(ANSWERS):
+                response = client.post("/", content=png_bytes(seed=i), headers=headers)
+                assert response.status_code == 200, response.text
+                answered.append(response.json()["request_id"])
+        stack.kill("predict")  # within the batch's 250 ms linger: nothing was written by predict itself
+        with httpx.Client(base_url=stack.function_urls["feedback"], timeout=30) as client:
+            for request_id in answered:
+                labelled = client.post("/", json={"request_id": request_id, "label": "normal",
+                                                  "reviewer": "radiologist"},
+                                       headers={"Authorization": f"Bearer {stack.reviewer_token}"})
+                assert labelled.status_code == 200, (request_id, labelled.text)
