@@ -45,6 +45,7 @@ OPTIONAL_SECRET_KEYS = (
     "minio_root_password",
     "webhook_token",
     "deid_secret",  # the keyed hash of replaced DICOM UIDs (preprocess, ingest)
+    "log_ref_secret",  # the keyed hash by which logs name objects (every function and the DICOM receiver)
     "db_password",
     "grafana_admin_password",
     "reviewer_tokens",

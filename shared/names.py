@@ -3,13 +3,17 @@
 Change a bucket name, a key layout or an event type here and nowhere else (design §3, §4; docs/contracts.md).
 The system's own state (request records, monitor, canary and retrain state) lives in STATE_BUCKET, which no
 input key maps into: a result for `inference-inputs/<key>` is `inference-results/<key>.json` whatever `<key>` is.
-Logs and metrics name an object by `key_ref` (a short hash), never by its key: hospitals name files after patients.
+Logs name an object by `key_ref` (a short keyed hash), never by its key: hospitals name files after patients.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
+import os
 import re
+import secrets
 
 __all__ = [
     "AE_TITLE",
@@ -149,11 +153,24 @@ def retrain_batch_key(batch_id: str) -> str:
 
 
 def key_ref(bucket: str, key: str) -> str:
-    """How logs and metrics name `bucket`/`key`: "obj:" + 12 hex of its sha256, the same in every process.
+    """How logs name `bucket`/`key`: "obj:" + 12 hex of its HMAC-SHA256 keyed with the installation's
+    LOG_REF_SECRET, the same in every process of the installation (`_ref_key`).
 
-    Results keep the key itself (they live in the hospital's storage); a log line never does.
+    Keyed, not a plain hash: keys carry names and record numbers, and a plain hash of a guessable key is found by
+    hashing the guesses; without the secret a reference matches no guess. Results keep the key itself (they live
+    in the hospital's storage); a log line never does.
     """
-    return "obj:" + hashlib.sha256(f"{bucket}/{key}".encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    message = f"{bucket}/{key}".encode("utf-8", "surrogatepass")
+    return "obj:" + hmac.new(_ref_key(), message, hashlib.sha256).hexdigest()[:12]
+
+
+@functools.cache
+def _ref_key() -> bytes:
+    """LOG_REF_SECRET, read once per process from its environment: every process logs, the local stack's S3 server
+    and broker included, which have no `Settings`. Without it (a tool run outside an installation), a random key of
+    this process: its references match nothing outside it, and still no guessed key."""
+    secret = os.environ.get("LOG_REF_SECRET", "")
+    return b"xray-triage key_ref\0" + (secret.encode() if secret else secrets.token_bytes(32))
 
 
 # --- events (design §4) ------------------------------------------------------------------------------------------

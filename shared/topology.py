@@ -48,6 +48,7 @@ __all__ = [
     "EXPORT_METHOD",
     "FUNCTIONS",
     "GATEWAY_URL",
+    "LOG_REF_SECRET",
     "MLFLOW_URL",
     "MODEL_THREADS",
     "MODEL_URI",
@@ -98,6 +99,7 @@ S3_ACCESS_KEY = "minio_root_user"
 S3_SECRET_KEY = "minio_root_password"
 WEBHOOK_TOKEN = "webhook_token"
 DEID_SECRET = "deid_secret"  # the keyed hash of replaced DICOM UIDs (preprocess, ingest)
+LOG_REF_SECRET = "log_ref_secret"  # the keyed hash by which logs name objects (`names.key_ref`): every process
 REVIEWER_TOKENS = "reviewer_tokens"
 # Where the API token table of predict / explain is (hashes only, not a secret): the state bucket's object in
 # production, a file in the run dir locally. Rotated with `triage tokens`, re-read by the functions.
@@ -129,6 +131,7 @@ COMMON_ENV: tuple[EnvVar, ...] = (
     EnvVar("KNATIVE_NAMESPACE", NAMESPACE),
     EnvVar("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY, secret=True),
     EnvVar("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY, secret=True),
+    EnvVar("LOG_REF_SECRET", LOG_REF_SECRET, secret=True),
 )
 EMITTER_ENV = (EnvVar("K_SINK", BROKER_URL),)  # functions that emit events
 

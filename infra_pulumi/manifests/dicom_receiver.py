@@ -25,6 +25,7 @@ def _container(s: ManifestSettings) -> dict:
         {"name": "AWS_REGION", "value": "us-east-1"},
         secret_env("AWS_ACCESS_KEY_ID", topology.S3_ACCESS_KEY),
         secret_env("AWS_SECRET_ACCESS_KEY", topology.S3_SECRET_KEY),
+        secret_env("LOG_REF_SECRET", topology.LOG_REF_SECRET),  # its log lines name objects as the functions do
         {"name": "DICOM_AE_TITLE", "value": s.dicom_ae_title},
         {"name": "DICOM_PORT", "value": str(DICOM_PORT)},
         {"name": "DICOM_ALLOWED_AES", "value": ",".join(s.dicom_allowed_aes)},

@@ -94,6 +94,9 @@ class Stack:
         self.settings = Settings.from_env()
         # DICOM UIDs are a keyed hash: one secret per installation, kept in the run folder across restarts.
         self.deid_secret = self.settings.deid_secret or installation_secret(Path(config.run_dir), "deid-secret")
+        # Log lines name objects by a hash keyed per installation too (`shared.names.key_ref`).
+        self.log_ref_secret = os.environ.get("LOG_REF_SECRET") or installation_secret(Path(config.run_dir),
+                                                                                      "log-ref-secret")
         self.config = replace(
             config,
             run_dir=Path(config.run_dir).resolve(),
@@ -168,7 +171,8 @@ class Stack:
             access_key=self.settings.aws_access_key_id, secret_key=self.settings.aws_secret_access_key,
             webhook_token=cfg.webhook_token or "", reviewer_tokens=cfg.reviewer_tokens or "",
             admin_token=cfg.admin_token or "",
-            api_tokens=str(local_table(cfg.run_dir)), deid_secret=self.deid_secret)
+            api_tokens=str(local_table(cfg.run_dir)), deid_secret=self.deid_secret,
+            log_ref_secret=self.log_ref_secret)
         env = stack_env(values, run_dir=cfg.run_dir, threads=self.triage_env.threads,
                         pythonpath=self.triage_env.pythonpath)
         if "orthanc" in self.urls and not ExportSettings.from_env().configured:  # the local PACS, for export

@@ -40,6 +40,7 @@ class LocalValues:
     api_tokens: str | None = None  # the API token table (a file in the run dir)
     admin_token: str = ""  # the gateway's admin token (local only: Knative has no such API)
     deid_secret: str = ""  # the keyed hash of replaced DICOM UIDs (generated per stack run unless DEID_SECRET is set)
+    log_ref_secret: str = ""  # the keyed hash by which logs name objects (per installation, or LOG_REF_SECRET)
 
     def values(self) -> dict[str, str | None]:
         return {
@@ -58,6 +59,7 @@ class LocalValues:
             topology.REVIEWER_TOKENS: self.reviewer_tokens,
             topology.API_TOKENS: self.api_tokens,
             topology.DEID_SECRET: self.deid_secret or None,
+            topology.LOG_REF_SECRET: self.log_ref_secret or None,
         }
 
 
