@@ -9,7 +9,10 @@ The input is the model input the design's route would compute from an image: `im
 (N ≤ `MAX_BATCH`), the training preprocessing already applied (`(x - mean) / std` of a [0, 1] image, so values
 lie in [-1, 1]). Tensors come as JSON (`data`, flat or nested, row-major) or in the binary tensor data extension
 (`Inference-Header-Content-Length`, `parameters.binary_data_size`); outputs (`probability`, `logits`, `label`,
-`urgent`) go back as JSON, or binary where the request asks (`binary_data_output` or an output's `binary_data`).
+`urgent`, `assessable`, `reason`) go back as JSON, or binary where the request asks (`binary_data_output` or an
+output's `binary_data`). The not-assessable gate judges each image as on the design's route (its flat and
+out-of-distribution checks: a tensor has no colour or source size): refused, its `probability` is NaN (null in
+JSON), `label` "" and `urgent` false, `assessable` false and `reason` the gate's code.
 Errors take the protocol's form `{"error": "<message>"}`: 400 for a bad request or tensor, 404 for a model not
 served here, 401 / 403 / 429 for the API token (`guard`), 503 while the model is not loaded. Health and model
 readiness stay open; metadata and inference go through `guard` (the predict route's `@AUTH.require`).
@@ -50,8 +53,10 @@ PROTOCOL_VERSION = "2"
 OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "probability": ("FP32", ()),  # calibrated P(pneumonia), the temperature of the model card applied
     "logits": ("FP32", (2,)),  # raw model logits [normal, pneumonia]
-    "label": ("BYTES", ()),  # "pneumonia" | "normal" at the card's threshold
-    "urgent": ("BOOL", ()),  # probability ≥ the card's urgent threshold
+    "label": ("BYTES", ()),  # "pneumonia" | "normal" at the card's threshold; "" when not assessable
+    "urgent": ("BOOL", ()),  # probability ≥ the card's urgent threshold; false when not assessable
+    "assessable": ("BOOL", ()),  # the not-assessable gate's verdict (`shared.gate`), as the design's route gives it
+    "reason": ("BYTES", ()),  # its reason code (`shared.gate.REASONS`) when not assessable, else ""
 }
 _DTYPES = {"FP32": np.dtype("<f4"), "BOOL": np.dtype("?")}
 _MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?$")
@@ -232,15 +237,24 @@ class InferenceProtocol:
         batch = _image_input(_read_inputs(header, binary), model.image_size)
         wanted = _requested_outputs(header)
         start = time.perf_counter()
-        logits, _ = model.run(batch)
+        gated = model.gate is not None
+        logits, *embedding = model.run_outputs(batch, ("logits", "embedding") if gated else ("logits",))
         metrics.STEP_SECONDS.labels(step="predict").observe(time.perf_counter() - start)
         start = time.perf_counter()
-        predictions = [model.postprocess(logits[i : i + 1], batch[i], {}, request_id) for i in range(len(batch))]
+        # A tensor carries no colour and no source size: the gate's other checks (flat, out of distribution) apply.
+        verdicts = [model.assess(0.0, batch[i], embedding[0][i : i + 1] if gated else None) for i in range(len(batch))]
+        metrics.STEP_SECONDS.labels(step="gate").observe(time.perf_counter() - start)
+        start = time.perf_counter()
+        predictions = [model.postprocess(logits[i : i + 1], batch[i], {}, request_id, verdict=verdicts[i])
+                       for i in range(len(batch))]  # fmt: skip
         values = {
-            "probability": np.array([p.probability for p in predictions], dtype=np.float32),
+            "probability": np.array([math.nan if p.probability is None else p.probability for p in predictions],
+                                    dtype=np.float32),  # fmt: skip
             "logits": np.asarray(logits, dtype=np.float32),
-            "label": np.array([p.label.encode() for p in predictions], dtype=object),
+            "label": np.array([(p.label or "").encode() for p in predictions], dtype=object),
             "urgent": np.array([p.urgent for p in predictions], dtype=bool),
+            "assessable": np.array([p.assessable for p in predictions], dtype=bool),
+            "reason": np.array([(p.verdict.reason or "").encode() for p in predictions], dtype=object),
         }
         outputs = [Tensor(name, OUTPUTS[name][0], values[name]) for name in wanted]
         metrics.STEP_SECONDS.labels(step="postprocess").observe(time.perf_counter() - start)
@@ -375,6 +389,8 @@ def _json_values(tensor: Tensor) -> list[Any]:
     flat = tensor.data.reshape(-1)
     if tensor.datatype == "BYTES":
         return [item.decode() for item in flat]
+    if tensor.datatype == "FP32":  # JSON has no NaN: a not-assessable image's probability is null
+        return [None if math.isnan(value) else value for value in flat.tolist()]
     return flat.tolist()
 
 

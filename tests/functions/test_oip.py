@@ -58,7 +58,8 @@ def test_metadata_says_the_input_and_outputs_of_the_model_card(client) -> None:
     metadata = client.get("/v2/models/xray-vit").get_json()
     assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
     assert [(o["name"], o["datatype"], o["shape"]) for o in metadata["outputs"]] == [
-        ("probability", "FP32", [-1]), ("logits", "FP32", [-1, 2]), ("label", "BYTES", [-1]), ("urgent", "BOOL", [-1])]
+        ("probability", "FP32", [-1]), ("logits", "FP32", [-1, 2]), ("label", "BYTES", [-1]), ("urgent", "BOOL", [-1]),
+        ("assessable", "BOOL", [-1]), ("reason", "BYTES", [-1])]
     assert metadata["parameters"]["threshold"] == 0.5 and metadata["parameters"]["input_mean"] == 0.5
     assert client.get("/v2").get_json()["extensions"] == ["binary_tensor_data"]
 
@@ -201,3 +202,26 @@ def test_tritons_http_client_against_a_real_predict_process(tiny_model_dir, tmp_
             client.infer("xray-vit", [bad], headers=auth())
         assert wrong_shape.value.status() == "400" and "shape" in wrong_shape.value.message()
         client.close()
+
+
+def test_the_gate_judges_each_tensor_as_the_design_route_judges_its_image(client_for, tmp_path) -> None:
+    """A gated model: a flat tensor is refused (no label, NaN / null probability, not urgent) beside an accepted
+    phantom in the same batch, with the verdict the design's route gives the same pixels."""
+    from tests.functions.test_gate_fn import _png
+    from tests.functions.tiny_model import build_gated_model_dir, gated_phantoms
+
+    client = client_for("predict", MODEL_URI=str(build_gated_model_dir(tmp_path / "gated")))
+    wait_ready(client)
+    model = client.module.MODEL
+    phantom, flat = gated_phantoms(1, seed=40)[0], np.full((28, 28), 200)
+    batch = np.stack([model.preprocess(model.decode(_png(image), "image/png")) for image in (phantom, flat)])
+    body = client.post(INFER, json=infer_body(batch)).get_json()
+    outputs = {o["name"]: o["data"] for o in body["outputs"]}
+    routed = [client.post("/", data=_png(image), content_type="image/png").get_json() for image in (phantom, flat)]
+    assert outputs["assessable"] == [r["assessable"] for r in routed] == [True, False]
+    assert outputs["reason"] == ["", "flat_image"] and outputs["label"][1] == "" and outputs["urgent"][1] is False
+    assert outputs["probability"][0] == pytest.approx(routed[0]["probability"], abs=1e-5)
+    assert outputs["probability"][1] is None and outputs["label"][0] == routed[0]["label"]
+    binary = client.post(INFER, json=infer_body(batch, parameters={"binary_data_output": True}))
+    header = json.loads(binary.get_data()[: int(binary.headers[BINARY_HEADER])])
+    assert [o["name"] for o in header["outputs"]][-2:] == ["assessable", "reason"]
