@@ -7,6 +7,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 __all__ = [
     "COLD_START",
     "DEAD_LETTERS",
+    "DICOM_ASSOCIATIONS_REJECTED",
+    "DICOM_INSTANCES",
+    "DICOM_STORE_SECONDS",
     "EVENTS_PROCESSED",
     "EXPORT_FAILURES",
     "MODEL_INFO",
@@ -68,6 +71,22 @@ DEAD_LETTERS = Counter(
 EXPORT_FAILURES = Counter(
     "triage_export_failures_total",
     "Results that failed to reach the hospital's PACS (export gave up on them).",
+)
+# The DICOM receiver (`shared.pacs.receiver`, the one long-running Deployment): its own /metrics port.
+DICOM_INSTANCES = Counter(
+    "triage_dicom_instances_total",
+    "C-STORE requests answered by the DICOM receiver, by outcome: stored, mismatch (0xA900), unreadable (0xC000), "
+    "storage_failed (0xA700: the modality resends).",
+    ["outcome"],
+)
+DICOM_STORE_SECONDS = Histogram(
+    "triage_dicom_store_seconds",
+    "Seconds from a C-STORE's data set received to its status (check, decode, store in inference-inputs).",
+    buckets=LATENCY_BUCKETS,
+)
+DICOM_ASSOCIATIONS_REJECTED = Counter(
+    "triage_dicom_associations_rejected_total",
+    "Associations the DICOM receiver rejected (a calling AE title not allowed, another called AE title, the limit).",
 )
 EVENTS_PROCESSED = Counter(
     "triage_events_processed_total",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from infra_pulumi.manifests.kube import meta, resources, secret_env
 from infra_pulumi.manifests.settings import ManifestSettings
 from shared import topology
+from shared.pacs.receiver import METRICS_PORT
 
 __all__ = ["DICOM_PORT", "DICOM_RECEIVER", "dicom_receiver_objects"]
 
@@ -34,8 +35,9 @@ def _container(s: ManifestSettings) -> dict:
     return {
         "name": "receiver",
         "image": s.image("ingest"),
-        "command": ["python", "-m", "shared.pacs.receiver", "--host", "0.0.0.0"],
-        "ports": [{"containerPort": DICOM_PORT, "name": "dicom", "protocol": "TCP"}],
+        "command": ["python", "-m", "shared.pacs.receiver", "--host", "0.0.0.0", "--metrics-port", str(METRICS_PORT)],
+        "ports": [{"containerPort": DICOM_PORT, "name": "dicom", "protocol": "TCP"},
+                  {"containerPort": METRICS_PORT, "name": "metrics", "protocol": "TCP"}],  # in-cluster only
         "env": env,
         # Decodes each image once to check it (a 2,500 x 2,048 16-bit DX is 10 MB of pixels).
         "resources": resources(("250m", "1"), ("256Mi", "1Gi")),
@@ -49,6 +51,9 @@ def _container(s: ManifestSettings) -> dict:
 def dicom_receiver_objects(s: ManifestSettings) -> list[dict]:
     """The receiver's Deployment and its LoadBalancer Service."""
     labels = {"app": DICOM_RECEIVER}
+    # Scraped by the functions' job (`monitoring.prometheus_config`): the same prometheus.io annotations.
+    scraped = {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics",
+               "prometheus.io/port": str(METRICS_PORT)}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -56,7 +61,8 @@ def dicom_receiver_objects(s: ManifestSettings) -> list[dict]:
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [_container(s)]}},
+            "template": {"metadata": {"labels": labels, "annotations": scraped},
+                         "spec": {"containers": [_container(s)]}},
         },
     }
     spec: dict = {

@@ -9,7 +9,9 @@ class (or lacks its UIDs); 0xC000 it cannot be parsed or its pixels cannot be de
 either); 0xA700 (out of resources) when storage fails, so the modality sends it again. Logs name an instance only
 as `shared.names.key_ref` and never carry a UID, a patient attribute or pynetdicom's message dumps.
 
-Run it with `python -m shared.pacs.receiver [--host 0.0.0.0] [--port N]` (settings from `shared.config.Settings`).
+Run it with `python -m shared.pacs.receiver [--host 0.0.0.0] [--port N] [--metrics-port M]` (settings from
+`shared.config.Settings`); with `--metrics-port`, Prometheus metrics at `/metrics` there (instances by outcome, store
+time, rejected associations).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import argparse
 import contextlib
 import logging
 import threading
+import time
 from typing import Any
 
+from shared import metrics
 from shared.config import Settings
 from shared.names import INPUT_BUCKET, key_ref
 from shared.pacs.instances import RefusedInstance, check_instance, store_instance
@@ -30,6 +34,7 @@ __all__ = [
     "CANNOT_UNDERSTAND",
     "DATASET_MISMATCH",
     "OUT_OF_RESOURCES",
+    "METRICS_PORT",
     "SUCCESS",
     "Receiver",
     "application_entity",
@@ -43,17 +48,31 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # storage failed: the modality retries
 DATASET_MISMATCH = 0xA900  # "data set does not match SOP class"
 CANNOT_UNDERSTAND = 0xC000  # "cannot understand": unparseable, or pixels that do not decode
+METRICS_PORT = 9102  # the Deployment's Prometheus port (`--metrics-port`)
 # Waits on a silent peer: an association request, a DIMSE message, any network read.
 ACSE_TIMEOUT_S = 30
 DIMSE_TIMEOUT_S = 60
 NETWORK_TIMEOUT_S = 60
 
 
+_OUTCOMES = {SUCCESS: "stored", DATASET_MISMATCH: "mismatch", CANNOT_UNDERSTAND: "unreadable",
+             OUT_OF_RESOURCES: "storage_failed"}
+
+
 def on_store(event: Any, storage: Storage, settings: Settings) -> int:
-    """EVT_C_STORE: check the instance, store it as received, answer the status (never raises).
+    """EVT_C_STORE: check the instance, store it as received, answer the status (never raises); counted by outcome
+    (`triage_dicom_instances_total`) and timed (`triage_dicom_store_seconds`).
 
     `storage` and `settings` are the handler's bound arguments (pynetdicom passes them after the event).
     """
+    started = time.perf_counter()
+    status = _store(event, storage, settings)
+    metrics.DICOM_STORE_SECONDS.observe(time.perf_counter() - started)
+    metrics.DICOM_INSTANCES.labels(outcome=_OUTCOMES[status]).inc()
+    return status
+
+
+def _store(event: Any, storage: Storage, settings: Settings) -> int:
     try:
         data = event.encoded_dataset()  # preamble + file meta of the context + the data set as it came
         request = event.request
@@ -86,6 +105,7 @@ def _peer(event: Any) -> str:
 
 
 def _on_rejected(event: Any) -> None:
+    metrics.DICOM_ASSOCIATIONS_REJECTED.inc()
     log.warning("rejected an association from %s", _peer(event))
 
 
@@ -147,10 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.pacs.receiver", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
     parser.add_argument("--port", type=int, default=None, help="TCP port (default: DICOM_PORT, 11112)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (default: none; the "
+                             f"Deployment uses {METRICS_PORT})")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     receiver = Receiver(settings, Storage.from_settings(settings), host=args.host, port=args.port)
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.host)
     with receiver, contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()  # until SIGINT / SIGTERM
     return 0

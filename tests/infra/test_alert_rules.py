@@ -75,7 +75,7 @@ def test_the_rules_cover_every_alert_of_the_issue() -> None:
         "TriageHighErrorRatio", "TriagePredictLatencyHigh", "TriageUrgentCaseLate", "TriagePredictionDrift",
         "TriageInputDrift", "TriageLiveAccuracyLow", "TriageLiveSensitivityLow", "TriageDeadLetters",
         "TriageCanaryRolledBack", "TriageNotAssessableShareHigh", "TriagePacsExportFailing",
-        "TriageNoPredictionsInWorkingHours",
+        "TriageNoPredictionsInWorkingHours", "TriageDicomStoreFailing",
     ]) == ALERTS
 
 

@@ -80,6 +80,12 @@ def test_an_unknown_calling_ae_is_turned_away_by_the_stack_s_receiver(stack, tmp
     path.write_bytes(generated_dx(seed=4))
     done = dcmtk_send("storescu", dicom_port(stack), path, calling="INTRUDER")
     assert done.returncode != 0 and "Calling AE Title Not Recognized" in done.stderr
+    # The receiver's own /metrics (the Deployment's port 9102) counts what it turned away, and its text names no AE.
+    import httpx
+
+    exposition = httpx.get(stack.urls["dicom-metrics"], timeout=10).text
+    rejected = [line for line in exposition.splitlines() if line.startswith("triage_dicom_associations_rejected_total")]
+    assert rejected and float(rejected[0].split()[-1]) >= 1 and "INTRUDER" not in exposition
 
 
 def test_triage_up_starts_the_receiver_on_dicom_port():

@@ -26,7 +26,7 @@ from triage.stack.models import checked_uri, resolve_models, train_first_model
 from triage.stack.orthanc import INSTALL_HINT as ORTHANC_HINT
 from triage.stack.orthanc import OrthancPorts, orthanc_spec
 from triage.stack.ports import ALL_FUNCTIONS, MODEL_FUNCTIONS, REVISION_SLOTS, StackPorts
-from triage.stack.processes import ChildFailed, ProcessSpec, Supervisor, check_ports_free
+from triage.stack.processes import ChildFailed, ProcessSpec, Supervisor, check_ports_free, unused_port_block
 from triage.stack.prometheus import INSTALL_HINT, prometheus_spec
 from triage.stack.s3server import HEALTH_PATH as S3_HEALTH_PATH
 from triage.stack.s3server import outbox_dir, s3_client
@@ -243,8 +243,10 @@ class Stack:
 
     def _start_dicom_receiver(self, port: int) -> None:
         """The C-STORE SCP (`shared.pacs.receiver`), ready once its port accepts connections."""
+        metrics_port = unused_port_block(1)[0]  # its /metrics, scraped by the stack's Prometheus
         self.supervisor.start(ProcessSpec(
-            "dicom-receiver", self._py("shared.pacs.receiver", "--host", "127.0.0.1", "--port", str(port)),
+            "dicom-receiver", self._py("shared.pacs.receiver", "--host", "127.0.0.1", "--port", str(port),
+                                       "--metrics-port", str(metrics_port)),
             env=self.env(), port=port, port_env="DICOM_PORT", cwd=PROJECT_ROOT), wait=False)
         deadline = time.monotonic() + 60
         while not self._accepts(port):
@@ -253,6 +255,7 @@ class Stack:
                                   f"{self.config.run_dir / 'logs' / 'dicom-receiver.log'}")
             time.sleep(0.1)
         self.urls["dicom"] = f"dicom://{self.settings.dicom_ae_title}@127.0.0.1:{port}"
+        self.urls["dicom-metrics"] = f"http://127.0.0.1:{metrics_port}/metrics"
 
     @staticmethod
     def _accepts(port: int) -> bool:
@@ -370,6 +373,8 @@ class Stack:
         targets = {name: url.removeprefix("http://") for name, url in self.function_urls.items()}
         targets.update({name: f"127.0.0.1:{ports.function_port(name)}" for name in self._slot_names()})
         targets.update({"gateway": f"127.0.0.1:{ports.gateway}", "broker": f"127.0.0.1:{ports.broker}"})
+        if "dicom-metrics" in self.urls:
+            targets["dicom-receiver"] = self.urls["dicom-metrics"].removeprefix("http://").removesuffix("/metrics")
         spec = prometheus_spec(self.config.run_dir, ports.prometheus, targets)
         if spec is None:
             self._say(INSTALL_HINT)

@@ -60,6 +60,13 @@ def stored_keys(storage) -> list[str]:
     return storage.list_keys(INPUT_BUCKET, "")
 
 
+def instances(outcome: str) -> float:
+    """`triage_dicom_instances_total{outcome}` of this process (the receiver runs in it)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("triage_dicom_instances_total", {"outcome": outcome}) or 0.0
+
+
 def test_echoscu_is_answered(receiver):
     echoscu = dcmtk_tool("echoscu")
     done = send(echoscu, receiver)
@@ -72,8 +79,10 @@ def test_a_dx_from_storescu_is_stored_as_received_under_a_key_without_identifier
     caplog.set_level(logging.DEBUG)
     original = generated_dx(rows=96, columns=80)
     sent = pydicom.dcmread(io.BytesIO(original))
+    before = instances("stored")
     done = send(storescu, receiver, write(tmp_path / "chest.dcm", original))
     assert done.returncode == 0, done.stderr
+    assert instances("stored") == before + 1
 
     key = dicom_instance_key(sent.StudyInstanceUID, sent.SOPInstanceUID)
     assert stored_keys(storage) == [key] and re.fullmatch(r"dicom/[0-9a-f]{64}\.dcm", key)
@@ -154,17 +163,21 @@ def test_a_dx_without_its_study_uid_gets_0xa900(receiver, storage, storescu, tmp
     del ds.StudyInstanceUID  # a type 1 attribute of every image IOD
     path = tmp_path / "no-study.dcm"
     ds.save_as(path)
+    before = instances("mismatch")
     done = send(storescu, receiver, path)
     assert done.returncode != 0
+    assert instances("mismatch") == before + 1
     assert "Received Store Response (Error: DataSetDoesNotMatchSOPClass" in done.stderr, done.stderr
     assert stored_keys(storage) == []
 
 
 def test_a_storage_failure_answers_out_of_resources_so_the_modality_retries(receiver, storage, storescu, tmp_path):
     storage.client.delete_bucket(Bucket=INPUT_BUCKET)  # S3 refuses every write into it
+    before = instances("storage_failed")
     done = send(storescu, receiver, write(tmp_path / "chest.dcm", generated_dx()))
     assert done.returncode != 0
     assert "Received Store Response (Refused: OutOfResources)" in done.stderr, done.stderr
+    assert instances("storage_failed") == before + 1  # what TriageDicomStoreFailing alerts on
 
 
 def test_associations_over_the_limit_are_rejected(storage, tmp_path):
