@@ -55,8 +55,9 @@ __all__ = ["ORPHAN_RETRY_S", "RecordWriterProcess", "main"]
 # How long a child whose function died keeps retrying the batches of its staged records before it gives up.
 ORPHAN_RETRY_S = 30.0
 # The child reads its input at most once per this window (measured: a pipe write to a blocked reader cost the
-# function 16 us per staged record, to one that sleeps 9 us; the child's own wakeups fall likewise).
-READ_GATHER_S = 0.01
+# function 16 us per staged record, to one that sleeps 9 us; the child's own wakeups fall likewise). A write's
+# answer waits for it too: the writer thread's, off the request path.
+READ_GATHER_S = 0.05
 
 
 class RecordWriterProcess:
@@ -221,24 +222,27 @@ def main() -> int:
     from shared.config import Settings
     from shared.storage import Storage
 
-    lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    lines: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
     # Read on a thread: the function's staged lines never wait in a full pipe while a PUT is under way.
     threading.Thread(target=_read_lines, args=(sys.stdin.fileno(), lines), daemon=True).start()
     storage = Storage.from_settings(Settings.from_env())
     staged: dict[tuple[str, str], dict[str, Any]] = {}
-    while (line := lines.get()) is not None:
-        request = json.loads(line)
-        if "stage" in request:
-            item = request["stage"]
-            batch = staged.setdefault((item["bucket"], item["key"]), {**item["object"], "records": {}})
-            batch["records"][item["id"]] = item["record"]
-            continue
-        reply = _write(storage, staged, request)
-        try:
-            answers.write(json.dumps(reply).encode() + b"\n")
-            answers.flush()
-        except BrokenPipeError:  # the function is gone: nobody to answer
-            break
+    answering = True
+    while (read := lines.get()) is not None:
+        for line in read:
+            request = json.loads(line)
+            if "stage" in request:
+                item = request["stage"]
+                batch = staged.setdefault((item["bucket"], item["key"]), {**item["object"], "records": {}})
+                batch["records"][item["id"]] = item["record"]
+                continue
+            reply = _write(storage, staged, request)
+            if answering:
+                try:
+                    answers.write(json.dumps(reply).encode() + b"\n")
+                    answers.flush()
+                except BrokenPipeError:  # the function is gone: nobody to answer; what it staged is still written
+                    answering = False
     return _write_orphans(storage, staged)
 
 
@@ -262,10 +266,11 @@ def _write(storage: Any, staged: dict[tuple[str, str], dict[str, Any]], request:
     return {"etag": etag}
 
 
-def _read_lines(fd: int, lines: queue.SimpleQueue[bytes | None]) -> None:
-    """Whole input lines onto `lines`, then None at the end of the input (a line cut short is dropped: the function
-    died mid-line). Woken by the first byte, it sleeps READ_GATHER_S before reading all there is, so a busy
-    function's staged records cost one wakeup per window here, not one per answer (the pipe holds them meanwhile)."""
+def _read_lines(fd: int, lines: queue.SimpleQueue[list[bytes] | None]) -> None:
+    """The whole input lines of each read onto `lines` as one list, then None at the end of the input (a line cut
+    short is dropped: the function died mid-line). Woken by the first byte, it sleeps READ_GATHER_S before reading
+    all there is, so a busy function's staged records cost the child one wakeup per window, not one per answer (the
+    pipe holds them meanwhile)."""
     pending = b""
     while True:
         select.select([fd], [], [])
@@ -274,8 +279,8 @@ def _read_lines(fd: int, lines: queue.SimpleQueue[bytes | None]) -> None:
         if not chunk:
             break
         *whole, pending = (pending + chunk).split(b"\n")
-        for line in whole:
-            lines.put(line + b"\n")
+        if whole:
+            lines.put(whole)
     lines.put(None)
 
 
