@@ -31,3 +31,32 @@ def test_every_answer_given_before_predict_is_killed_can_be_labelled(tmp_path) -
                                                   "reviewer": "radiologist"},
                                        headers={"Authorization": f"Bearer {stack.reviewer_token}"})
                 assert labelled.status_code == 200, (request_id, labelled.text)
+
+
+
+def _answer(stack: Stack, count: int) -> list[str]:
+    headers = {"Content-Type": "image/png", **stack.api_headers}
+    with httpx.Client(base_url=stack.function_urls["predict"], timeout=30) as client:
+        answers = [client.post("/", content=png_bytes(seed=i), headers=headers) for i in range(count)]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    return [a.json()["request_id"] for a in answers]
+
+
+def _label_all(stack: Stack, request_ids: list[str]) -> None:
+    with httpx.Client(base_url=stack.function_urls["feedback"], timeout=30) as client:
+        for request_id in request_ids:
+            labelled = client.post("/", json={"request_id": request_id, "label": "normal", "reviewer": "radiologist"},
+                                   headers={"Authorization": f"Bearer {stack.reviewer_token}"})
+            assert labelled.status_code == 200, (request_id, labelled.text)
+
+
+def test_answers_given_just_before_a_clean_stop_keep_their_records(tmp_path) -> None:
+    """The whole stack stopped right after the answers (their batch still lingering): S3 is stopped last, so
+    predict's graceful exit writes them; the stack started again on the same folder labels every one."""
+    model = build_tiny_model_dir(tmp_path / "model", seed=0)
+    config = StackConfig(run_dir=tmp_path / "run", model_uri=str(model), functions=("predict", "feedback"),
+                         ports=StackPorts.free(), mlflow=False, prometheus=False)
+    with Stack(config, echo=None) as stack:
+        answered = _answer(stack, 10)
+    with Stack(config, echo=None) as again:
+        _label_all(again, answered)

@@ -87,3 +87,47 @@ def test_child_that_dies_before_healthy_reports_its_last_log_lines(tmp_path):
                                          health_url="http://127.0.0.1:9/healthz"))
     finally:
         supervisor.stop_all()
+
+
+STORE = """
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+# On SIGTERM it takes a moment, then writes to the store (as a function flushing its records on the way out).
+WRITER = """
+import pathlib, signal, sys, time, urllib.request
+def flush(*_):
+    time.sleep(0.5)
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/", timeout=2).read()
+        pathlib.Path(sys.argv[2]).write_text("written")
+    except OSError as exc:
+        pathlib.Path(sys.argv[2]).write_text(f"lost: {exc}")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, flush)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("store_last", [True, False])
+def test_children_named_last_are_stopped_after_the_others_have_exited(tmp_path, store_last):
+    port, marker = free_port(), tmp_path / "flushed"
+    supervisor = Supervisor(tmp_path, grace_s=5)
+    supervisor.start(ProcessSpec("store", [sys.executable, "-c", STORE, str(port)], port=port,
+                                 health_url=f"http://127.0.0.1:{port}/", ready_timeout_s=20, cwd=tmp_path))
+    supervisor.start(ProcessSpec("writer", [sys.executable, "-c", WRITER, str(port), str(marker)], cwd=tmp_path),
+                     wait=False)
+    deadline = time.monotonic() + 20
+    while "ready" not in (tmp_path / "logs" / "writer.log").read_text():
+        assert time.monotonic() < deadline, "the writer never started"
+        time.sleep(0.05)
+    supervisor.stop_all(last=("store",) if store_last else ())
+    # Stopped together, the store is gone before the writer's last write: the ordering is what keeps it.
+    assert (marker.read_text() == "written") is store_last, marker.read_text()

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -227,10 +227,17 @@ class Supervisor:
         """Names of children that have exited."""
         return [name for name, child in self.children.items() if not child.alive()]
 
-    def stop_all(self) -> None:
+    def stop_all(self, *, last: Collection[str] = ()) -> None:
+        """Stop every child: those named in `last` once all the others have exited (what the others write on
+        their way out, e.g. request records into S3, must still land), each tier all at once."""
         with self._lock:
             children = list(self.children.items())[::-1]
             self.children.clear()
+        first = [(name, child) for name, child in children if name not in last]
+        self._stop_together(first)
+        self._stop_together([(name, child) for name, child in children if name in last])
+
+    def _stop_together(self, children: list[tuple[str, _Child]]) -> None:
         for _name, child in children:  # all at once: stopping takes the slowest child's time, not the sum
             if child.alive():
                 child.signal_group(signal.SIGTERM)

@@ -139,7 +139,8 @@ class Stack:
         self.stop()
 
     def stop(self) -> None:
-        self.supervisor.stop_all()
+        # S3 last: the functions' graceful exits write into it (the pending request-record batches, a result).
+        self.supervisor.stop_all(last=("s3",))
 
     def _say(self, text: str) -> None:
         if self.echo:
