@@ -237,12 +237,13 @@ class InferenceProtocol:
         batch = _image_input(_read_inputs(header, binary), model.image_size)
         wanted = _requested_outputs(header)
         start = time.perf_counter()
-        gated = model.gate is not None
-        logits, *embedding = model.run_outputs(batch, ("logits", "embedding") if gated else ("logits",))
+        outputs = model.run_outputs(batch, ("logits", "embedding") if model.gate is not None else ("logits",))
+        logits, embedding = outputs[0], (outputs[1] if len(outputs) > 1 else None)
         metrics.STEP_SECONDS.labels(step="predict").observe(time.perf_counter() - start)
         start = time.perf_counter()
         # A tensor carries no colour and no source size: the gate's other checks (flat, out of distribution) apply.
-        verdicts = [model.assess(0.0, batch[i], embedding[0][i : i + 1] if gated else None) for i in range(len(batch))]
+        verdicts = [model.assess(0.0, batch[i], None if embedding is None else embedding[i : i + 1])
+                    for i in range(len(batch))]  # fmt: skip
         metrics.STEP_SECONDS.labels(step="gate").observe(time.perf_counter() - start)
         start = time.perf_counter()
         predictions = [model.postprocess(logits[i : i + 1], batch[i], {}, request_id, verdict=verdicts[i])

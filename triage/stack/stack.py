@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from shared.config import PROJECT_ROOT, ExportSettings, Settings
 from shared.errors import UserError
@@ -375,7 +376,7 @@ class Stack:
         targets.update({name: f"127.0.0.1:{ports.function_port(name)}" for name in self._slot_names()})
         targets.update({"gateway": f"127.0.0.1:{ports.gateway}", "broker": f"127.0.0.1:{ports.broker}"})
         if "dicom-metrics" in self.urls:
-            targets["dicom-receiver"] = self.urls["dicom-metrics"].removeprefix("http://").removesuffix("/metrics")
+            targets["dicom-receiver"] = urlsplit(self.urls["dicom-metrics"]).netloc
         spec = prometheus_spec(self.config.run_dir, ports.prometheus, targets)
         if spec is None:
             self._say(INSTALL_HINT)
