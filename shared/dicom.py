@@ -258,17 +258,24 @@ def _decode(ds: Any, max_pixels: int, max_side: int | None, chroma: Any = None) 
         )
     if rows <= 0 or cols <= 0 or frames <= 0:
         raise ImageError(f"DICOM declares an empty image ({cols}x{rows}, {frames} frames)")
-    arr = _first_frame(ds, frames)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    colour = samples == 3 or arr.ndim == 3
-    if not colour and photometric not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"):
+    expected_samples = _SAMPLES_PER_PHOTOMETRIC.get(photometric)
+    if expected_samples is None:
         raise ImageError(f"DICOM photometric interpretation {photometric!r} is not supported")
+    if samples != expected_samples:
+        raise ImageError(f"DICOM photometric interpretation {photometric!r} needs {expected_samples} sample(s) "
+                         f"per pixel; the file declares (0028,0002) Samples per Pixel {samples}")
+    palette = photometric == "PALETTE COLOR" and _palette_checked(ds)
+    arr = _first_frame(ds, frames)
+    colour = palette or samples == 3 or arr.ndim == 3
     if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(f"DICOM pixel data has an unusable shape {arr.shape}")
 
     bits = 0 if colour else _stored_bits(ds, arr)  # from the whole frame: every band maps the same way
 
     def to_unit(band: np.ndarray) -> np.ndarray:
+        if palette:
+            return _palette_to_unit(band, ds, chroma)
         return _colour_to_unit(band, ds, photometric, chroma) if colour else _gray_to_unit(band, ds, photometric, bits)
 
     height, width = int(arr.shape[0]), int(arr.shape[1])
@@ -296,12 +303,36 @@ def _first_frame(ds: Any, frames: int) -> np.ndarray:
         raise ImageError(f"DICOM pixel data in {named} cannot be decoded: {_one_line(exc)}") from exc
 
 
-def _colour_to_unit(arr: np.ndarray, ds: Any, photometric: str, chroma: Any = None) -> np.ndarray:
+# What each supported (0028,0004) Photometric Interpretation needs in (0028,0002) Samples per Pixel (PS3.3 C.7.6.3.1.2).
+_SAMPLES_PER_PHOTOMETRIC = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3,
+                            "YBR_FULL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3}
+_PALETTE_DESCRIPTOR = "RedPaletteColorLookupTableDescriptor"
+
+
+def _palette_checked(ds: Any) -> bool:
+    """True for a PALETTE COLOR image whose colour table is there; ImageError naming what is missing."""
+    segmented = "SegmentedRedPaletteColorLookupTableData" in ds
+    if _PALETTE_DESCRIPTOR not in ds or ("RedPaletteColorLookupTableData" not in ds and not segmented):
+        raise ImageError("DICOM PALETTE COLOR image without its colour table: (0028,1101) and (0028,1201) "
+                         "Red / Green / Blue Palette Color Lookup Table Descriptor and Data are needed")
+    return True
+
+
+def _palette_to_unit(indices: np.ndarray, ds: Any, chroma: Any = None) -> np.ndarray:
+    """Stored palette indices → RGB through the file's colour table (pydicom), then luminance as any colour image."""
+    from pydicom.pixels import apply_color_lut
+
+    rgb = apply_color_lut(indices, ds)[..., :3]  # RGBA when an alpha table is present
+    return _colour_to_unit(rgb, ds, "RGB", chroma, bits=8 * rgb.dtype.itemsize)
+
+
+def _colour_to_unit(arr: np.ndarray, ds: Any, photometric: str, chroma: Any = None, *,
+                    bits: int | None = None) -> np.ndarray:
     if photometric.startswith("YBR"):
         from pydicom.pixels import convert_color_space
 
         arr = convert_color_space(arr, photometric, "RGB")
-    full_scale = float(2 ** int(ds.get("BitsStored", 8)) - 1)
+    full_scale = float(2 ** (bits or int(ds.get("BitsStored", 8))) - 1)
     if chroma is not None and arr.ndim == 3 and arr.shape[2] >= 3:
         chroma.add(arr, full_scale)
     rgb = arr.astype(np.float64) / full_scale

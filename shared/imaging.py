@@ -8,6 +8,7 @@ raises anything but the project's 4xx errors (ImageError, UnsupportedMediaType, 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ STD = 0.5
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+# An object's default repr ("<_io.BytesIO object at 0x7f...>"), which PIL puts in "cannot identify image file ...".
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 @dataclass
@@ -155,7 +158,8 @@ def _decode_raster(data: bytes, kind: str, max_pixels: int, max_side: int | None
     except Exception as exc:
         # Truncated or corrupt files: PIL says "image file is truncated", "broken data stream", ... and its plugins
         # raise other types too (struct.error, ZeroDivisionError) on hostile headers: all are the file's fault.
-        raise ImageError(f"corrupt or truncated {kind.upper()}: {' '.join(str(exc).split())[:300]}") from exc
+        said = _OBJECT_REPR.sub("", " ".join(str(exc).split())).strip()  # PIL names our BytesIO "<_io.BytesIO ...>"
+        raise ImageError(f"corrupt or truncated {kind.upper()}: {said[:300]}") from exc
 
 
 def _to_working_size(image: Image.Image, max_side: int | None, chroma: Chroma | None = None) -> np.ndarray:

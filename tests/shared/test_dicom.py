@@ -443,3 +443,42 @@ def test_burned_in_annotation_is_read_from_the_header(tmp_path: Path, phantom: n
     assert not burned_in_annotation(_save(ds))
     ds.BurnedInAnnotation = "YES"
     assert burned_in_annotation(_save(ds))
+
+
+def _palette_dicom(tmp_path: Path, indices: np.ndarray, table: np.ndarray | None) -> bytes:
+    """A PALETTE COLOR DICOM of 8-bit `indices`; `table` is (256, 3) uint16 RGB entries, or None for no table."""
+    path = write_phantom_dicom(tmp_path / "base.dcm", np.zeros(indices.shape), PhantomDicomSpec(bits=8))
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.PixelData = indices.astype(np.uint8).tobytes()
+    if table is not None:
+        for channel, colour in enumerate(("Red", "Green", "Blue")):
+            ds.add_new(tag_for_keyword(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 0, 16])
+            data = table[:, channel].astype("<u2").tobytes()
+            ds.add_new(tag_for_keyword(f"{colour}PaletteColorLookupTableData"), "OW", data)
+    return _save(ds)
+
+
+def test_a_palette_colour_image_is_read_through_its_colour_table(tmp_path: Path, phantom: np.ndarray) -> None:
+    indices = np.round(phantom * 255).astype(np.uint8)
+    grey_table = np.repeat((np.arange(256) * 257)[:, None], 3, axis=1)
+    grey = decode_image(_palette_dicom(tmp_path, indices, grey_table))
+    np.testing.assert_allclose(grey, indices / 255.0, atol=1e-6)  # a grey ramp gives the indices back
+    inverted = decode_image(_palette_dicom(tmp_path, indices, grey_table[::-1]))
+    np.testing.assert_allclose(inverted, 1.0 - indices / 255.0, atol=1e-6)  # the table is applied, not skipped
+    red_only = np.zeros_like(grey_table)
+    red_only[:, 0] = grey_table[:, 0]
+    np.testing.assert_allclose(decode_image(_palette_dicom(tmp_path, indices, red_only)), 0.299 * indices / 255.0,
+                               atol=1e-6)  # luminance of the looked-up colour
+
+
+def test_a_palette_image_without_its_table_or_a_colour_model_with_one_sample_is_a_clear_error(
+    tmp_path: Path, phantom: np.ndarray
+) -> None:
+    indices = np.round(phantom * 255).astype(np.uint8)
+    with pytest.raises(ImageError, match="PALETTE COLOR image without its colour table"):
+        decode_image(_palette_dicom(tmp_path, indices, None))
+    ybr = pydicom.dcmread(io.BytesIO(_dicom_with(tmp_path, indices, bits=8)))
+    ybr.PhotometricInterpretation = "YBR_FULL"
+    with pytest.raises(ImageError, match=r"'YBR_FULL' needs 3 sample\(s\) per pixel.*Samples per Pixel 1"):
+        decode_image(_save(ybr))

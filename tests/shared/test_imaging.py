@@ -215,3 +215,11 @@ def test_a_large_dicom_is_brought_to_the_working_size_after_its_luts() -> None:
     full = decode_image(data, content_type, max_side=None)
     assert out.shape == (1000, 1000) and full.shape == (3000, 3000)
     np.testing.assert_allclose(out, full.reshape(1000, 3, 1000, 3).mean(axis=(1, 3)), atol=1e-5)
+
+
+def test_a_png_cut_after_its_header_says_so_without_naming_a_python_object() -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 90).save(buffer, "PNG")
+    with pytest.raises(ImageError, match="corrupt or truncated PNG") as error:
+        decode_image(buffer.getvalue()[:33], "image/png")
+    assert "0x" not in str(error.value) and "BytesIO" not in str(error.value)
