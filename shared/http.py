@@ -23,7 +23,7 @@ from shared.errors import ImageError, InvalidField, PayloadTooLarge, TriageError
 from shared.names import IMAGE_CONTENT_TYPES, REQUEST_ID
 from shared.payloads import parse_json
 from shared.route_templates import route_of
-from shared.security import IPNetwork, fetch_url, read_body
+from shared.security import IPNetwork, content_coding, fetch_url, read_body
 
 __all__ = [
     "Handler",
@@ -70,6 +70,8 @@ def error_response(exc: BaseException) -> flask.Response:
 
 
 def _read_multipart(request: flask.Request, limit: int) -> tuple[bytes, str | None]:
+    if content_coding(request) is not None:  # the form parser reads the body as sent
+        raise UnsupportedMediaType("content-encoding: a multipart form is accepted as is; gzip the raw image instead")
     request.max_content_length = limit
     try:
         upload = request.files.get("file")

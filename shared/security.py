@@ -18,11 +18,12 @@ import hmac
 import ipaddress
 import socket
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urljoin, urlsplit
 
-from shared.errors import Forbidden, InvalidField, PayloadTooLarge, Unauthorized, UserError
+from shared.errors import Forbidden, InvalidField, PayloadTooLarge, Unauthorized, UnsupportedMediaType, UserError
 
 __all__ = [
     "IPAddress",
@@ -31,6 +32,7 @@ __all__ = [
     "bearer_token",
     "check_address",
     "check_bearer",
+    "content_coding",
     "fetch_url",
     "is_public_address",
     "parse_networks",
@@ -55,14 +57,55 @@ class Body(Protocol):
 
 
 def read_body(body: Body, limit: int, *, what: str = "body") -> bytes:
-    """The bytes of a request body or upload, at most `limit`: PayloadTooLarge (413) when it declares or holds more."""
+    """The bytes of a request body or upload, at most `limit`: PayloadTooLarge (413) when it declares or holds more.
+
+    A request body sent with `Content-Encoding: gzip` (or `deflate`) is decoded, the limit applying to both the
+    bytes sent and the bytes they decode to (a small gzip of a huge body is a 413, never decoded in full); any other
+    coding is a 415 naming it.
+    """
+    coding = content_coding(body)
     declared = body.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"{what}: {declared} bytes is over the limit of {limit}")
     data = body.stream.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"{what}: over the limit of {limit} bytes")
-    return data
+    return data if coding is None else _decoded(data, coding, limit, what)
+
+
+def content_coding(body: object) -> str | None:
+    """The request's `Content-Encoding` (gzip or deflate), None for identity; UnsupportedMediaType (415) else.
+
+    Only a whole request has one (an upload inside a multipart form is read as sent).
+    """
+    headers = getattr(body, "headers", None) if hasattr(body, "environ") else None
+    coding = (headers.get("Content-Encoding", "") if headers is not None else "").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    if coding in _ZLIB_WBITS:
+        return coding
+    raise UnsupportedMediaType(f"content-encoding: {coding!r} is not accepted; send the body as is, or gzip / deflate")
+
+
+# zlib's window bits per HTTP content coding: gzip (RFC 1952; x-gzip its old name), deflate (RFC 9110: the zlib
+# format; a raw deflate stream, which some clients send, is tried when the zlib header is not there).
+_ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _decoded(data: bytes, coding: str, limit: int, what: str) -> bytes:
+    wbits = _ZLIB_WBITS[coding]
+    if coding == "deflate" and (len(data) < 2 or ((data[0] << 8) | data[1]) % 31 or data[0] & 0x0F != 8):
+        wbits = -zlib.MAX_WBITS  # no zlib header: a raw deflate stream
+    decoder = zlib.decompressobj(wbits)
+    try:
+        out = decoder.decompress(data, limit + 1)  # at most limit + 1 bytes are ever made
+        if len(out) > limit:
+            raise PayloadTooLarge(f"{what}: decodes ({coding}) to over the limit of {limit} bytes")
+        if not decoder.eof:
+            raise UserError(f"{what}: the {coding} stream is cut short (content-encoding: {coding})")
+    except zlib.error as exc:
+        raise UserError(f"{what}: not valid {coding} data (content-encoding: {coding}): {exc}") from exc
+    return out
 
 
 class UrlRefused(UserError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 from tests.functions.tiny_model import jpeg_bytes, png_bomb, png_bytes
@@ -31,6 +32,18 @@ def bad_requests(url: str) -> list[tuple[str, dict[str, Any], bool]]:
         ("url redirecting to loopback", {"json": {"url": url + "/to-loopback"}}, False),
         ("url redirecting to file", {"json": {"url": url + "/to-file"}}, True),
         ("url to a text page", {"json": {"url": url + "/text"}}, True),
+        ("a content coding not accepted", {"data": png, "content_type": "image/png",
+                                           "headers": {"Content-Encoding": "br"}}, False),
+        ("gzip that is not gzip", {"data": png, "content_type": "image/png",
+                                   "headers": {"Content-Encoding": "gzip"}}, False),
+        ("gzip cut short", {"data": gzip.compress(png)[:-12], "content_type": "image/png",
+                            "headers": {"Content-Encoding": "gzip"}}, False),
+        ("gzip decoding over the size limit", {"data": gzip.compress(b"\x89PNG" + b"\0" * 2 * BODY_LIMIT),
+                                               "content_type": "image/png",
+                                               "headers": {"Content-Encoding": "gzip"}}, False),
+        ("a gzipped multipart form", {"data": gzip.compress(b"--b\r\n\r\n--b--\r\n"),
+                                      "content_type": "multipart/form-data; boundary=b",
+                                      "headers": {"Content-Encoding": "gzip"}}, False),
     ]
 
 

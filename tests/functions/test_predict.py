@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import time
@@ -54,6 +55,25 @@ def test_each_input_form_gets_a_prediction(client, server: LocalServer, monkeypa
     ]
     # the same image through every envelope is the same prediction
     assert probabilities["raw png"] == probabilities["multipart"] == probabilities["url"]
+
+
+def test_a_gzip_or_deflate_body_gets_the_prediction_of_the_body_itself(client) -> None:
+    import zlib
+
+    png = png_bytes()
+    plain = assert_prediction(client.post("/", data=png, content_type="image/png"), "plain")["probability"]
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for coding, body in [("gzip", gzip.compress(png)), ("x-gzip", gzip.compress(png)),
+                         ("deflate", zlib.compress(png)),  # RFC 9110's deflate: the zlib format
+                         ("deflate", raw_deflate.compress(png) + raw_deflate.flush()),  # what some clients send
+                         ("Identity", png)]:
+        response = client.post("/", data=body, content_type="image/png", headers={"Content-Encoding": coding})
+        assert assert_prediction(response, coding)["probability"] == plain, coding
+    refused = client.post("/", data=png, content_type="image/png", headers={"Content-Encoding": "br"})
+    assert refused.status_code == 415 and "'br' is not accepted" in refused.get_json()["error"]["message"]
+    bomb = gzip.compress(b"\x89PNG" + b"\0" * 50 * BODY_LIMIT)  # ~2.5 MB decoded from a few kB sent
+    response = client.post("/", data=bomb, content_type="image/png", headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 413 and "decodes (gzip) to over the limit" in response.get_json()["error"]["message"]
 
 
 def test_the_callers_request_id_is_only_a_correlation_field(client, storage) -> None:
