@@ -111,9 +111,18 @@ def _layout_plan(side: int, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return plan
 
 
-def _std(centred: np.ndarray) -> np.ndarray:
-    """Standard deviation [N, 1] of each row of `centred` [N, P] (rows already of mean 0)."""
-    return np.sqrt(np.einsum("ij,ij->i", centred, centred)[:, None] / centred.shape[1])
+@functools.lru_cache(maxsize=16)
+def _pooling(side: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """For images [N, side * side] pooled to cells x cells blocks (`_layout_plan`): the matrix [side^2, cells^2]
+    whose product with an image is its blocks' means, and each block's area [cells^2]."""
+    _, areas, block_of = _layout_plan(side, cells)
+    block = (block_of[:, None] * cells + block_of[None, :]).reshape(-1)  # each pixel's block, row-major
+    area = areas.reshape(-1)
+    weights = np.zeros((side * side, cells * cells))
+    weights[np.arange(side * side), block] = 1.0 / area[block]
+    for array in (weights, area):  # shared by every call (cached): no caller may change it
+        array.flags.writeable = False
+    return weights, area
 
 
 def features(embeddings: np.ndarray, model_inputs: np.ndarray, *, mean: float = 0.5, std: float = 0.5) -> np.ndarray:
@@ -122,26 +131,27 @@ def features(embeddings: np.ndarray, model_inputs: np.ndarray, *, mean: float = 
     what the layout misses, relative to the image's std) and left-right symmetry (the correlation with its mirror
     image: a chest film is nearly symmetric, a gradient or a page is not).
 
-    Written for one image as much as for a batch (serving calls it per request): a fixed number of whole-array
-    numpy calls, the layout's block plan cached per image size."""
+    Written for one image as much as for a batch (serving calls it per request): a dozen whole-array numpy calls.
+    Every statistic comes from the image's sums, its sum of squares, its block means (one product with the cached
+    pooling matrix) and its product with its mirror image: within a block the residual sums to zero, so its energy
+    is the image's minus each block's area x mean^2, and the mirror image has the image's mean and energy."""
     n = len(model_inputs)
     e = np.asarray(embeddings, dtype=np.float64).reshape(n, -1)
     x = np.asarray(model_inputs, dtype=np.float64).reshape(n, *np.shape(model_inputs)[-2:]) * std + mean
-    starts, areas, block_of = _layout_plan(x.shape[-1], LAYOUT)
+    weights, area = _pooling(x.shape[-1], LAYOUT)
     flat = x.reshape(n, -1)
-    level = flat.mean(axis=1, keepdims=True)
-    centred = flat - level
-    spread = _std(centred)
-    pooled = np.add.reduceat(np.add.reduceat(x, starts, axis=1), starts, axis=2) / areas  # [N, LAYOUT, LAYOUT]
-    residual = (x - pooled[:, block_of][:, :, block_of]).reshape(n, -1)
-    detail = _std(residual - residual.mean(axis=1, keepdims=True)) / (spread + 0.02)
-    image = centred.reshape(x.shape)
-    # The mirror image has the same energy, so the correlation's norm is the image's own sum of squares.
-    symmetry = (np.einsum("nij,nij->n", image, image[:, :, ::-1]) / (spread[:, 0] ** 2 * flat.shape[1] + 1e-9))[:, None]
-    layout = pooled.reshape(n, -1)
-    layout_centred = layout - layout.mean(axis=1, keepdims=True)
-    layout = layout_centred / (_std(layout_centred) + 0.02)
-    return np.concatenate([e, layout, level, spread, detail, symmetry], axis=1)
+    pixels = flat.shape[1]
+    pooled = flat @ weights  # [N, LAYOUT^2] block means
+    level = (pooled @ area)[:, None] / pixels
+    energy = np.einsum("ij,ij->i", flat, flat)[:, None]
+    spread = np.sqrt(np.maximum(energy / pixels - level**2, 0.0))
+    residual = np.maximum(energy - (pooled**2) @ area[:, None], 0.0) / pixels
+    detail = np.sqrt(residual) / (spread + 0.02)
+    mirrored = np.einsum("nij,nij->n", x, x[:, :, ::-1])[:, None] - pixels * level**2
+    symmetry = mirrored / (spread**2 * pixels + 1e-9)
+    layout_centred = pooled - pooled.mean(axis=1, keepdims=True)
+    layout_std = np.sqrt(np.einsum("ij,ij->i", layout_centred, layout_centred)[:, None] / pooled.shape[1])
+    return np.concatenate([e, layout_centred / (layout_std + 0.02), level, spread, detail, symmetry], axis=1)
 
 
 def image_std(model_input: np.ndarray, mean: float, std: float) -> float:

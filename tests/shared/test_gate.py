@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from shared.config import Settings
 from shared.events import PREDICTION_CREATED
-from shared.gate import REASONS, Gate, GateError, fit_reference
+from shared.gate import LAYOUT, REASONS, Gate, GateError, features, fit_reference
 from shared.imaging import Chroma, decode_image, encode_png
 from shared.ingest import ObjectVersion, ingest_event, ingest_object
 from shared.model import TriageModel
@@ -221,3 +221,28 @@ def test_every_form_of_one_radiograph_gets_the_same_verdict(gated: TriageModel, 
     assert len(verdicts) >= 10 and all(v.assessable for v in verdicts.values()), verdicts
     distances = [v.distance for v in verdicts.values()]
     assert max(distances) - min(distances) < 0.2 * gated.gate.threshold
+
+
+@pytest.mark.parametrize("side", [28, 37, 64])
+def test_the_gate_features_are_the_statistics_they_name(side: int) -> None:
+    rng = np.random.default_rng(side)
+    images = rng.random((3, side, side))  # in [0, 1]
+    images[1] = np.linspace(0, 1, side)[None, :] * 0.8  # a gradient: no symmetry
+    images[2] = (images[2] + images[2][:, ::-1]) / 2  # symmetric
+    embeddings = rng.random((3, 5))
+    got = features(embeddings, (images[:, None] - 0.5) / 0.5)
+    edges = np.linspace(0, side, LAYOUT + 1).round().astype(int)
+    cells = LAYOUT * LAYOUT
+    for n, image in enumerate(images):
+        blocks = np.array([[image[edges[i]:edges[i + 1], edges[j]:edges[j + 1]].mean() for j in range(LAYOUT)]
+                           for i in range(LAYOUT)])
+        upsampled = np.repeat(np.repeat(blocks, np.diff(edges), axis=0), np.diff(edges), axis=1)
+        centred = image - image.mean()
+        layout = blocks.ravel() - blocks.mean()
+        np.testing.assert_allclose(got[n, :5], embeddings[n])
+        np.testing.assert_allclose(got[n, 5:5 + cells], layout / (layout.std() + 0.02), atol=1e-9)
+        level, spread, detail, symmetry = got[n, 5 + cells:]
+        assert level == pytest.approx(image.mean()) and spread == pytest.approx(image.std())
+        assert detail == pytest.approx((image - upsampled).std() / (image.std() + 0.02))
+        assert symmetry == pytest.approx((centred * centred[:, ::-1]).sum() / (centred**2).sum(), abs=1e-9)
+    assert got[2, -1] == pytest.approx(1.0) and got[1, -1] < 0  # the mirror image of a ramp runs the other way
