@@ -14,6 +14,8 @@ import io
 import math
 import secrets
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +29,12 @@ __all__ = [
     "BASIC_PROFILE",
     "EPHEMERAL_SECRET",
     "MAX_SEQUENCE_DEPTH",
+    "NOT_CHEST_BODY_PARTS",
+    "NOT_CHEST_MODALITIES",
+    "NOT_CHEST_VIEWS",
     "BurnedInAnnotation",
     "DeidentificationNotConfigured",
+    "DicomHeader",
     "burned_in_annotation",
     "decode_dicom",
     "deidentify",
@@ -36,6 +42,7 @@ __all__ = [
     "effective_bits",
     "is_dicom",
     "read_dataset",
+    "read_header",
 ]
 
 # Real images nest a few levels (a code sequence inside a request attributes item); 2,000 levels made pydicom
@@ -152,12 +159,58 @@ def _check_nesting(ds: Any) -> None:
 
 def burned_in_annotation(data: bytes) -> bool:
     """True when a DICOM file says its pixels carry burned-in text (0028,0301 BurnedInAnnotation = YES)."""
+    return read_header(data).burned_in
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What the header says before any pixel is read: burned-in text, and whether it names something other than a
+    frontal chest radiograph (another modality, body part or a lateral view: `NOT_CHEST_*`)."""
+
+    burned_in: bool
+    not_chest: bool
+
+
+# What the header may name and still be a frontal chest radiograph is open-ended (sites write "CHEST PA", "THORAX",
+# "TORAX", or nothing), so only what is certainly something else refuses: modalities that make no projection
+# radiograph (PS3.3 C.7.3.1.1.1; CR, DX, RG, OT and an empty or unknown value pass), body parts of CID 4031 away from
+# the chest (spaces, "_" and "-" ignored), and lateral views (CID 4010: the default model saw frontal films only).
+NOT_CHEST_MODALITIES = frozenset({
+    "CT", "MR", "US", "NM", "PT", "MG", "XA", "RF", "IO", "PX", "OP", "OPT", "OCT", "OPM", "OAM", "SM", "ES", "XC",
+    "GM", "ECG", "EPS", "HD", "IVUS", "IVOCT", "BMD", "DG", "TG", "SEG", "RTIMAGE", "RTDOSE", "RTSTRUCT", "RTPLAN",
+    "SR", "KO", "PR", "DOC", "REG", "RWV", "LS", "AR", "SRF", "VA", "OSS", "BDUS", "ASMT", "AU",
+})
+NOT_CHEST_BODY_PARTS = frozenset({
+    "HEAD", "SKULL", "BRAIN", "FACE", "JAW", "TMJ", "SINUS", "ORBIT", "EYE", "EAR", "NOSE", "MOUTH", "NECK", "CSPINE",
+    "LSPINE", "SSPINE", "SACRUM", "COCCYX", "TSPINE", "SPINE", "WHOLESPINE", "ABDOMEN", "PELVIS", "HIP", "KNEE",
+    "FOOT", "ANKLE", "HEEL", "TOE", "HAND", "FINGER", "THUMB", "WRIST", "ELBOW", "ARM", "FOREARM", "UPPERARM",
+    "HUMERUS", "LEG", "LOWERLEG", "UPPERLEG", "THIGH", "FEMUR", "TIBIA", "FIBULA", "PATELLA", "SHOULDER",
+    "SCAPULA", "CLAVICLE", "EXTREMITY", "UPREXM", "LOWREXM", "BREAST", "TESTIS", "KIDNEY", "BLADDER", "LIVER",
+})
+NOT_CHEST_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"})
+
+
+def read_header(data: bytes) -> DicomHeader:
+    """The header facts of DICOM bytes (pixels not read); ImageError for a value pydicom cannot convert."""
     ds = read_dataset(data, force=not is_dicom(data), header_only=True)
     try:
-        value = ds.get("BurnedInAnnotation", "")
+        burned_in = str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
     except Exception as exc:  # a value pydicom cannot convert
         raise ImageError(f"DICOM BurnedInAnnotation (0028,0301) is unreadable: {_one_line(exc)}") from exc
-    return str(value or "").strip().upper() == "YES"
+    modality, body_part, view = (_code(ds, name) for name in ("Modality", "BodyPartExamined", "ViewPosition"))
+    not_chest = modality in NOT_CHEST_MODALITIES or body_part in NOT_CHEST_BODY_PARTS or view in NOT_CHEST_VIEWS
+    return DicomHeader(burned_in, not_chest)
+
+
+def _code(ds: Any, keyword: str) -> str:
+    """A code string attribute, upper case without spaces, "_" or "-"; "" when absent or unreadable (not judged)."""
+    try:
+        value = ds.get(keyword, "")
+    except Exception:  # noqa: BLE001 - an unreadable code says nothing, and the pixels are judged as usual
+        return ""
+    if not isinstance(value, str):  # a multi-valued code (pydicom's MultiValue): its first value
+        value = str(value[0]) if isinstance(value, Sequence) and not isinstance(value, bytes) and value else ""
+    return "".join(ch for ch in value.upper() if ch not in " _-")
 
 
 # Without a VOI window or LUT the stored range is what maps onto [0, 1]. Detectors deliver 10-14 bits and many
@@ -276,7 +329,7 @@ def _decode(ds: Any, max_pixels: int, max_side: int | None, chroma: Any = None) 
     def to_unit(band: np.ndarray) -> np.ndarray:
         if palette:
             return _palette_to_unit(band, ds, chroma)
-        return _colour_to_unit(band, ds, photometric, chroma) if colour else _gray_to_unit(band, ds, photometric, bits)
+        return _colour_to_unit(band, ds, chroma) if colour else _gray_to_unit(band, ds, photometric, bits)
 
     height, width = int(arr.shape[0]), int(arr.shape[1])
     factor = working_factor(width, height, max_side)
@@ -323,15 +376,13 @@ def _palette_to_unit(indices: np.ndarray, ds: Any, chroma: Any = None) -> np.nda
     from pydicom.pixels import apply_color_lut
 
     rgb = apply_color_lut(indices, ds)[..., :3]  # RGBA when an alpha table is present
-    return _colour_to_unit(rgb, ds, "RGB", chroma, bits=8 * rgb.dtype.itemsize)
+    return _colour_to_unit(rgb, ds, chroma, bits=8 * rgb.dtype.itemsize)
 
 
-def _colour_to_unit(arr: np.ndarray, ds: Any, photometric: str, chroma: Any = None, *,
-                    bits: int | None = None) -> np.ndarray:
-    if photometric.startswith("YBR"):
-        from pydicom.pixels import convert_color_space
-
-        arr = convert_color_space(arr, photometric, "RGB")
+def _colour_to_unit(arr: np.ndarray, ds: Any, chroma: Any = None, *, bits: int | None = None) -> np.ndarray:
+    """RGB values → luminance in [0, 1]. pydicom hands YBR_FULL / YBR_FULL_422 pixels over as RGB already (its
+    `as_rgb` default) and the JPEG 2000 decoders undo YBR_RCT / YBR_ICT themselves: nothing is converted here
+    (converting again turned a grey film stored as YBR into a colour image)."""
     full_scale = float(2 ** (bits or int(ds.get("BitsStored", 8))) - 1)
     if chroma is not None and arr.ndim == 3 and arr.shape[2] >= 3:
         chroma.add(arr, full_scale)

@@ -16,6 +16,9 @@ Before the classifier answers, four checks run, cheapest first; the first that f
    (the model input pooled to 7 x 7, standardized per image), mean, std, detail and left-right symmetry. The
    reference is train plus acquisition-shifted copies of part of it (`training_jobs.export.fit_gate`).
 
+Before them, a DICOM whose header names another modality (CT, MR, US, ...), a body part away from the chest or a
+lateral view is `header_not_chest` (`shared.dicom.read_header`; with or without a gate), whatever its pixels.
+
 Measured on PneumoniaMNIST (`load_tests.gate_bench`, a 4-minute model; val 99.4 % accepted in every variant): of
 the non-chest images the first two checks let through, the embedding alone refused 55 %, the layout alone 93 %,
 embedding + layout + mean / std 96 %, with detail and symmetry 98 % (gradients are the hard kind); of the whole
@@ -42,6 +45,7 @@ __all__ = [
     "COLOUR_MAX",
     "FLAT_STD_MIN",
     "GATE_VERSION",
+    "NOT_CHEST_HEADER",
     "QUANTILE",
     "REASONS",
     "SMALL_SIDE_RATIO",
@@ -71,6 +75,8 @@ REASONS = {
     "too_small": "the image has too few pixels: a thumbnail or an icon, not a film with detail to judge",
     "flat_image": "the image is (nearly) uniform: there is nothing in it to judge",
     "out_of_distribution": "the image does not look like the chest radiographs the model was trained on",
+    "header_not_chest": "the DICOM header names another modality, another body part or a lateral view: the model "
+                        "judges frontal chest radiographs only",
 }
 
 
@@ -96,6 +102,7 @@ class Verdict:
 
 
 ASSESSABLE = Verdict(True)
+NOT_CHEST_HEADER = Verdict(False, "header_not_chest")  # decided from the header (`shared.dicom.read_header`)
 LAYOUT = 7  # the model input is pooled to LAYOUT x LAYOUT cells for the layout features
 
 

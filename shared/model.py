@@ -28,9 +28,9 @@ import numpy as np
 
 from shared import imaging, metrics
 from shared.config import Settings, disable_onnxruntime_telemetry
-from shared.dicom import BurnedInAnnotation, burned_in_annotation
+from shared.dicom import BurnedInAnnotation, DicomHeader, read_header
 from shared.errors import InvalidField, NotReady, TriageError
-from shared.gate import ASSESSABLE, Gate, Verdict
+from shared.gate import ASSESSABLE, NOT_CHEST_HEADER, Gate, Verdict
 from shared.model_store import ModelLoadError, ResolvedModel, resolve_model, sha256_file
 from shared.modelcard import ModelCard, calibrated_probability
 
@@ -309,7 +309,8 @@ class TriageModel:
         gate = self.gate
         chroma = imaging.Chroma()
         with timer.step("decode"):
-            marked = self.screen(data, content_type)
+            header = self.screened_header(data, content_type)
+            marked = header is not None and header.burned_in
             image = self.decode(data, content_type, chroma=chroma)
         with timer.step("preprocess"):
             model_input = self.preprocess(image)
@@ -317,7 +318,8 @@ class TriageModel:
             logits, attention, embedding = self.predict(model_input, with_attention=explain == "rollout",
                                                         with_embedding=gate is not None)  # fmt: skip
         with timer.step("gate"):
-            verdict = self.assess(chroma.mean, model_input, embedding, source_side=min(image.shape))
+            verdict = self.assess(chroma.mean, model_input, embedding, source_side=min(image.shape),
+                                  header_not_chest=header is not None and header.not_chest)
         with timer.step("postprocess"):
             prediction = self.postprocess(logits, model_input, timer.timings_ms, request_id, burned_in=marked,
                                           verdict=verdict)  # fmt: skip
@@ -338,18 +340,23 @@ class TriageModel:
     def screen(self, data: bytes, content_type: str | None = None) -> bool:
         """True when a DICOM's pixels carry burned-in text and the operator marks such images
         (BURNED_IN_ANNOTATION=mark); BurnedInAnnotation (400) when the operator refuses them (the default)."""
+        header = self.screened_header(data, content_type)
+        return header is not None and header.burned_in
+
+    def screened_header(self, data: bytes, content_type: str | None = None) -> DicomHeader | None:
+        """The header facts of a DICOM input (`shared.dicom.read_header`; None for any other input), once the
+        operator's burned-in policy passed it: BurnedInAnnotation (400) under BURNED_IN_ANNOTATION=refuse."""
         media = (content_type or "").split(";", 1)[0].strip().lower()
         kind = imaging.sniff_format(data)
         if not data or not (kind == "dicom" or (kind is None and media == "application/dicom")):
-            return False
-        if not burned_in_annotation(data):
-            return False
-        if self.settings.burned_in_annotation == "mark":
-            return True
-        raise BurnedInAnnotation(
-            "DICOM BurnedInAnnotation (0028,0301) is YES: the pixels carry text that may identify the patient, "
-            "and this installation refuses such images (BURNED_IN_ANNOTATION=refuse)"
-        )
+            return None
+        header = read_header(data)
+        if header.burned_in and self.settings.burned_in_annotation != "mark":
+            raise BurnedInAnnotation(
+                "DICOM BurnedInAnnotation (0028,0301) is YES: the pixels carry text that may identify the patient, "
+                "and this installation refuses such images (BURNED_IN_ANNOTATION=refuse)"
+            )
+        return header
 
     def decode(self, data: bytes, content_type: str | None = None, *,
                chroma: imaging.Chroma | None = None) -> np.ndarray:
@@ -371,9 +378,12 @@ class TriageModel:
         return outputs["logits"], outputs.get("attention"), outputs.get("embedding")
 
     def assess(self, chroma: float, model_input: np.ndarray, embedding: np.ndarray | None, *,
-               source_side: int | None = None) -> Verdict:
+               source_side: int | None = None, header_not_chest: bool = False) -> Verdict:
         """The gate's verdict (`shared.gate`): the source's colour spread, the model input [1, S, S], its embedding,
-        the decoded image's shorter side."""
+        the decoded image's shorter side; a DICOM header naming something else than a frontal chest radiograph
+        (`shared.dicom.read_header`) is `header_not_chest` whatever the pixels, with or without a gate."""
+        if header_not_chest:
+            return NOT_CHEST_HEADER
         gate = self.gate
         if gate is None:
             return ASSESSABLE

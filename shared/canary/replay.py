@@ -102,12 +102,14 @@ def score(model: TriageModel, data: bytes, key: str) -> str:
     """The answer `model` gives these stored bytes, as ingest would (the serving model's own steps, without its
     metrics or a request record): a class name, or NOT_ASSESSABLE when its gate refuses the input."""
     content_type = "application/dicom" if is_dicom(data) or key.lower().endswith(_DICOM_SUFFIXES) else None
-    model.screen(data, content_type)  # a burned-in DICOM is refused as ingest refuses it
+    header = model.screened_header(data, content_type)  # a burned-in DICOM is refused as ingest refuses it
     chroma = imaging.Chroma()
     image = model.decode(data, content_type, chroma=chroma)
     model_input = model.preprocess(image)
     logits, _, embedding = model.predict(model_input, with_embedding=model.gate is not None)
-    if not model.assess(chroma.mean, model_input, embedding, source_side=min(image.shape)).assessable:
+    verdict = model.assess(chroma.mean, model_input, embedding, source_side=min(image.shape),
+                           header_not_chest=header is not None and header.not_chest)
+    if not verdict.assessable:
         return NOT_ASSESSABLE  # no label: not flagged, so not a detected pneumonia either
     probability = float(calibrated_probability(logits, model.temperature)[0])
     return CLASS_NAMES[int(probability >= model.threshold)]

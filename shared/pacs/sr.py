@@ -84,7 +84,7 @@ class Finding:
     model_name: str
     model_version: str
     assessable: bool = True
-    reason_code: str | None = None  # shared.gate.REASONS: not_grayscale, too_small, flat_image, ...
+    reason_code: str | None = None  # shared.gate.REASONS: header_not_chest, not_grayscale, ...
     reason_message: str | None = None
 
     @classmethod

@@ -14,7 +14,7 @@ from PIL import Image
 
 from shared.openapi import document
 from shared.openapi.components import SCHEMAS
-from tests.functions.tiny_model import build_gated_model_dir, gated_phantoms
+from tests.functions.tiny_model import build_gated_model_dir, dicom_bytes, gated_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -65,4 +65,32 @@ def test_explain_of_a_colour_image_is_json_without_a_heatmap(client_for, gated_d
 def test_the_prediction_schema_requires_assessable() -> None:
     assert "assessable" in SCHEMAS["Prediction"]["required"]
     assert set(SCHEMAS["Prediction"]["properties"]["reason"]["properties"]["code"]["enum"]) == {
-        "not_grayscale", "too_small", "flat_image", "out_of_distribution"}
+        "not_grayscale", "too_small", "flat_image", "out_of_distribution", "header_not_chest"}
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_a_dicom_whose_header_names_a_ct_or_a_lateral_view_is_not_assessable(
+    client_for, gated_dir: Path, tiny_model_dir: Path, gated: bool
+) -> None:
+    import pydicom
+
+    client = client_for("predict", MODEL_URI=str(gated_dir if gated else tiny_model_dir))
+    film = gated_phantoms(1, seed=40)[0]
+    answers = {}
+    for name, attrs in {"chest": {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA"},
+                        "ct": {"Modality": "CT"}, "lateral": {"Modality": "DX", "ViewPosition": "LL"}}.items():
+        ds = pydicom.dcmread(io.BytesIO(dicom_bytes(film.shape[0])))
+        ds.PixelData = (np.asarray(film, np.uint16) * 16).tobytes()  # the same film in every file
+        for keyword, value in attrs.items():
+            setattr(ds, keyword, value)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        response = client.post("/", data=out.getvalue(), content_type="application/dicom")
+        assert response.status_code == 200, response.get_data()[:300]
+        answers[name] = response.get_json()
+        _validator("predict").validate(answers[name])
+    assert answers["chest"]["assessable"] is True and answers["chest"]["label"] in ("normal", "pneumonia")
+    for name in ("ct", "lateral"):
+        body = answers[name]
+        assert (body["assessable"], body["label"], body["probability"], body["urgent"]) == (False, None, None, False)
+        assert body["reason"]["code"] == "header_not_chest" and "frontal chest" in body["reason"]["message"]

@@ -17,14 +17,16 @@ from shared.dicom import (
     BASIC_PROFILE,
     MAX_SEQUENCE_DEPTH,
     DeidentificationNotConfigured,
+    DicomHeader,
     burned_in_annotation,
     decode_dicom,
     deidentify,
     deidentify_bytes,
     read_dataset,
+    read_header,
 )
 from shared.errors import ImageError, PayloadTooLarge
-from shared.imaging import decode_image
+from shared.imaging import Chroma, decode_image
 from training_jobs.phantom import FAKE_PATIENT, PhantomDicomSpec, make_phantom, write_phantom_dicom
 
 SECRET = "this-installation's-secret"
@@ -482,3 +484,50 @@ def test_a_palette_image_without_its_table_or_a_colour_model_with_one_sample_is_
     ybr.PhotometricInterpretation = "YBR_FULL"
     with pytest.raises(ImageError, match=r"'YBR_FULL' needs 3 sample\(s\) per pixel.*Samples per Pixel 1"):
         decode_image(_save(ybr))
+
+
+def _ybr_dicom(tmp_path: Path, ycbcr: np.ndarray) -> bytes:
+    """An uncompressed YBR_FULL DICOM of `ycbcr` [H, W, 3] uint8 (interleaved)."""
+    ds = pydicom.dcmread(write_phantom_dicom(tmp_path / "base.dcm", np.zeros(ycbcr.shape[:2]),
+                                             PhantomDicomSpec(bits=8)))
+    ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, "YBR_FULL"
+    ds.PixelData = ycbcr.astype(np.uint8).tobytes()
+    return _save(ds)
+
+
+def test_a_grey_film_stored_as_ybr_full_stays_grey(tmp_path: Path, phantom: np.ndarray) -> None:
+    grey = np.round(phantom * 255)
+    ycbcr = np.stack([grey, np.full_like(grey, 128), np.full_like(grey, 128)], axis=-1)  # no chroma at all
+    chroma = Chroma()
+    decoded = decode_image(_ybr_dicom(tmp_path, ycbcr), chroma=chroma)
+    np.testing.assert_allclose(decoded, grey / 255.0, atol=1 / 255)  # converted once, by pydicom
+    assert chroma.mean < 0.01
+    red = np.stack([np.full_like(grey, 76), np.full_like(grey, 85), np.full_like(grey, 255)], axis=-1)  # Y Cb Cr
+    chroma = Chroma()
+    decode_image(_ybr_dicom(tmp_path, red), chroma=chroma)
+    assert chroma.mean > 0.5  # a red image is colour
+
+
+@pytest.mark.parametrize(("attrs", "not_chest"), [
+    ({}, False),  # nothing said: the pixels are judged
+    ({"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA"}, False),
+    ({"Modality": "CR", "BodyPartExamined": "CHEST_PA", "ViewPosition": "AP"}, False),  # a site's own wording
+    ({"Modality": "OT", "BodyPartExamined": "Thorax"}, False),  # a secondary capture of a film
+    ({"Modality": "XYZ"}, False),  # unknown codes do not refuse
+    ({"Modality": "CT"}, True),
+    ({"Modality": "mr"}, True),
+    ({"Modality": "US"}, True),
+    ({"Modality": "DX", "BodyPartExamined": "HAND"}, True),
+    ({"Modality": "CR", "BodyPartExamined": "L-SPINE"}, True),
+    ({"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "LL"}, True),  # a lateral view
+])
+def test_the_header_says_when_it_is_no_frontal_chest_radiograph(tmp_path: Path, phantom: np.ndarray, attrs: dict,
+                                                                not_chest: bool) -> None:
+    ds = pydicom.dcmread(write_phantom_dicom(tmp_path / "x.dcm", phantom))
+    for keyword in ("Modality", "BodyPartExamined", "ViewPosition"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    header = read_header(_save(ds))
+    assert header == DicomHeader(burned_in=False, not_chest=not_chest)
