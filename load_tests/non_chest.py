@@ -4,7 +4,9 @@ Kinds (`KINDS`): scikit-learn's two sample photos (`load_sample_images`: crops, 
 handwritten digits (`load_digits`, 8 x 8 upscaled), text rendered with Pillow's built-in font, noise (uniform,
 Gaussian, salt and pepper, blocky), flat images (constant or nearly), gradients (linear and radial) and
 screenshot-like images (windows with title bars, boxes, buttons and text lines; in colour and in grey). Every image
-is encoded as a PNG (the photos also as JPEG, as a camera sends them). `build_corpus(seed)` is deterministic: the
+is encoded as a PNG (the photos also as JPEG, as a camera sends them). Kind `dicom`: the image files pydicom ships
+for its own tests that this project decodes (CT, MR, ultrasound, nuclear medicine, RT dose, segmentations and
+colour secondary captures; none is a chest radiograph), sent as they are. `build_corpus(seed)` is deterministic: the
 same seed gives the same bytes. The not-assessable gate's benchmark (`load_tests.gate_bench`) refuses these.
 """
 
@@ -19,7 +21,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["KINDS", "NonChestImage", "build_corpus"]
 
-KINDS = ("photo", "photo_gray", "digits", "text", "noise", "flat", "gradient", "screenshot", "screenshot_gray")
+KINDS = ("photo", "photo_gray", "digits", "text", "noise", "flat", "gradient", "screenshot", "screenshot_gray",
+         "dicom")
 SIDE = 224  # the side most images are drawn at (the model input is smaller; decode and preprocess bring it there)
 
 
@@ -173,9 +176,30 @@ def _generators(rng: np.random.Generator) -> dict[str, Callable[[], Iterator[np.
     }
 
 
+def _pydicom_images() -> list[NonChestImage]:
+    """pydicom's bundled test files (read from its package folder: nothing is downloaded) that decode here."""
+    from pathlib import Path
+
+    import pydicom.data
+
+    from shared.errors import UserError
+    from shared.imaging import decode_image
+
+    images = []
+    for path in sorted((Path(pydicom.data.__file__).parent / "test_files").glob("*.dcm")):
+        data = path.read_bytes()
+        try:
+            decode_image(data, "application/dicom")
+        except UserError:  # no pixel data (SR, RT plans), or a codec not installed: nothing for the gate to judge
+            continue
+        images.append(NonChestImage("dicom", f"dicom-{path.stem}.dcm", data, "application/dicom"))
+    return images
+
+
 def build_corpus(seed: int = 0) -> list[NonChestImage]:
-    """The non-chest corpus (24 images of each of KINDS), the same bytes for the same seed."""
-    corpus: list[NonChestImage] = []
+    """The non-chest corpus (24 images of each generated kind, pydicom's decodable test images), the same bytes for
+    the same seed."""
+    corpus: list[NonChestImage] = _pydicom_images()
     for kind, generate in _generators(np.random.default_rng(seed)).items():
         for n, pixels in enumerate(generate()):
             pixels = np.clip(np.asarray(pixels, dtype=np.float64) + 0.5, 0, 255).astype(np.uint8)

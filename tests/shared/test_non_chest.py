@@ -36,11 +36,14 @@ def gated_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_measure_gate_reports_both_shares_and_each_kind(gated_dir: Path) -> None:
     val = gated_phantoms(40, seed=14)
     result = measure_gate(gated_dir, val)
-    assert result["gate"] is True and result["n_val"] == 40 and result["n_non_chest"] == 24 * len(KINDS)
+    dicoms = sum(item.kind == "dicom" for item in build_corpus(0))
+    assert dicoms >= 40  # pydicom's own CT, MR, US, NM, RT dose, ... images
+    assert result["gate"] is True and result["n_val"] == 40 and result["n_non_chest"] == 24 * (len(KINDS) - 1) + dicoms
     assert result["val_accepted"] >= 0.9
     assert set(result["refused_by_kind"]) == set(KINDS)
     assert result["refused_by_kind"]["flat"] == 1.0 and result["refused_by_kind"]["photo"] == 1.0
     assert result["reasons_by_kind"]["photo"] == {"not_grayscale": 24}
+    assert result["reasons_by_kind"]["dicom"]["header_not_chest"] >= 25  # CT, MR, US, NM, SEG, RTDOSE by header
     assert result["targets"]["val_accepted"]["met"] is (result["val_accepted"] >= 0.99)
     # Model inputs [N, 1, S, S] are taken as well as images [N, H, W]: the same images, the same share.
     assert measure_gate(gated_dir, batch_to_model_input(val, 28))["val_accepted"] == result["val_accepted"]
