@@ -89,10 +89,14 @@ def _read_url(
 ) -> tuple[bytes, str | None]:
     body = read_body(request, min(settings.max_body_bytes, 64 * 1024))
     payload = parse_json(body)
-    if not isinstance(payload, dict) or not isinstance(payload.get("url"), str) or not payload["url"]:
+    if not isinstance(payload, dict) or "url" not in payload:
         raise InvalidField('url: expected a JSON object {"url": "https://..."}')
+    url = payload["url"]
+    if not isinstance(url, str) or not url.strip():
+        got = "an empty string" if isinstance(url, str) else "null" if url is None else f"a JSON {type(url).__name__}"
+        raise InvalidField(f"url: must be a non-empty string (got {got})")
     return fetch_url(
-        payload["url"],
+        url,
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.url_fetch_timeout_s,
         allow_networks=allow_networks,

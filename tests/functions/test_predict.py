@@ -201,3 +201,13 @@ def test_importing_predict_and_loading_its_model_imports_neither_mlflow_nor_boto
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-2:] == ["1", "[]"]
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    ({}, 'expected a JSON object {"url"'), ([1], 'expected a JSON object {"url"'),
+    ({"url": 5}, "must be a non-empty string (got a JSON int)"), ({"url": None}, "(got null)"),
+    ({"url": "  "}, "(got an empty string)"), ({"url": ["https://x"]}, "(got a JSON list)"),
+])
+def test_a_url_body_that_is_no_url_is_a_422_saying_what_came(client, body, said: str) -> None:
+    response = client.post("/", json=body)
+    assert response.status_code == 422 and said in response.get_json()["error"]["message"]
