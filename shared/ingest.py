@@ -225,14 +225,15 @@ def _ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
-def _pixels(model: TriageModel, obj: ObjectVersion, stored: StoredObject) -> tuple[bytes, str | None]:
-    """The bytes the model reads and their media type: a DICOM screened and de-identified first (both steps)."""
+def _pixels(model: TriageModel, obj: ObjectVersion, stored: StoredObject) -> tuple[bytes, str | None, bool]:
+    """The bytes the model reads, their media type and whether they are marked as burned-in (the heatmap is then
+    drawn alone): a DICOM screened and de-identified first (both steps)."""
     data = stored.data
     if not (is_dicom(data) or obj.key.lower().endswith(_DICOM_SUFFIXES)):
-        return data, None
+        return data, None, False
     # Before any derived object (heatmap, result) exists; a burned-in image refused here stores no pixels.
-    model.screen(data, "application/dicom")
-    return deidentify_bytes(data, secret=model.settings.deid_secret), "application/dicom"
+    marked = model.screen(data, "application/dicom")
+    return deidentify_bytes(data, secret=model.settings.deid_secret), "application/dicom", marked
 
 
 def _lower_priority() -> None:
@@ -281,7 +282,7 @@ def _flag(
     timings = {"storage_read": _ms_since(t0)}
     try:
         t1 = time.perf_counter()
-        data, media_type = _pixels(model, obj, stored)
+        data, media_type, _ = _pixels(model, obj, stored)  # the model call screens what it reads itself
         timings["deidentify"] = _ms_since(t1)
         prediction = model(data, media_type, request_id=obj.request_id)
     except UserError as exc:
@@ -323,8 +324,8 @@ def _picture(
         return _commit(storage, obj, flagged, {"status": "none", "reason": "input_deleted"}, publisher)
     try:
         t1 = time.perf_counter()
-        data, media_type = _pixels(model, obj, stored)
-        overlay = _in_background(lambda: _overlay(model, data, media_type))
+        data, media_type, marked = _pixels(model, obj, stored)
+        overlay = _in_background(lambda: _overlay(model, data, media_type, marked))
         explain_s = time.perf_counter() - t1
     except UserError as exc:  # the flag read these pixels, so only a changed installation gets here: final
         return _commit(storage, obj, flagged, {"status": "none", "reason": exc.code}, publisher)
@@ -340,9 +341,9 @@ def _picture(
                    publisher)
 
 
-def _overlay(model: TriageModel, data: bytes, media_type: str | None) -> bytes:
-    """The occlusion heatmap's overlay PNG of the model's input bytes (decoded as the flag's model call did)."""
-    marked = model.screen(data, media_type)  # a marked image gets the map alone, none of its pixels
+def _overlay(model: TriageModel, data: bytes, media_type: str | None, marked: bool) -> bytes:
+    """The occlusion heatmap's overlay PNG of the model's input bytes (decoded as the flag's model call did); a
+    `marked` (burned-in) image gets the map alone, none of its pixels."""
     image = model.decode(data, media_type)
     return model.explain(image, model.preprocess(image), EXPLAIN_METHOD, underlay=not marked)[1]
 
