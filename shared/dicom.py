@@ -318,7 +318,9 @@ def _decode(ds: Any, max_pixels: int, max_side: int | None, chroma: Any = None) 
     if samples != expected_samples:
         raise ImageError(f"DICOM photometric interpretation {photometric!r} needs {expected_samples} sample(s) "
                          f"per pixel; the file declares (0028,0002) Samples per Pixel {samples}")
-    palette = photometric == "PALETTE COLOR" and _palette_checked(ds)
+    palette = photometric == "PALETTE COLOR"
+    if palette:
+        _check_palette(ds)
     arr = _first_frame(ds, frames)
     colour = palette or samples == 3 or arr.ndim == 3
     if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -359,16 +361,12 @@ def _first_frame(ds: Any, frames: int) -> np.ndarray:
 # What each supported (0028,0004) Photometric Interpretation needs in (0028,0002) Samples per Pixel (PS3.3 C.7.6.3.1.2).
 _SAMPLES_PER_PHOTOMETRIC = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3,
                             "YBR_FULL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3}
-_PALETTE_DESCRIPTOR = "RedPaletteColorLookupTableDescriptor"
-
-
-def _palette_checked(ds: Any) -> bool:
-    """True for a PALETTE COLOR image whose colour table is there; ImageError naming what is missing."""
-    segmented = "SegmentedRedPaletteColorLookupTableData" in ds
-    if _PALETTE_DESCRIPTOR not in ds or ("RedPaletteColorLookupTableData" not in ds and not segmented):
+def _check_palette(ds: Any) -> None:
+    """ImageError unless a PALETTE COLOR image carries its colour table (plain or segmented)."""
+    has_data = "RedPaletteColorLookupTableData" in ds or "SegmentedRedPaletteColorLookupTableData" in ds
+    if "RedPaletteColorLookupTableDescriptor" not in ds or not has_data:
         raise ImageError("DICOM PALETTE COLOR image without its colour table: (0028,1101) and (0028,1201) "
                          "Red / Green / Blue Palette Color Lookup Table Descriptor and Data are needed")
-    return True
 
 
 def _palette_to_unit(indices: np.ndarray, ds: Any, chroma: Any = None) -> np.ndarray:

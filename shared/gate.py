@@ -107,24 +107,13 @@ LAYOUT = 7  # the model input is pooled to LAYOUT x LAYOUT cells for the layout 
 
 
 @functools.lru_cache(maxsize=16)
-def _layout_plan(side: int, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For images [N, side, side] pooled to cells x cells blocks (side >= cells; blocks differ by at most a pixel):
-    (each block's first row / column, each block's area [cells, cells], each row's / column's block)."""
-    edges = np.linspace(0, side, cells + 1).round().astype(int)
-    sizes = np.diff(edges)
-    plan = (edges[:-1], (sizes[:, None] * sizes[None, :]).astype(np.float64), np.repeat(np.arange(cells), sizes))
-    for array in plan:  # shared by every call (cached): no caller may change it
-        array.flags.writeable = False
-    return plan
-
-
-@functools.lru_cache(maxsize=16)
 def _pooling(side: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """For images [N, side * side] pooled to cells x cells blocks (`_layout_plan`): the matrix [side^2, cells^2]
-    whose product with an image is its blocks' means, and each block's area [cells^2]."""
-    _, areas, block_of = _layout_plan(side, cells)
+    """For images [N, side * side] pooled to cells x cells blocks (side >= cells; blocks differ by at most a pixel):
+    the matrix [side^2, cells^2] whose product with an image is its blocks' means, and each block's area [cells^2]."""
+    sizes = np.diff(np.linspace(0, side, cells + 1).round().astype(int))
+    block_of = np.repeat(np.arange(cells), sizes)  # each row's / column's block
     block = (block_of[:, None] * cells + block_of[None, :]).reshape(-1)  # each pixel's block, row-major
-    area = areas.reshape(-1)
+    area = (sizes[:, None] * sizes[None, :]).astype(np.float64).reshape(-1)
     weights = np.zeros((side * side, cells * cells))
     weights[np.arange(side * side), block] = 1.0 / area[block]
     for array in (weights, area):  # shared by every call (cached): no caller may change it
