@@ -1,6 +1,7 @@
 """Local S3: moto's server with the project's buckets, every acknowledged write on disk, uploads notified durably.
 
-moto answers the S3 API (conditional writes included, which `Storage.update_json` relies on); `write_through`
+moto answers the S3 API (conditional writes included, which `Storage.update_json` relies on, made atomic per object
+by `atomic_writes`); `write_through`
 puts each change on disk before its answer and restores it all at start, so objects survive a SIGKILL of this
 process and any restart. An upload into a notifying bucket (`shared.names.NOTIFYING_BUCKETS`) also writes its
 MinIO webhook event to the outbox before the answer; the relay (`triage.stack.relay`, its own process) delivers
@@ -22,6 +23,7 @@ import boto3
 
 from shared.names import BUCKETS, MLFLOW_BUCKET, NOTIFYING_BUCKETS
 from triage.stack.access_log import redact_access_log
+from triage.stack.atomic_writes import AtomicObjectWrites
 from triage.stack.object_store import ObjectStore
 from triage.stack.outbox import Outbox
 from triage.stack.write_through import HEALTH_PATH, WriteThrough, install_hooks, restore
@@ -56,7 +58,8 @@ class S3Server:
         self.store = ObjectStore(Path(data_dir) / "store")
         self.outbox = Outbox(outbox_dir(data_dir))
         self.restored = restore(self.store)  # before listening: nobody sees a half-loaded store
-        self.app = WriteThrough(DomainDispatcherApplication(create_backend_app), self.store, self.outbox, notifying)
+        moto = AtomicObjectWrites(DomainDispatcherApplication(create_backend_app))  # conditional writes atomic
+        self.app = WriteThrough(moto, self.store, self.outbox, notifying)
         self._server = make_server("127.0.0.1", port, self.app, threaded=True, request_handler=MotoRequestHandler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
