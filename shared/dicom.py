@@ -22,6 +22,7 @@ import numpy as np
 
 from shared.config import DEFAULT_MAX_PIXELS
 from shared.deid_profile import BASIC_PROFILE
+from shared.dicom_jpeg12 import register as register_jpeg12
 from shared.errors import ImageError, PayloadTooLarge, TriageError
 from shared.working_size import reduce_in_bands, working_factor
 
@@ -36,6 +37,7 @@ __all__ = [
     "DeidentificationNotConfigured",
     "DicomHeader",
     "burned_in_annotation",
+    "decode_dataset",
     "decode_dicom",
     "deidentify",
     "deidentify_bytes",
@@ -288,6 +290,17 @@ def decode_dicom(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side:
     spread is added to `chroma` (an `imaging.Chroma`) on the way.
     """
     ds = read_dataset(data, force=not is_dicom(data))
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_encapsulated:  # a native codec decodes it: in a child (shared.dicom_decoder)
+        from shared import dicom_decoder
+
+        return dicom_decoder.decode(data, max_pixels=max_pixels, max_side=max_side, chroma=chroma)
+    return decode_dataset(ds, max_pixels=max_pixels, max_side=max_side, chroma=chroma)
+
+
+def decode_dataset(ds: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None,
+                   chroma: Any = None) -> np.ndarray:
+    """`decode_dicom` of a parsed data set, in this process (compressed pixel data included)."""
     try:
         return _decode(ds, max_pixels, max_side, chroma)
     except (TriageError, MemoryError):
@@ -342,6 +355,7 @@ def _decode(ds: Any, max_pixels: int, max_side: int | None, chroma: Any = None) 
 
 def _first_frame(ds: Any, frames: int) -> np.ndarray:
     """The stored values of the first frame (only that frame is decoded); ImageError naming the transfer syntax."""
+    register_jpeg12()  # 12-bit lossy JPEG through GDCM (pydicom's own plugins decline it)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 from typing import Any
 
-from tests.functions.tiny_model import jpeg_bytes, png_bomb, png_bytes
+from tests.functions.tiny_model import jpeg_bytes, jpeg_dicom_bytes, png_bomb, png_bytes
 
 BODY_LIMIT = 50_000  # the clients under test run with MAX_BODY_BYTES=BODY_LIMIT
 
@@ -41,6 +41,8 @@ def bad_requests(url: str) -> list[tuple[str, dict[str, Any], bool]]:
         ("gzip decoding over the size limit", {"data": gzip.compress(b"\x89PNG" + b"\0" * 2 * BODY_LIMIT),
                                                "content_type": "image/png",
                                                "headers": {"Content-Encoding": "gzip"}}, False),
+        ("a JPEG DICOM that aborts its decoder", {"data": jpeg_dicom_bytes(hostile=True),
+                                                  "content_type": "application/dicom"}, False),
         ("a gzipped multipart form", {"data": gzip.compress(b"--b\r\n\r\n--b--\r\n"),
                                       "content_type": "multipart/form-data; boundary=b",
                                       "headers": {"Content-Encoding": "gzip"}}, False),

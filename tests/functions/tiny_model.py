@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -81,29 +82,62 @@ def jpeg_bytes(size: int = 28, seed: int = 0) -> bytes:
 
 def dicom_bytes(size: int = 28, *, patient_name: str = "DOE^JANE", patient_id: str = "PID-12345") -> bytes:
     """A 16-bit MONOCHROME2 DICOM file with patient identifiers in it."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    dataset = _grey_secondary_capture(ExplicitVRLittleEndian, size, bits=(16, 12))
+    dataset.PatientName = patient_name
+    dataset.PatientID = patient_id
+    dataset.PatientBirthDate = "19700101"
+    dataset.PixelData = (gray_image(size).astype(np.uint16) * 16).tobytes()
+    return _saved(dataset)
+
+
+def _grey_secondary_capture(transfer_syntax: str, size: int, *, bits: tuple[int, int]) -> Any:
+    """A MONOCHROME2 CR secondary capture data set without pixel data: `bits` (allocated, stored)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax
     dataset = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
     dataset.SOPClassUID = meta.MediaStorageSOPClassUID
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.PatientName = patient_name
-    dataset.PatientID = patient_id
-    dataset.PatientBirthDate = "19700101"
     dataset.Modality = "CR"
     dataset.Rows = dataset.Columns = size
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = bits[0], bits[1], bits[1] - 1
     dataset.PixelRepresentation = 0
-    dataset.PixelData = (gray_image(size).astype(np.uint16) * 16).tobytes()
+    return dataset
+
+
+def _saved(dataset: Any) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def jpeg_dicom_bytes(size: int = 28, *, hostile: bool = False) -> bytes:
+    """An 8-bit MONOCHROME2 DICOM with JPEG baseline pixel data (a PACS's lossy export), decoded by GDCM here.
+
+    `hostile`: three stray bytes between two markers of the JPEG header. libjpeg only warns ("extraneous bytes
+    before marker"), but GDCM asserts on any warning while it reads the header: a C++ exception nothing catches,
+    and the process that decodes it aborts (SIGABRT)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    stream = io.BytesIO()
+    Image.fromarray(gray_image(size)).save(stream, format="JPEG", quality=95)
+    jpeg = stream.getvalue()
+    if hostile:
+        second = jpeg.index(b"\xff", 2 + 2 + int.from_bytes(jpeg[4:6], "big"))  # the marker after APP0
+        jpeg = jpeg[:second] + b"\x00\x01\x02" + jpeg[second:]
+    dataset = _grey_secondary_capture(JPEGBaseline8Bit, size, bits=(8, 8))
+    dataset.PixelData = encapsulate([jpeg])
+    dataset["PixelData"].VR = "OB"
+    return _saved(dataset)
 
 
 def png_bomb(side: int = 100_000) -> bytes:

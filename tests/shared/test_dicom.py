@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,56 @@ def test_a_compressed_dicom_is_deidentified_without_touching_its_pixels(tmp_path
     assert FAKE_PATIENT["PatientName"].encode() not in cleaned and FAKE_PATIENT["PatientID"].encode() not in cleaned
     assert read_dataset(cleaned).file_meta.TransferSyntaxUID == read_dataset(original).file_meta.TransferSyntaxUID
     np.testing.assert_array_equal(decode_image(cleaned), decode_image(original))
+
+
+# 12-bit lossy JPEG (JPEG Extended, process 4), as computed radiography archives hold chest films: encoded by DCMTK
+# (`+sr`: the stored values as they are, no rescaling of the pixel range) and decoded through GDCM.
+JPEG12_SPECS = {
+    "12-bit MONOCHROME2": PhantomDicomSpec(bits=12),
+    "12-bit MONOCHROME1, rescale and window": PhantomDicomSpec(bits=12, photometric="MONOCHROME1",
+                                                               rescale=(2.0, -1024.0), window=(1024.0, 4096.0)),
+    "10-bit MONOCHROME2": PhantomDicomSpec(bits=10),
+}
+
+
+def _dcmtk_jpeg12(source: Path) -> tuple[bytes, bytes]:
+    """(`source` as 12-bit lossy JPEG by DCMTK's dcmcjpeg, the same decoded back by DCMTK's dcmdjpeg)."""
+    from tests.shared.pacs.dcmtk import dcmtk_tool
+
+    lossy, decoded = source.with_suffix(".jpeg12.dcm"), source.with_suffix(".dcmtk.dcm")
+    for argv in ([dcmtk_tool("dcmcjpeg"), "+ee", "+sr", "+q", "90", str(source), str(lossy)],
+                 [dcmtk_tool("dcmdjpeg"), str(lossy), str(decoded)]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    return lossy.read_bytes(), decoded.read_bytes()
+
+
+@pytest.mark.parametrize("name", list(JPEG12_SPECS))
+def test_twelve_bit_lossy_jpeg_decodes_as_dcmtk_decodes_it(
+    tmp_path: Path, phantom: np.ndarray, name: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    source = write_phantom_dicom(tmp_path / "plain.dcm", phantom, JPEG12_SPECS[name])
+    lossy, by_dcmtk = _dcmtk_jpeg12(source)
+    ds = pydicom.dcmread(io.BytesIO(lossy))
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGExtended12Bit and ds.BitsStored > 8
+    capfd.readouterr()
+    image = decode_image(lossy)
+    assert "precision" not in capfd.readouterr().err  # GDCM's 16-bit-first attempt would say so on stderr
+    np.testing.assert_array_equal(image, decode_image(by_dcmtk))  # the same samples as an independent decoder
+    np.testing.assert_allclose(image, decode_image(source.read_bytes()), atol=0.02)  # lossy, quality 90
+
+
+def test_eight_bit_jpeg_extended_still_decodes(tmp_path: Path, phantom: np.ndarray) -> None:
+    from tests.shared.pacs.dcmtk import dcmtk_tool
+
+    source = write_phantom_dicom(tmp_path / "plain.dcm", phantom, PhantomDicomSpec(bits=8))
+    lossy = tmp_path / "jpeg8.dcm"
+    done = subprocess.run([dcmtk_tool("dcmcjpeg"), "+ee", "+sr", str(source), str(lossy)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert pydicom.dcmread(lossy).file_meta.TransferSyntaxUID == pydicom.uid.JPEGExtended12Bit
+    error = np.abs(decode_image(lossy.read_bytes()) - decode_image(source.read_bytes()))
+    assert error.mean() < 0.01 and error.max() < 0.06  # lossy, default quality, on a small noisy phantom
 
 
 def test_an_undecodable_compression_is_one_clear_line_naming_the_transfer_syntax(

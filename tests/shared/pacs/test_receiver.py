@@ -18,6 +18,7 @@ from pydicom import uid
 from shared.config import Settings
 from shared.names import INPUT_BUCKET, dicom_instance_key
 from shared.pacs.receiver import Receiver
+from tests.functions.tiny_model import jpeg_dicom_bytes
 from tests.shared.pacs.dcmtk import dcmtk_send, dcmtk_tool
 from tests.shared.pacs.generated_dx import BIRTH_DATE, PATIENT_ID, PATIENT_NAME, generated_dx
 
@@ -156,6 +157,43 @@ def test_a_corrupt_dataset_gets_a_failure_status_and_nothing_is_stored(receiver,
     assert "Received Store Response (Error: CannotUnderstand)" in done.stderr, done.stderr
     assert stored_keys(storage) == []
     assert "refused an instance from CHESTROOM1: the image cannot be decoded" in caplog.text
+
+
+def test_a_twelve_bit_lossy_jpeg_dx_is_stored(receiver, storage, storescu, tmp_path):
+    # A computed radiography archive's usual export: JPEG Extended, 12 bits (DCMTK encodes it, GDCM decodes it).
+    path = tmp_path / "jpeg12.dcm"
+    done = subprocess.run([dcmtk_tool("dcmcjpeg"), "+ee", "+sr", str(write(tmp_path / "dx.dcm", generated_dx())),
+                           str(path)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = send(storescu, receiver, path, options=("--propose-jpeg12",))
+    assert done.returncode == 0, done.stderr
+    (key,) = stored_keys(storage)
+    assert pydicom.dcmread(io.BytesIO(storage.get_bytes(INPUT_BUCKET, key))).file_meta.TransferSyntaxUID == \
+        uid.JPEGExtended12Bit
+
+
+def test_pixel_data_that_aborts_the_decoder_is_refused_and_the_receiver_goes_on(receiver, storage, storescu,
+                                                                                 tmp_path):
+    # JPEG baseline pixel data on which GDCM asserts (tests.functions.tiny_model.jpeg_dicom_bytes): decoded in the
+    # receiver's own process, it would abort it and every association with it.
+    hostile = pydicom.dcmread(io.BytesIO(jpeg_dicom_bytes(hostile=True)))
+    ds = pydicom.dcmread(io.BytesIO(generated_dx()))
+    ds.file_meta.TransferSyntaxUID = hostile.file_meta.TransferSyntaxUID
+    for name in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PhotometricInterpretation"):
+        setattr(ds, name, getattr(hostile, name))
+    ds.PixelData = hostile.PixelData
+    ds["PixelData"].VR = "OB"
+    for name in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if name in ds:
+            delattr(ds, name)
+    path = tmp_path / "hostile.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    done = send(storescu, receiver, path, options=("--propose-jpeg8",))
+    assert "Received Store Response (Error: CannotUnderstand)" in done.stderr, done.stderr
+    assert stored_keys(storage) == []
+    done = send(storescu, receiver, write(tmp_path / "chest.dcm", generated_dx()))
+    assert done.returncode == 0, done.stderr
+    assert len(stored_keys(storage)) == 1
 
 
 def test_a_dx_without_its_study_uid_gets_0xa900(receiver, storage, storescu, tmp_path):
