@@ -14,6 +14,7 @@ import io
 import math
 import secrets
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from shared.working_size import reduce_in_bands, working_factor
 __all__ = [
     "BASIC_PROFILE",
     "EPHEMERAL_SECRET",
+    "MAX_INFLATED_BYTES",
     "MAX_SEQUENCE_DEPTH",
     "NOT_CHEST_BODY_PARTS",
     "NOT_CHEST_MODALITIES",
@@ -50,6 +52,9 @@ __all__ = [
 # Real images nest a few levels (a code sequence inside a request attributes item); 2,000 levels made pydicom
 # recurse past Python's stack while reading, walking or writing the file.
 MAX_SEQUENCE_DEPTH = 16
+# What a deflated data set may inflate to: the largest image allowed at 16 bits in 2 samples, plus headers. pydicom
+# inflates the whole data set in one call, so a 20 MB body of deflated zeros became 20 GB in memory.
+MAX_INFLATED_BYTES = 4 * DEFAULT_MAX_PIXELS + (16 << 20)
 # A random secret for one process: for batch jobs whose replaced UIDs need not match those of another run (the
 # training data set); the serving functions use the installation's DEID_SECRET.
 EPHEMERAL_SECRET = secrets.token_hex(32)
@@ -103,6 +108,7 @@ def read_dataset(data: bytes, *, force: bool = False, header_only: bool = False)
 
     if not data:
         raise ImageError("empty DICOM: no bytes")
+    _check_inflated_size(data, force=force)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on harmless non-conformance; errors still raise
@@ -123,6 +129,36 @@ def read_dataset(data: bytes, *, force: bool = False, header_only: bool = False)
     if not groups & {0x0008, 0x0010, 0x0020, 0x0028, 0x7FE0}:
         raise ImageError("not a DICOM file (no standard DICOM elements)")
     return ds
+
+
+def _check_inflated_size(data: bytes, *, force: bool) -> None:
+    """PayloadTooLarge when the data set is deflated (1.2.840.10008.1.2.1.99) and inflates to over
+    MAX_INFLATED_BYTES; counted a megabyte at a time, before pydicom inflates it whole. Other inputs pass."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    stream = io.BytesIO(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read_preamble(stream, force)
+            meta = _read_file_meta_info(stream)
+        syntax = meta.get("TransferSyntaxUID")
+    except Exception:  # no readable file meta: not deflated as pydicom reads it; its parse reports what is wrong
+        return
+    if syntax != DeflatedExplicitVRLittleEndian:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, total = data[stream.tell():], 0
+    try:
+        while pending and not inflater.eof:
+            total += len(inflater.decompress(pending, 1 << 20))
+            if total > MAX_INFLATED_BYTES:
+                raise PayloadTooLarge(f"the deflated DICOM data set inflates to over {MAX_INFLATED_BYTES} bytes, "
+                                      f"more than any image allowed here needs")  # fmt: skip
+            pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise ImageError(f"deflated DICOM data set cannot be inflated: {exc}") from exc
 
 
 def _is_sequence(dataset: Any, tag: Any) -> bool:

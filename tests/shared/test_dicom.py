@@ -293,6 +293,47 @@ def test_an_undecodable_compression_is_one_clear_line_naming_the_transfer_syntax
     assert "\n" not in str(error.value)
 
 
+def _deflated(ds: Dataset) -> bytes:
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    return _save(ds)
+
+
+def test_a_deflated_dicom_decodes_and_deidentifies_as_its_uncompressed_self(
+    tmp_path: Path, phantom: np.ndarray
+) -> None:
+    plain = write_phantom_dicom(tmp_path / "plain.dcm", phantom, PhantomDicomSpec(bits=12)).read_bytes()
+    deflated = _deflated(pydicom.dcmread(io.BytesIO(plain)))
+    assert len(deflated) < len(plain)
+    np.testing.assert_array_equal(decode_image(deflated), decode_image(plain))
+    cleaned = read_dataset(deidentify_bytes(deflated, secret=SECRET))
+    assert cleaned.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert cleaned.PatientID != FAKE_PATIENT["PatientID"]
+    cleaned = _save(cleaned)
+    np.testing.assert_array_equal(decode_image(cleaned), decode_image(plain))
+
+
+def test_a_deflate_bomb_is_a_413_before_it_is_inflated(tmp_path: Path, phantom: np.ndarray) -> None:
+    from shared.dicom import MAX_INFLATED_BYTES
+
+    ds = pydicom.dcmread(write_phantom_dicom(tmp_path / "plain.dcm", phantom, PhantomDicomSpec(bits=12)))
+    ds.add_new(0x00091010, "LO", "BOMB")
+    ds.add_new(0x00091011, "OB", bytes(MAX_INFLATED_BYTES + 1))  # zeros: deflated to a few hundred KB
+    bomb = _deflated(ds)
+    del ds
+    assert len(bomb) < 1_000_000
+    for call in (decode_image, read_header, lambda data: deidentify_bytes(data, secret=SECRET)):
+        with pytest.raises(PayloadTooLarge, match="inflates to over"):
+            call(bomb)
+
+
+def test_a_broken_deflate_stream_is_a_400(tmp_path: Path, phantom: np.ndarray) -> None:
+    deflated = _deflated(pydicom.dcmread(write_phantom_dicom(tmp_path / "plain.dcm", phantom)))
+    start = deflated.index(b"1.2.840.10008.1.2.1.99") + 40
+    broken = deflated[:start] + bytes(b ^ 0x5A for b in deflated[start:start + 64]) + deflated[start + 64:]
+    with pytest.raises(ImageError, match="DICOM"):
+        decode_image(broken)
+
+
 def test_bad_dicoms_give_clear_errors(tmp_path: Path, phantom: np.ndarray) -> None:
     with pytest.raises(ImageError, match="DICOM"):
         decode_image(b"this is not dicom at all" * 10, "application/dicom")
