@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shared.events import (
     HEATMAP_REQUESTED,
     PREDICTION_CREATED,
@@ -10,7 +12,7 @@ from shared.events import (
     object_created_event,
 )
 from shared.storage import Storage
-from tests.functions.tiny_model import png_bytes
+from tests.functions.tiny_model import jpeg_dicom_bytes, png_bytes
 
 
 def uploaded(storage: Storage, key: str, data: bytes):
@@ -61,12 +63,14 @@ def test_with_k_sink_the_prediction_event_is_published_once(client_for, storage,
     assert [e["type"] for e in sink.events] == [HEATMAP_REQUESTED, PREDICTION_CREATED]
 
 
-def test_a_bad_image_is_a_final_200_with_an_error_result(client_for, storage, s3_server):
+@pytest.mark.parametrize("name, data", [("junk.png", b"not an image at all"),
+                                        ("aborts-its-decoder.dcm", jpeg_dicom_bytes(hostile=True))])
+def test_a_bad_image_is_a_final_200_with_an_error_result(client_for, storage, s3_server, name, data):
     client = client_for("ingest", DEID_SECRET="ingest-fn-secret", S3_ENDPOINT_URL=s3_server, K_SINK="")
-    response = deliver(client, uploaded(storage, "junk.png", b"not an image at all"))
+    response = deliver(client, uploaded(storage, name, data))
     assert response.status_code == 200
     assert response.get_json()["status"] == "error"
-    assert storage.get_json("inference-results", "junk.png.json")["error"]["code"] == "bad_image"
+    assert storage.get_json("inference-results", f"{name}.json")["error"]["code"] == "bad_image"
 
 
 def test_s3_down_is_a_5xx_so_the_broker_retries(client_for):
