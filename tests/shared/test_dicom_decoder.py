@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from shared.imaging import Chroma, decode_image
 from tests.functions.tiny_model import jpeg_dicom_bytes
 
 LIMITS = {"max_pixels": 10_000_000, "max_side": 1024}
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def test_the_hostile_jpeg_aborts_a_process_that_decodes_it_itself() -> None:
     code = ("import sys; from tests.functions.tiny_model import jpeg_dicom_bytes\n"
             "from shared.dicom import decode_dataset, read_dataset\n"
             "decode_dataset(read_dataset(jpeg_dicom_bytes(hostile=True)))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, cwd=os.getcwd())
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, cwd=REPO)
     assert done.returncode == -signal.SIGABRT, done.stderr[-500:]
 
 
