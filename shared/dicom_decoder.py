@@ -10,9 +10,10 @@ image (float32, at most the working size: a few MB). Uncompressed pixel data (nu
 stays in-process.
 
 What the caller sees is what the in-process decode gives: the image, or the same error type and message
-(ImageError 400, PayloadTooLarge 413, MemoryError); a child killed by a signal while it decodes (the codec aborted
-or crashed) is an ImageError naming the signal, and a decode over `DECODE_TIMEOUT_S` kills the child and is an
-ImageError too. A child that left on its own (idle over `IDLE_EXIT_S`, which spares the function its ~70 MB while
+(ImageError 400, PayloadTooLarge 413, MemoryError); a child that a codec ended while it decoded (SIGABRT, SIGSEGV,
+SIGBUS, SIGFPE, SIGILL, SIGSYS) is an ImageError naming the signal, one killed from outside (the OOM killer's SIGKILL)
+a NotReady (503: the broker or the modality sends it again), and a decode over `DECODE_TIMEOUT_S` kills the child
+and is an ImageError. A child that left on its own (idle over `IDLE_EXIT_S`, which spares the function its ~70 MB while
 no compressed image comes) is replaced and the decode sent again. At most `MAX_CHILDREN` decode at once (one each);
 further callers wait for one. A forked copy of the parent starts its own. The child ignores SIGTERM and SIGINT (a
 stack stopping the function's process group must not fail a decode the function is finishing) and exits when its
@@ -38,7 +39,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from shared.errors import ImageError, PayloadTooLarge, UnsupportedMediaType
+from shared.errors import ImageError, NotReady, PayloadTooLarge, UnsupportedMediaType
 
 __all__ = ["DECODE_TIMEOUT_S", "IDLE_EXIT_S", "MAX_CHILDREN", "DecoderPool", "decode", "main"]
 
@@ -48,6 +49,11 @@ MAX_CHILDREN = 2  # the function's request threads (shared.topology.MODEL_THREAD
 
 _ERRORS: dict[str, type[Exception]] = {"ImageError": ImageError, "PayloadTooLarge": PayloadTooLarge,
                                        "UnsupportedMediaType": UnsupportedMediaType, "MemoryError": MemoryError}
+
+
+# How a codec ends on bytes it cannot take (an assert, a bad pointer, a bad division): the input's fault, a 400.
+# Any other signal (SIGKILL of the OOM killer, a SIGTERM) came from outside: a 503, and the caller sends it again.
+_INPUT_FAULTS = frozenset({signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGSYS})
 
 
 class _Retry(Exception):
@@ -134,7 +140,9 @@ class DecoderPool:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        raise ImageError(f"the DICOM pixel data stopped the image decoder ({name}): refused as corrupt or hostile")
+        if -code in _INPUT_FAULTS:
+            raise ImageError(f"the DICOM pixel data stopped the image decoder ({name}): refused as corrupt or hostile")
+        raise NotReady(f"the image decoder was stopped from outside ({name}) while it decoded: send it again")
 
     def _acquire(self) -> subprocess.Popen[bytes]:
         with self._lock:

@@ -56,8 +56,8 @@ def check_instance(data: bytes, *, declared_sop_class: str | None = None,
     """The instance if xray-triage can triage it; `RefusedInstance` otherwise (the reason names no value)."""
     try:
         ds = read_dataset(data, header_only=True)
-    except ImageError as exc:
-        raise RefusedInstance("the data set cannot be parsed") from exc
+    except (ImageError, PayloadTooLarge) as exc:  # PayloadTooLarge: a deflated data set inflating past the limit
+        raise RefusedInstance(f"the data set cannot be parsed ({exc.code})") from exc
     try:
         sop_class = _uid(ds, "SOPClassUID")
         sop_instance = _uid(ds, "SOPInstanceUID")

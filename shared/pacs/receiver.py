@@ -86,6 +86,9 @@ def _store(event: Any, storage: Storage, settings: Settings) -> int:
     except RefusedInstance as exc:
         log.warning("refused an instance from %s: %s", _peer(event), exc.message)
         return DATASET_MISMATCH if exc.mismatch else CANNOT_UNDERSTAND
+    except Exception as exc:  # ours (the pixel decoder killed, or not starting): the modality sends it again
+        log.error("could not check an instance from %s: %s", _peer(event), type(exc).__name__)
+        return OUT_OF_RESOURCES
     ref = key_ref(INPUT_BUCKET, instance.key)
     try:
         store_instance(storage, instance)

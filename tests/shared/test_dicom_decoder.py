@@ -16,7 +16,7 @@ import pytest
 from shared import dicom_decoder
 from shared.dicom import decode_dataset, decode_dicom, read_dataset
 from shared.dicom_decoder import DecoderPool
-from shared.errors import ImageError, PayloadTooLarge
+from shared.errors import ImageError, NotReady, PayloadTooLarge
 from shared.imaging import Chroma, decode_image
 from tests.functions.tiny_model import jpeg_dicom_bytes
 
@@ -90,6 +90,28 @@ def test_a_decode_over_the_timeout_kills_the_child_and_is_a_400() -> None:
         pool.decode(jpeg_dicom_bytes(), **LIMITS)
     assert time.monotonic() - started < 10
     assert pool._idle == [] and pool._busy == 0
+
+
+def test_a_child_a_codec_ends_is_the_input_s_fault_and_one_killed_from_outside_is_a_503() -> None:
+    aborting = DecoderPool([sys.executable, "-c", "import os, sys; sys.stdin.readline(); os.abort()"])
+    with pytest.raises(ImageError, match="SIGABRT"):
+        aborting.decode(jpeg_dicom_bytes(), **LIMITS)
+    silent = DecoderPool([sys.executable, "-c", "import sys, time; sys.stdin.readline(); time.sleep(60)"])
+    killer = threading.Timer(1.0, lambda: silent._busy and os.kill(_only_child(), signal.SIGKILL))
+    killer.start()
+    with pytest.raises(NotReady, match="SIGKILL"):
+        silent.decode(jpeg_dicom_bytes(), **LIMITS)
+    assert silent._busy == 0 and aborting._busy == 0
+
+
+def _only_child() -> int:
+    """The pid of this process's one child running `time.sleep(60)`."""
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    children = [pid for task in tasks.iterdir() for pid in (task / "children").read_text().split()]
+    for pid in children:
+        if b"time.sleep(60)" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return int(pid)
+    raise AssertionError(children)
 
 
 def test_a_child_that_cannot_start_is_a_server_fault_not_the_input_s() -> None:

@@ -218,6 +218,35 @@ def test_a_storage_failure_answers_out_of_resources_so_the_modality_retries(rece
     assert instances("storage_failed") == before + 1  # what TriageDicomStoreFailing alerts on
 
 
+def test_a_pixel_decoder_killed_from_outside_answers_out_of_resources(receiver, storage, storescu, tmp_path,
+                                                                     monkeypatch):
+    from shared.errors import NotReady
+    from shared.pacs import instances as checked
+
+    def killed(*args, **kwargs):
+        raise NotReady("the image decoder was stopped from outside (SIGKILL) while it decoded: send it again")
+
+    monkeypatch.setattr(checked, "decode_dicom", killed)
+    done = send(storescu, receiver, write(tmp_path / "chest.dcm", generated_dx()))
+    assert "Received Store Response (Refused: OutOfResources)" in done.stderr, done.stderr
+    assert stored_keys(storage) == []
+
+
+def test_a_deflate_bomb_is_refused(receiver, storage, storescu, tmp_path):
+    from shared.dicom import MAX_INFLATED_BYTES
+
+    ds = pydicom.dcmread(io.BytesIO(generated_dx()))
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    ds.add_new(0x00091010, "LO", "BOMB")
+    ds.add_new(0x00091011, "OB", bytes(MAX_INFLATED_BYTES + 1))
+    path = tmp_path / "bomb.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    del ds
+    done = send(storescu, receiver, path, options=("--propose-deflated",))
+    assert "Received Store Response (Error: CannotUnderstand)" in done.stderr, done.stderr
+    assert stored_keys(storage) == []
+
+
 def test_associations_over_the_limit_are_rejected(storage, tmp_path):
     """One association held open: with DICOM_MAX_ASSOCIATIONS=1 the next is refused, and served once it is gone."""
     from pynetdicom import AE
