@@ -55,6 +55,9 @@ MAX_SEQUENCE_DEPTH = 16
 # What a deflated data set may inflate to: the largest image allowed at 16 bits in 2 samples, plus headers. pydicom
 # inflates the whole data set in one call, so a 20 MB body of deflated zeros became 20 GB in memory.
 MAX_INFLATED_BYTES = 4 * DEFAULT_MAX_PIXELS + (16 << 20)
+# The transfer syntaxes whose pixel data numpy reads (pydicom, no native codec): decoded in this process.
+_NATIVE_PIXEL_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
+                                    "1.2.840.10008.1.2.2"})
 # A random secret for one process: for batch jobs whose replaced UIDs need not match those of another run (the
 # training data set); the serving functions use the installation's DEID_SECRET.
 EPHEMERAL_SECRET = secrets.token_hex(32)
@@ -327,8 +330,8 @@ def decode_dicom(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side:
     """
     ds = read_dataset(data, force=not is_dicom(data))
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and syntax.is_encapsulated:  # a native codec decodes it: in a child (shared.dicom_decoder)
-        from shared import dicom_decoder
+    if syntax is not None and str(syntax) not in _NATIVE_PIXEL_SYNTAXES:  # a codec (or nothing) decodes it: in a
+        from shared import dicom_decoder  # child (shared.dicom_decoder); so does a value that names no syntax
 
         return dicom_decoder.decode(data, max_pixels=max_pixels, max_side=max_side, chroma=chroma)
     return decode_dataset(ds, max_pixels=max_pixels, max_side=max_side, chroma=chroma)
