@@ -52,6 +52,7 @@ class TrainOptions:
     distill_alpha: float = 0.5
     distill_tau: float = 2.0
     teacher_epochs: int = 8
+    teacher_share: float = 0.3  # of max_minutes, at most, for the teacher; the student trains in the rest
     ema: float = 0.0  # >0: evaluate/keep an exponential moving average of the weights
     # Acquisition-shift augmentation (the stress set's shifts, training side): per-image gamma exp(U(-g, g)),
     # Gaussian blur with sigma U(0, b) pixels, additive noise with std U(0, n) (in [0, 1] pixel units). 0 = off.
@@ -313,11 +314,16 @@ def train_model(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
     from training_jobs.calibration import calibrate
 
     teacher = None
+    student_options = options
     if options.distill:
-        teacher = fit(TeacherCNN(), train_x, train_y, val_x, val_y, options, epochs=options.teacher_epochs,
-                      desc="teacher", progress=progress).model
+        # One time budget for both: the teacher gets up to its share, the student what is left.
+        teacher_budget = replace(options, max_minutes=options.max_minutes * options.teacher_share)
+        taught = fit(TeacherCNN(), train_x, train_y, val_x, val_y, teacher_budget, epochs=options.teacher_epochs,
+                     desc="teacher", progress=progress)
+        teacher = taught.model
+        student_options = replace(options, max_minutes=max(options.max_minutes - taught.seconds / 60.0, 0.5))
     model = ViT(options.model)
-    result = fit(model, train_x, train_y, val_x, val_y, options, teacher=teacher, on_epoch=on_epoch,
+    result = fit(model, train_x, train_y, val_x, val_y, student_options, teacher=teacher, on_epoch=on_epoch,
                  progress=progress)
     val_logits = predict_logits(model, val_x)
     temperature, choice = calibrate(val_logits, val_y, seed=options.seed, quantile=options.threshold_quantile)
@@ -384,7 +390,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--no-class-weighting", action="store_true")
     recipe.add_argument("--no-augment", action="store_true")
     recipe.add_argument("--hflip", action="store_true", help="also mirror images left-right (off: films have a side)")
-    recipe.add_argument("--distill", action="store_true", help="DeiT-style soft distillation from a small CNN teacher")
+    recipe.add_argument("--distill", action=argparse.BooleanOptionalAction, default=d.distill,
+                        help="DeiT-style soft distillation from a small CNN teacher trained first, in the same "
+                             f"--max-minutes (at most {d.teacher_share * 100:.0f}%% of it; default {d.distill})")
     recipe.add_argument("--threads", type=int, default=d.threads,
                         help=f"torch threads (default {d.threads}: robust on shared CPUs; 0 = torch's choice)")
 

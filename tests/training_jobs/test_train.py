@@ -122,3 +122,23 @@ def test_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"triage {command}" in capsys.readouterr().out
+
+
+def test_distillation_trains_teacher_and_student_within_one_time_budget(monkeypatch):
+    from training_jobs import train
+    from training_jobs.train import FitResult, TeacherCNN, TrainOptions, train_model
+
+    budgets: list[tuple[str, float]] = []
+
+    def timed_fit(model, train_x, train_y, val_x, val_y, options, *, teacher=None, epochs=None, **kwargs):
+        budgets.append((type(model).__name__, options.max_minutes))
+        assert (teacher is not None) == (not isinstance(model, TeacherCNN))  # the student learns from the teacher
+        return FitResult(model.eval(), 1, 0.5, 1, "time", 60.0 * options.max_minutes * 0.5, [])
+
+    monkeypatch.setattr(train, "fit", timed_fit)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 1, 28, 28)).astype(np.float32), np.arange(40) % 2
+    options = TrainOptions(distill=True, max_minutes=10.0, teacher_share=0.3)
+    train_model(x, y, x, y, options, progress=False)
+    # The teacher may use 30 % (3 min) and used half of it; the student gets the 8.5 min left.
+    assert budgets == [("TeacherCNN", pytest.approx(3.0)), ("ViT", pytest.approx(8.5))]
