@@ -330,8 +330,9 @@ def decode_dicom(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side:
     """
     ds = read_dataset(data, force=not is_dicom(data))
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and str(syntax) not in _NATIVE_PIXEL_SYNTAXES:  # a codec (or nothing) decodes it: in a
-        from shared import dicom_decoder  # child (shared.dicom_decoder); so does a value that names no syntax
+    # A codec decodes it (or nothing does: a value that names no syntax): in a child, shared.dicom_decoder.
+    if syntax is not None and str(syntax) not in _NATIVE_PIXEL_SYNTAXES:
+        from shared import dicom_decoder
 
         return dicom_decoder.decode(data, max_pixels=max_pixels, max_side=max_side, chroma=chroma)
     return decode_dataset(ds, max_pixels=max_pixels, max_side=max_side, chroma=chroma)

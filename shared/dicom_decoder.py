@@ -94,7 +94,7 @@ class DecoderPool:
                 chroma.total += float(header["chroma"][0])
                 chroma.count += int(header["chroma"][1])
             return pixels
-        raise ImageError("the DICOM pixel decoder could not be started")
+        raise NotReady("the DICOM pixel decoder left before it took the image, twice: send it again")
 
     def close(self) -> None:
         """Close every idle child's input (each exits) and wait for them."""
@@ -130,7 +130,8 @@ class DecoderPool:
         return header, np.frombuffer(raw, dtype="<f4").reshape(height, width).astype(np.float32, copy=True)
 
     def _gone(self, child: subprocess.Popen[bytes]) -> None:
-        """The child's pipe closed: _Retry when it had exited on its own, an ImageError when a signal ended it."""
+        """The child's pipe closed: _Retry when it had exited on its own, RuntimeError when it failed to run, an
+        ImageError when a codec's signal ended it, NotReady when a signal from outside did."""
         code = child.wait()
         if code == 0:
             raise _Retry

@@ -114,6 +114,13 @@ def _only_child() -> int:
     raise AssertionError(children)
 
 
+def test_children_that_leave_before_taking_the_image_are_a_503_not_the_input_s_fault() -> None:
+    pool = DecoderPool([sys.executable, "-c", "pass"])  # exits 0 at once, as an idle child does
+    with pytest.raises(NotReady, match="left before it took the image"):
+        pool.decode(jpeg_dicom_bytes(), **LIMITS)
+    assert pool._busy == 0
+
+
 def test_a_child_that_cannot_start_is_a_server_fault_not_the_input_s() -> None:
     pool = DecoderPool([sys.executable, "-c", "raise SystemExit(3)"])
     with pytest.raises(RuntimeError, match="exited with status 3"):
