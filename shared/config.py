@@ -21,6 +21,7 @@ __all__ = [
     "BUCKETS",
     "BURNED_IN_POLICIES",
     "CANARY_SERVICES",
+    "DEFAULT_MAX_INPUT_BYTES",
     "DEFAULT_MAX_PIXELS",
     "PROJECT_ROOT",
     "RECORD_WRITERS",
@@ -43,6 +44,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CANARY_SERVICES = ("predict", "explain", "ingest")  # the services a model version is a revision of
 RETRAIN_BACKENDS = ("local", "kubernetes", "github")
 DEFAULT_MAX_PIXELS = 50_000_000  # declared pixels above this are refused (413) before any is decoded
+# The largest input object held in memory (MAX_INPUT_BYTES): an object ingest reads from inference-inputs, a C-STORE
+# data set the DICOM receiver takes. The largest image allowed, at 16 bits in one sample, plus its headers.
+DEFAULT_MAX_INPUT_BYTES = 2 * DEFAULT_MAX_PIXELS + (16 << 20)
 BURNED_IN_POLICIES = ("refuse", "mark")  # BURNED_IN_ANNOTATION: the first is the default
 # REQUEST_RECORD_WRITER: predict's / explain's record batches through a child process (the default: botocore off the
 # request threads' GIL, ~50 MB of RSS) or from a thread of the function's own process (tests that import a function
@@ -159,6 +163,7 @@ class Settings:
     # Limits.
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     url_fetch_timeout_s: float = 5.0
     # Networks a {"url"} input may point into despite the SSRF guard ("127.0.0.1/32,::1"): local stack and tests only.
     url_allow_networks: str = ""
@@ -215,6 +220,7 @@ class Settings:
             review_session_hours=_real(env, "REVIEW_SESSION_HOURS", 8.0, "number of hours"),
             max_body_bytes=_whole(env, "MAX_BODY_BYTES", 20 * 1024 * 1024),
             max_pixels=_whole(env, "MAX_PIXELS", DEFAULT_MAX_PIXELS),
+            max_input_bytes=int(_positive(env, "MAX_INPUT_BYTES", DEFAULT_MAX_INPUT_BYTES, "whole number", whole=True)),
             url_fetch_timeout_s=_real(env, "URL_FETCH_TIMEOUT_S", 5.0, "number of seconds"),
             url_allow_networks=env.get("URL_ALLOW_NETWORKS", ""),
             ort_intra_op_threads=_whole(env, "ORT_INTRA_OP_THREADS", 1),

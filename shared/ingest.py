@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared import metrics
 from shared.dicom import deidentify_bytes, is_dicom
-from shared.errors import NotFound, TriageError, UserError
+from shared.errors import NotFound, PayloadTooLarge, TriageError, UserError
 from shared.events import (
     BadEvent,
     CloudEvent,
@@ -272,12 +272,14 @@ def _flag(
     model.ensure_loaded()  # NotReady / ModelLoadError (5xx) before anything is read: the event comes back
     t0 = time.perf_counter()
     uploaded_at = parse_utc(obj.event_time)
-    try:
-        stored = storage.get_object(obj.bucket, obj.key, if_match=obj.etag)  # exactly this version
+    try:  # exactly this version, and never more than MAX_INPUT_BYTES in memory
+        stored = storage.get_object(obj.bucket, obj.key, if_match=obj.etag, max_bytes=model.settings.max_input_bytes)
     except Stale:
         return IngestOutcome("stale", obj)
     except NotFound:
         return _store_error(storage, model, obj, NotFound("the input object no longer exists"), uploaded_at, now)
+    except PayloadTooLarge as exc:
+        return _store_error(storage, model, obj, exc, uploaded_at, now)
     uploaded_at = uploaded_at or parse_utc(stored.last_modified)
     timings = {"storage_read": _ms_since(t0)}
     try:

@@ -75,8 +75,9 @@ EXPORT_FAILURES = Counter(
 # The DICOM receiver (`shared.pacs.receiver`, the one long-running Deployment): its own /metrics port.
 DICOM_INSTANCES = Counter(
     "triage_dicom_instances_total",
-    "C-STORE requests answered by the DICOM receiver, by outcome: stored, mismatch (0xA900), unreadable (0xC000), "
-    "storage_failed (0xA700: the modality resends).",
+    "C-STORE requests answered (or aborted) by the DICOM receiver, by outcome: stored, mismatch (0xA900), "
+    "unreadable (0xC000), storage_failed (0xA700: the modality resends), too_large (a data set over MAX_INPUT_BYTES: "
+    "the association aborted).",
     ["outcome"],
 )
 DICOM_STORE_SECONDS = Histogram(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
-from shared.errors import NotFound, TriageError
+from shared.errors import NotFound, PayloadTooLarge, TriageError
 from shared.names import BUCKETS
 
 __all__ = [
@@ -95,6 +95,19 @@ def _is_precondition_failure(exc: Exception) -> bool:
     return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
 
 
+def _read_at_most(body: Any, content_length: Any, max_bytes: int) -> bytes:
+    """The body when it holds at most `max_bytes` (by its Content-Length, then by what it sends); PayloadTooLarge."""
+    too_large = PayloadTooLarge(f"the object holds over {max_bytes} bytes, the limit (MAX_INPUT_BYTES)")
+    if isinstance(content_length, int) and content_length > max_bytes:
+        raise too_large
+    data = bytearray()
+    while len(data) <= max_bytes and (chunk := body.read(max_bytes + 1 - len(data))):
+        data += chunk
+    if len(data) > max_bytes:
+        raise too_large
+    return bytes(data)
+
+
 def _is_missing(exc: Exception) -> bool:
     response = getattr(exc, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
@@ -156,8 +169,10 @@ class Storage:
         extra = {"ContentType": content_type} if content_type else None
         self.client.upload_file(str(path), bucket, key, ExtraArgs=extra)
 
-    def get_object(self, bucket: str, key: str, *, if_match: str | None = None) -> StoredObject:
-        """The object (only the version with etag `if_match` when given: `Stale` otherwise); NotFound if absent."""
+    def get_object(self, bucket: str, key: str, *, if_match: str | None = None,
+                   max_bytes: int | None = None) -> StoredObject:
+        """The object (only the version with etag `if_match` when given: `Stale` otherwise); NotFound if absent;
+        PayloadTooLarge (413, not naming the key) when it holds over `max_bytes`, found before its body is read."""
         extra = {"IfMatch": f'"{if_match.strip(chr(34))}"'} if if_match else {}
         try:
             response = self.client.get_object(Bucket=bucket, Key=key, **extra)
@@ -167,8 +182,10 @@ class Storage:
             if if_match and _is_precondition_failure(exc):
                 raise Stale(f"s3://{bucket}/{key} was replaced") from exc
             raise
-        return StoredObject(response["Body"].read(), str(response.get("ETag", "")).strip('"'),
-                            response.get("LastModified"), response.get("ContentType"))
+        with contextlib.closing(response["Body"]) as body:
+            data = body.read() if max_bytes is None else _read_at_most(body, response.get("ContentLength"), max_bytes)
+        return StoredObject(data, str(response.get("ETag", "")).strip('"'), response.get("LastModified"),
+                            response.get("ContentType"))
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         try:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
+import socketserver
 import threading
 import time
 from typing import Any
@@ -27,6 +29,7 @@ from shared import metrics
 from shared.config import Settings
 from shared.names import INPUT_BUCKET, key_ref
 from shared.pacs.instances import RefusedInstance, check_instance, store_instance
+from shared.pacs.pdu_limits import BoundedRequestHandler, OverLimit
 from shared.pacs.sop_classes import CHEST_RADIOGRAPH_SOP_CLASSES, DECODABLE_TRANSFER_SYNTAXES
 from shared.storage import Storage
 
@@ -101,10 +104,21 @@ def _store(event: Any, storage: Storage, settings: Settings) -> int:
 
 def _peer(event: Any) -> str:
     """The sender as its calling AE title (configured at the modality: not a patient attribute)."""
+    return _peer_of(getattr(event, "assoc", None))
+
+
+def _peer_of(assoc: Any) -> str:
     try:
-        return str(event.assoc.requestor.ae_title).strip() or "?"
+        return str(assoc.requestor.ae_title).strip() or "?"
     except Exception:
         return "?"
+
+
+def _on_over_limit(assoc: Any, error: OverLimit) -> None:
+    """The peer sent past a bound (`shared.pacs.pdu_limits`): the association is aborted, nothing was stored."""
+    if error.dataset:
+        metrics.DICOM_INSTANCES.labels(outcome="too_large").inc()
+    log.warning("aborted the association of %s: %s", _peer_of(assoc), error)
 
 
 def _on_rejected(event: Any) -> None:
@@ -140,12 +154,16 @@ class Receiver:
 
     def start(self) -> Receiver:
         from pynetdicom import evt
+        from pynetdicom.transport import ThreadedAssociationServer
 
         # pynetdicom logs message dumps (UIDs, identifiers) at INFO / DEBUG: only its warnings and errors.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         handlers = [(evt.EVT_C_STORE, on_store, [self.storage, self.settings]), (evt.EVT_REJECTED, _on_rejected)]
-        self._server = application_entity(self.settings).start_server(self.address, block=False,
-                                                                       evt_handlers=handlers)
+        bounded = functools.partial(BoundedRequestHandler, max_dataset_bytes=self.settings.max_input_bytes,
+                                    on_over_limit=_on_over_limit)
+        self._server = application_entity(self.settings).make_server(
+            self.address, evt_handlers=handlers, server_class=ThreadedAssociationServer, request_handler=bounded)
+        threading.Thread(target=self._server.serve_forever, name="dicom-receiver", daemon=True).start()
         log.info("DICOM receiver %s listening on %s:%d", self.settings.dicom_ae_title, self.address[0], self.port)
         return self
 
@@ -156,7 +174,10 @@ class Receiver:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            # socketserver's own shutdown: pynetdicom's would also drop the server from the AE's list of the servers
+            # start_server made, and make_server's is not in it.
+            socketserver.BaseServer.shutdown(self._server)
+            self._server.server_close()
             self._server = None
 
     def __enter__(self) -> Receiver:

@@ -221,6 +221,24 @@ def test_a_bad_image_gets_a_final_error_result_and_is_not_retried(storage, model
     assert sink.events == []
 
 
+def test_an_object_over_max_input_bytes_gets_a_final_413_result_without_being_read(storage, model_dir_settings):
+    """Anything can be dropped into the bucket: past MAX_INPUT_BYTES it is never held in memory, nor retried."""
+    small = TriageModel(model_dir_settings(max_input_bytes=4096))
+    data = png_bytes(256)
+    assert len(data) > 4096
+    obj = upload(storage, "patient-77/huge.png", data)
+    sink = RecordingSink()
+
+    assert ingest_object(storage, small, obj, publisher=sink.publisher()).status == "error"
+
+    result = storage.get_json(RESULTS, "patient-77/huge.png.json")
+    assert result["error"]["code"] == "payload_too_large" and "patient-77" not in result["error"]["message"]
+    assert ingest_object(storage, small, obj, publisher=sink.publisher()).status == "duplicate"
+    assert sink.events == []
+    fits = upload(storage, "fits.png", png_bytes(28))
+    assert ingest_object(storage, small, fits, publisher=sink.publisher()).status == "created"
+
+
 def test_an_object_deleted_before_ingest_is_recorded_not_lost(storage, model):
     obj = upload(storage, "gone.png", png_bytes(28))
     storage.delete("inference-inputs", "gone.png")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from shared.errors import NotFound
+from shared.errors import NotFound, PayloadTooLarge
 from shared.names import BUCKETS
 from shared.storage import Storage, split_s3_uri
 
@@ -98,3 +98,35 @@ def test_put_json_if_is_a_compare_and_swap(storage) -> None:
     assert storage.put_json_if("feedback", "_state/x.json", {"n": 2}, etag)
     assert not storage.put_json_if("feedback", "_state/x.json", {"n": 3}, etag)  # stale: someone wrote first
     assert storage.get_json("feedback", "_state/x.json") == {"n": 2}
+
+
+def test_get_object_refuses_an_object_over_max_bytes_without_naming_its_key(storage: Storage, bucket: str) -> None:
+    storage.put_bytes(bucket, "patient-1234/big.dcm", b"x" * 1001)
+    assert storage.get_object(bucket, "patient-1234/big.dcm", max_bytes=1001).data == b"x" * 1001
+    with pytest.raises(PayloadTooLarge, match="over 1000 bytes") as refused:
+        storage.get_object(bucket, "patient-1234/big.dcm", max_bytes=1000)
+    assert "patient-1234" not in str(refused.value)
+
+
+class _Body:
+    """A streaming body without a (true) Content-Length: sends `size` bytes, a few at a time."""
+
+    def __init__(self, size: int) -> None:
+        self.left, self.read_total = size, 0
+
+    def read(self, amt: int | None = None) -> bytes:
+        n = min(self.left, 7 if amt is None else min(amt, 7))
+        self.left -= n
+        self.read_total += n
+        return b"y" * n
+
+
+@pytest.mark.parametrize("content_length", [None, 10])  # absent, or lying
+def test_the_bound_holds_on_what_the_body_sends_and_reads_at_most_one_byte_past_it(content_length) -> None:
+    from shared.storage import _read_at_most
+
+    assert _read_at_most(_Body(50), content_length, 50) == b"y" * 50
+    body = _Body(10_000)
+    with pytest.raises(PayloadTooLarge):
+        _read_at_most(body, content_length, 50)
+    assert body.read_total == 51

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import logging
 import re
+import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -245,6 +247,39 @@ def test_a_deflate_bomb_is_refused(receiver, storage, storescu, tmp_path):
     done = send(storescu, receiver, path, options=("--propose-deflated",))
     assert "Received Store Response (Error: CannotUnderstand)" in done.stderr, done.stderr
     assert stored_keys(storage) == []
+
+
+def test_a_data_set_over_max_input_bytes_is_aborted_while_it_arrives_and_the_next_one_is_stored(storage, storescu,
+                                                                                                 tmp_path, caplog):
+    """The bound holds on the wire: pynetdicom would gather the whole data set in memory before any handler ran."""
+    small = write(tmp_path / "small.dcm", generated_dx())
+    big = tmp_path / "big.dcm"
+    ds = pydicom.dcmread(small)
+    ds.add_new(0x00091010, "LO", "PADDING")
+    ds.add_new(0x00091011, "OB", bytes(200_000))
+    ds.save_as(big, enforce_file_format=True)
+    settings = Settings(dicom_allowed_aes=(MODALITY,), max_input_bytes=len(generated_dx()) + 10_000,
+                        dicom_max_pdu_bytes=16_384)  # the small one arrives in several PDUs
+    before = instances("too_large")
+    with Receiver(settings, storage, host="127.0.0.1", port=0) as limited:
+        refused = send(storescu, limited, big)
+        assert refused.returncode != 0 and "Peer Aborted Association" in refused.stderr, refused.stderr
+        assert stored_keys(storage) == []
+        assert instances("too_large") == before + 1
+        assert "a data set of over" in caplog.text and PATIENT_ID not in caplog.text
+
+        assert send(storescu, limited, small).returncode == 0
+        assert len(stored_keys(storage)) == 1
+
+
+def test_a_pdu_longer_than_offered_is_aborted_at_its_header_and_the_receiver_goes_on(receiver):
+    """A peer declaring a 1 GiB P-DATA-TF (no association needed): pynetdicom alone would read all of it."""
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as peer:
+        peer.sendall(struct.pack(">BBL", 0x04, 0, 1 << 30))  # the header alone: the answer comes before the body
+        answer = peer.recv(10)
+        assert peer.recv(10) == b""  # and the connection is closed
+    assert answer == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6])  # A-ABORT by the provider: invalid PDU parameter value
+    assert send(dcmtk_tool("echoscu"), receiver).returncode == 0
 
 
 def test_associations_over_the_limit_are_rejected(storage, tmp_path):
