@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 from typing import Any
 
-from tests.functions.tiny_model import jpeg_bytes, jpeg_dicom_bytes, png_bomb, png_bytes
+from tests.functions.tiny_model import j2k_bomb_dicom_bytes, jpeg_bytes, jpeg_dicom_bytes, png_bomb, png_bytes
 
 BODY_LIMIT = 50_000  # the clients under test run with MAX_BODY_BYTES=BODY_LIMIT
 
@@ -43,6 +43,8 @@ def bad_requests(url: str) -> list[tuple[str, dict[str, Any], bool]]:
                                                "headers": {"Content-Encoding": "gzip"}}, False),
         ("a JPEG DICOM that aborts its decoder", {"data": jpeg_dicom_bytes(hostile=True),
                                                   "content_type": "application/dicom"}, False),
+        ("a JPEG 2000 codestream declaring 40,000 x 40,000 in a 64 x 64 DICOM",
+         {"data": j2k_bomb_dicom_bytes(), "content_type": "application/dicom"}, False),
         ("a gzipped multipart form", {"data": gzip.compress(b"--b\r\n\r\n--b--\r\n"),
                                       "content_type": "multipart/form-data; boundary=b",
                                       "headers": {"Content-Encoding": "gzip"}}, False),

@@ -12,7 +12,7 @@ from shared.events import (
     object_created_event,
 )
 from shared.storage import Storage
-from tests.functions.tiny_model import jpeg_dicom_bytes, png_bytes
+from tests.functions.tiny_model import j2k_bomb_dicom_bytes, jpeg_dicom_bytes, png_bytes
 
 
 def uploaded(storage: Storage, key: str, data: bytes):
@@ -64,7 +64,8 @@ def test_with_k_sink_the_prediction_event_is_published_once(client_for, storage,
 
 
 @pytest.mark.parametrize("name, data", [("junk.png", b"not an image at all"),
-                                        ("aborts-its-decoder.dcm", jpeg_dicom_bytes(hostile=True))])
+                                        ("aborts-its-decoder.dcm", jpeg_dicom_bytes(hostile=True)),
+                                        ("codestream-bomb.dcm", j2k_bomb_dicom_bytes())])
 def test_a_bad_image_is_a_final_200_with_an_error_result(client_for, storage, s3_server, name, data):
     client = client_for("ingest", DEID_SECRET="ingest-fn-secret", S3_ENDPOINT_URL=s3_server, K_SINK="")
     response = deliver(client, uploaded(storage, name, data))

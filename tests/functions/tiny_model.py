@@ -140,6 +140,26 @@ def jpeg_dicom_bytes(size: int = 28, *, hostile: bool = False) -> bytes:
     return _saved(dataset)
 
 
+def j2k_bomb_dicom_bytes(side: int = 40_000) -> bytes:
+    """A 64 x 64 DICOM whose JPEG 2000 codestream (a few hundred bytes) declares side x side pixels in its SIZ
+    marker: the size check reads the DICOM's Rows and Columns, and the codec allocates what the codestream says
+    (6.4 GB resident for 40,000 a side before it finds the data missing)."""
+    import struct
+
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    stream = io.BytesIO()
+    Image.new("L", (64, 64)).save(stream, format="JPEG2000", irreversible=False, no_jp2=True)
+    codestream = bytearray(stream.getvalue())
+    siz = codestream.index(b"\xff\x51")  # Lsiz, Rsiz, then Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz
+    struct.pack_into(">IIIIII", codestream, siz + 6, side, side, 0, 0, side, side)
+    dataset = _grey_secondary_capture(JPEG2000Lossless, 64, bits=(8, 8))
+    dataset.PixelData = encapsulate([bytes(codestream)])
+    dataset["PixelData"].VR = "OB"
+    return _saved(dataset)
+
+
 def png_bomb(side: int = 100_000) -> bytes:
     """A valid-looking PNG whose header declares side x side pixels but carries almost no data."""
 

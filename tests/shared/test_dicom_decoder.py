@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from shared.dicom import decode_dataset, decode_dicom, read_dataset
 from shared.dicom_decoder import DecoderPool
 from shared.errors import ImageError, NotReady, PayloadTooLarge
 from shared.imaging import Chroma, decode_image
-from tests.functions.tiny_model import jpeg_dicom_bytes
+from tests.functions.tiny_model import j2k_bomb_dicom_bytes, jpeg_dicom_bytes
 
 LIMITS = {"max_pixels": 10_000_000, "max_side": 1024}
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +35,7 @@ def pool() -> DecoderPool:
 
 def test_the_hostile_jpeg_aborts_a_process_that_decodes_it_itself() -> None:
     """Why the child exists: in-process, GDCM's uncaught C++ exception ends the whole interpreter."""
-    code = ("import sys; from tests.functions.tiny_model import jpeg_dicom_bytes\n"
+    code = ("import sys; from tests.functions.tiny_model import j2k_bomb_dicom_bytes, jpeg_dicom_bytes\n"
             "from shared.dicom import decode_dataset, read_dataset\n"
             "decode_dataset(read_dataset(jpeg_dicom_bytes(hostile=True)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, cwd=REPO)
@@ -67,6 +69,50 @@ def test_errors_come_back_as_their_own_type(pool: DecoderPool) -> None:
 
         pool.decode(_save(ds), **LIMITS)
     assert pool.decode(jpeg_dicom_bytes(28), **LIMITS).shape == (28, 28)  # the same child, still there
+
+
+def test_a_codestream_declaring_more_than_its_dicom_says_fails_within_the_child_s_memory_and_the_next_decodes(
+) -> None:
+    """Without the limit this child reached 6.4 GB here (a container's OOM killer: a 503 and retries for ever)."""
+    limited = DecoderPool(max_data_bytes=512 << 20)
+    try:
+        with pytest.raises((ImageError, PayloadTooLarge)):
+            limited.decode(j2k_bomb_dicom_bytes(), **LIMITS)
+        assert limited.decode(jpeg_dicom_bytes(28), **LIMITS).shape == (28, 28)
+        (child,) = limited._idle
+        limits = Path(f"/proc/{child.pid}/limits").read_text()
+        assert re.search(rf"Max data size\s+{512 << 20}\s+{512 << 20}\s+bytes", limits), limits
+    finally:
+        limited.close()
+
+
+def test_a_memory_error_in_the_child_is_a_413_naming_its_limit() -> None:
+    code = ("import io, sys; from shared import dicom_decoder\n"
+            "def fail(*a, **k): raise MemoryError()\n"
+            "import shared.dicom; shared.dicom.decode_dataset = fail\n"
+            "from tests.functions.tiny_model import j2k_bomb_dicom_bytes, jpeg_dicom_bytes\n"
+            "data = jpeg_dicom_bytes(28); out = io.BytesIO()\n"
+            "request = b'{\"size\": %d, \"max_pixels\": 100000, \"max_side\": 64}\\n' % len(data)\n"
+            "import os; r, w = os.pipe(); os.write(w, request + data); os.close(w)\n"
+            "dicom_decoder._serve(os.fdopen(r, 'rb'), out, 1.0, 256 << 20)\n"
+            "sys.stdout.write(out.getvalue().decode())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert json.loads(done.stdout) == {"error": "PayloadTooLarge",
+                                       "message": "decoding this DICOM's pixel data needs over 256 MB"}
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("max\n", dicom_decoder.MAX_DATA_BYTES),  # no container limit
+    ("1073741824\n", 512 << 20),  # a 1 GiB container: half of it
+    ("8589934592\n", dicom_decoder.MAX_DATA_BYTES),
+    (None, dicom_decoder.MAX_DATA_BYTES),  # no cgroup v2 file
+])
+def test_the_child_s_limit_is_at_most_half_the_container_s(tmp_path, content, expected) -> None:
+    path = tmp_path / "memory.max"
+    if content is not None:
+        path.write_text(content)
+    assert dicom_decoder.child_data_limit(str(path)) == expected
 
 
 def test_a_child_that_left_when_idle_is_replaced_without_failing_the_decode() -> None:

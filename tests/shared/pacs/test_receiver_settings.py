@@ -18,8 +18,8 @@ def test_defaults_are_the_design_s():
 def test_settings_come_from_the_environment():
     settings = Settings.from_env({"DICOM_AE_TITLE": " TRIAGE1 ", "DICOM_PORT": "4104",
                                   "DICOM_ALLOWED_AES": "CR_ROOM1, DX-ROOM2,,", "DICOM_MAX_ASSOCIATIONS": "3",
-                                  "DICOM_MAX_PDU_BYTES": "65536"})
-    assert settings.dicom_ae_title == "TRIAGE1" and settings.dicom_port == 4104
+                                  "DICOM_MAX_PDU_BYTES": "65536", "MAX_INPUT_BYTES": "33554432"})
+    assert settings.dicom_ae_title == "TRIAGE1" and settings.dicom_port == 4104 and settings.max_input_bytes == 1 << 25
     assert settings.dicom_allowed_aes == ("CR_ROOM1", "DX-ROOM2")
     assert (settings.dicom_max_associations, settings.dicom_max_pdu_bytes) == (3, 65536)
 
@@ -27,6 +27,7 @@ def test_settings_come_from_the_environment():
 @pytest.mark.parametrize(("name", "value"), [
     ("DICOM_AE_TITLE", "A" * 17), ("DICOM_AE_TITLE", "BAD\\AE"), ("DICOM_ALLOWED_AES", "OK,TOO-LONG-AE-TITLE-X"),
     ("DICOM_PORT", "70000"), ("DICOM_PORT", "x"), ("DICOM_MAX_ASSOCIATIONS", "0"), ("DICOM_MAX_PDU_BYTES", "-1"),
+    ("MAX_INPUT_BYTES", "0"), ("MAX_INPUT_BYTES", "1.5"),
 ])
 def test_a_bad_value_is_named(name, value):
     with pytest.raises(ConfigError, match=name):
