@@ -40,7 +40,9 @@ class OverLimit(Exception):
 
 
 class BoundedReads:
-    """`sock` as pynetdicom uses it (every attribute passed through), its reads counted against the bounds."""
+    """`sock` as pynetdicom uses it (every attribute passed through), its reads counted against the bounds. For plain
+    TCP, as the receiver serves: pynetdicom asks `isinstance(sock, ssl.SSLSocket)` before it looks for TLS-buffered
+    bytes, which a wrapper would fail."""
 
     def __init__(self, sock: Any, *, max_pdata_bytes: int, max_dataset_bytes: int,
                  on_over_limit: Callable[[OverLimit], None] | None = None) -> None:
