@@ -110,3 +110,54 @@ def test_a_body_the_adapter_refuses_for_good_moves_to_dead_and_a_401_is_retried(
         assert outbox.counts() == {"pending": 1, "dead": 1}
     relay.httpd.server_close()
     adapter.close()
+
+
+def test_the_relay_waits_on_the_outbox_s_wake_up_not_on_a_poll(tmp_path, monkeypatch):
+    """Idle, it lists the folder once per poll_s (it listed it 50 times a second); an event is sent at once."""
+    adapter = Adapter("t")
+    outbox = Outbox(tmp_path / "outbox")
+    listings = []
+    pending = outbox.pending
+    monkeypatch.setattr(outbox, "pending", lambda: listings.append(time.monotonic()) or pending())
+    relay = Relay(outbox, adapter.url, "t", poll_s=30.0).start()
+    try:
+        time.sleep(0.5)
+        assert len(listings) == 1  # the pass at start, then nothing until woken
+        sent = time.monotonic()
+        Outbox(tmp_path / "outbox").add("raw-data", "a.npz", "e1", minio_webhook("raw-data", "a.npz", "e1", 3, None))
+        assert adapter.arrived.wait(5) and time.monotonic() - sent < 5  # far sooner than the 30 s poll
+        assert wait_for(lambda: outbox.counts()["pending"] == 0)
+    finally:
+        stopping = time.monotonic()
+        relay.stop()
+        assert time.monotonic() - stopping < 5  # stop wakes the wait too
+        adapter.close()
+
+
+def test_a_retry_of_an_event_removed_meanwhile_does_not_make_the_relay_spin(tmp_path, monkeypatch):
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.add("raw-data", "a.npz", "e1", minio_webhook("raw-data", "a.npz", "e1", 3, None))
+    relay = Relay(outbox, "http://127.0.0.1:9/", "t", max_backoff_s=0.05)  # every try fails
+    with httpx.Client(timeout=2) as client:
+        relay.deliver_due(client)
+    for path in (tmp_path / "outbox").glob("*.json"):
+        path.unlink()  # gone, with its retry time soon in the past
+    listings = []
+    pending = outbox.pending
+    monkeypatch.setattr(outbox, "pending", lambda: listings.append(1) or pending())
+    relay.poll_s = 0.3
+    relay.start()
+    time.sleep(1.0)
+    relay.stop()
+    assert len(listings) <= 6  # one pass per poll_s: a stale retry time would have timed waits of 0 s
+
+
+def test_a_stray_file_where_the_wake_fifo_goes_is_replaced(tmp_path):
+    (tmp_path / "outbox").mkdir()
+    (tmp_path / "outbox" / ".wake").write_text("not a fifo")
+    channel = Outbox(tmp_path / "outbox").wake_channel()
+    try:
+        Outbox(tmp_path / "outbox").add("raw-data", "a", "e1", minio_webhook("raw-data", "a", "e1", 1, None))
+        assert channel.wait(2.0) and not channel.wait(0.05)  # woken once, and drained
+    finally:
+        channel.close()

@@ -33,7 +33,7 @@ _RETRIED_4XX = (401, 404, 408, 429)  # misconfigured or starting up: an operator
 class Relay:
     """Delivers the outbox's events to `target_url` until each is accepted; `/healthz` on `port`."""
 
-    def __init__(self, outbox: Outbox, target_url: str, token: str, *, port: int = 0, poll_s: float = 0.02,
+    def __init__(self, outbox: Outbox, target_url: str, token: str, *, port: int = 0, poll_s: float = 1.0,
                  max_backoff_s: float = 5.0) -> None:
         self.outbox = outbox
         self.target_url = target_url
@@ -43,6 +43,7 @@ class Relay:
         self.delivered = 0
         self._retry_at: dict[str, tuple[int, float]] = {}  # event id → (failures, when to try again)
         self._stop = threading.Event()
+        self._wake = outbox.wake_channel()
         relay = self
 
         class Handler(StackHandler):
@@ -58,7 +59,10 @@ class Relay:
     def deliver_due(self, client: httpx.Client) -> int:
         """One pass over the outbox: post each due event once; returns how many were accepted."""
         accepted = 0
-        for event in self.outbox.pending():
+        pending = self.outbox.pending()
+        present = {event.id for event in pending}  # a retry of an event gone meanwhile must not time the wait
+        self._retry_at = {event_id: retry for event_id, retry in self._retry_at.items() if event_id in present}
+        for event in pending:
             failures, retry_at = self._retry_at.get(event.id, (0, 0.0))
             if retry_at > time.monotonic():
                 continue
@@ -88,10 +92,12 @@ class Relay:
         self._retry_at[event_id] = (failures + 1, time.monotonic() + delay)
 
     def run(self) -> None:
+        """Deliver what is due, then wait for the S3 process's wake-up, the next retry or `poll_s`, whichever first."""
         with httpx.Client(timeout=30) as client:
             while not self._stop.is_set():
                 self.deliver_due(client)
-                self._stop.wait(self.poll_s)
+                retries = [at for _, at in self._retry_at.values()]
+                self._wake.wait(min([self.poll_s, *(at - time.monotonic() for at in retries)]))
 
     def start(self) -> Relay:
         serve_in_thread(self.httpd, "relay-http")
@@ -101,9 +107,11 @@ class Relay:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.wake()
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=35)
+        self._wake.close()
 
 
 def main(argv: list[str] | None = None) -> int:
