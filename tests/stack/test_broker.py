@@ -291,3 +291,40 @@ def test_each_trigger_is_dispatched_on_its_own_so_slow_deliveries_never_hold_ano
     finally:
         release.set()
         broker.stop()
+
+
+def test_deliveries_of_a_trigger_removed_from_the_config_die_at_start_without_a_send(tmp_path):
+    old = Broker([*TRIGGERS, Trigger("gone", "http://gone", {"type": "io.minio.object.created"})],
+                 DeliveryQueue(tmp_path / "q.sqlite"), send=RecordingSubscribers())
+    old.publish(created("inference-inputs"))  # one for ingest, one for "gone"
+    old.queue.failed(old.queue.claim_due(time.time(), 60, only="gone")[0].id, "down", time.time() + 3600)
+    old.queue.close()  # its retry an hour away: still buried at once
+    send = RecordingSubscribers()
+    broker = Broker(TRIGGERS, DeliveryQueue(tmp_path / "q.sqlite"), send=send)
+    broker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while broker.queue.counts() != {"done": 1, "dead": 1} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert broker.queue.counts() == {"done": 1, "dead": 1}
+        assert [url for url, _, _ in send.calls] == ["http://ingest"]
+    finally:
+        broker.stop()
+
+
+def test_the_idle_dispatch_loop_waits_to_be_woken_instead_of_querying_twice_a_second(tmp_path, monkeypatch):
+    broker = Broker(TRIGGERS, DeliveryQueue(tmp_path / "q.sqlite"), send=RecordingSubscribers())
+    passes = []
+    next_due_at = broker.queue.next_due_at
+    monkeypatch.setattr(broker.queue, "next_due_at", lambda *a: passes.append(1) or next_due_at(*a))
+    broker.start()
+    try:
+        time.sleep(1.6)
+        assert len(passes) == 1  # it was one pass per 0.5 s
+        broker.publish(created("inference-inputs"))
+        deadline = time.monotonic() + 5
+        while broker.queue.counts() != {"done": 1} and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert broker.queue.counts() == {"done": 1}  # a publish still wakes it
+    finally:
+        broker.stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +42,8 @@ from triage.stack.pings import PingSource, run_ping_sources
 from triage.stack.triggers import DeliverySpec, Trigger, load_config, load_full_config
 
 log = logging.getLogger("triage.broker")
+# The dispatch loop's longest wait with nothing due: a publish, a finished attempt or a due retry wake it sooner.
+IDLE_WAIT_S = 5.0
 
 __all__ = [
     "Broker",
@@ -248,6 +251,11 @@ class Broker:
     def _dispatch(self) -> None:
         assert self._pool is not None
         lease_s = self.delivery.timeout_s + 5
+        # Deliveries of triggers removed from the config since they were written: dead at once, nothing sent. Only
+        # a config change makes them (publish enqueues for the triggers there are), so once, before the loop.
+        while removed := self.queue.claim_due(math.inf, lease_s, other_than=tuple(self.triggers)):
+            for delivery in removed:
+                self.attempt(delivery)
         while not self._stop.is_set():
             self._wake.clear()  # a publish or a finished attempt from here on wakes the wait below
             for name, slots in self._free_slots().items():
@@ -255,11 +263,10 @@ class Broker:
                     with self._slots_lock:
                         self._in_flight[name] += 1
                     self._pool.submit(self._run, delivery)
-            for delivery in self.queue.claim_due(self._clock(), lease_s, other_than=tuple(self.triggers)):
-                self.attempt(delivery)  # its trigger was removed from the config: dead at once, nothing sent
             open_triggers = list(self._free_slots())
             next_at = self.queue.next_due_at(open_triggers) if open_triggers else None
-            wait = 0.5 if next_at is None else min(0.5, next_at - self._clock())
+            # Until woken, or the next delivery (a retry, a lease running out) is due; IDLE_WAIT_S at most.
+            wait = IDLE_WAIT_S if next_at is None else min(IDLE_WAIT_S, next_at - self._clock())
             if wait > 0:
                 self._wake.wait(max(wait, 0.01))
 
