@@ -47,7 +47,8 @@ _KUBERNETES: dict[str, dict[str, Any]] = {
     "preprocess": {**_MEDIUM, "timeout_s": 30},
     "feedback": {**_SMALL, "timeout_s": 30},
     "review": {**_MEDIUM, "timeout_s": 30},  # decodes the images it streams (DICOM too)
-    "dicomweb": {**_MEDIUM, "timeout_s": 60},  # STOW-RS: holds a request body, decodes each instance once
+    # STOW-RS: holds a request body (up to MAX_INPUT_BYTES) and its parts, decodes each instance once.
+    "dicomweb": {**_MEDIUM, "memory": ("512Mi", "1Gi"), "timeout_s": 60},
     "minio-source": {**_SMALL, "timeout_s": 30},
     "ingest": {**_MODEL, "timeout_s": 120},
     # One launcher: a batch of labels must never start two trainings.

@@ -2,9 +2,8 @@
 the Store Instances Response.
 
 - `multipart_boundary` checks the request's media type (415 unless `multipart/related` with `type`
-  application/dicom, quoted or not; 400 without a valid boundary) before the body is read; `split_parts` splits
-  the body with the standard library's MIME parser (400 for a malformed body: no parts, a missing boundary, a
-  truncated one).
+  application/dicom, quoted or not; 400 without a valid boundary) before the body is read; `split_parts` slices
+  the parts out of the body (RFC 2046; 400 for a malformed body: no parts, a missing boundary, a truncated one).
 - `store_parts` checks each part as the C-STORE receiver does (`shared.pacs.instances.check_instance`), stores
   the accepted ones in inference-inputs under `shared.names.dicom_instance_key` (the upload path then starts
   ingest) and refuses the others with a PS3.4 / PS3.18 failure reason; nothing is stored for a refused part.
@@ -18,9 +17,11 @@ Logs count instances and name stored objects only by `shared.names.key_ref`; no 
 
 from __future__ import annotations
 
+import binascii
 import email.parser
 import email.policy
 import logging
+import quopri
 import re
 from dataclasses import dataclass, field
 from email.message import Message
@@ -64,8 +65,6 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122  # not a chest radiograph (CR, DX)
 # RFC 2046 §5.1.1: 1 to 70 characters of bchars, not ending in a space.
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_BROKEN = ("StartBoundaryNotFoundDefect", "CloseBoundaryNotFoundDefect", "MultipartInvariantViolationDefect",
-           "NoBoundaryInMultipartDefect")
 
 
 @dataclass(frozen=True)
@@ -171,21 +170,80 @@ def multipart_boundary(content_type: str | None) -> str:
 
 
 def split_parts(body: bytes, boundary: str) -> list[Part]:
-    """The parts of a STOW-RS body (`boundary` from `multipart_boundary`); UserError (400), PayloadTooLarge (413)."""
-    if body.count(b"--" + boundary.encode("ascii")) > MAX_PARTS + 1:
+    """The parts of a STOW-RS body (`boundary` from `multipart_boundary`); UserError (400), PayloadTooLarge (413).
+
+    RFC 2046 §5.1.1 on the bytes: each part is sliced out once (the standard library's MIME parser held ~10 times
+    the body, 540 MB for a 36 MB instance). Lines may end in CRLF or a bare LF. Content-Transfer-Encoding base64 and
+    quoted-printable are decoded; a part in any other encoding, or itself multipart, is one the store refuses."""
+    delimiter = b"--" + boundary.encode("ascii")
+    if body.count(delimiter) > MAX_PARTS + 1:
         raise PayloadTooLarge(f"body: more than {MAX_PARTS} parts; send the instances in several requests")
-    head = f'Content-Type: multipart/related; boundary="{boundary}"\r\n\r\n'.encode("ascii")
-    message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(head + body)
-    payload = message.get_payload()
-    if any(type(defect).__name__ in _BROKEN for defect in message.defects) or not isinstance(payload, list):
-        raise UserError("body: malformed multipart/related (a boundary is missing or the body is cut short)")
-    if not payload:
+    at = _next_delimiter(body, delimiter, 0, first=True)
+    if at < 0:
+        raise UserError("body: malformed multipart/related (no boundary line opens it)")
+    view, parts = memoryview(body), []
+    while True:
+        after = at + len(delimiter)
+        if body.startswith(b"--", after):  # the close delimiter
+            break
+        start = body.index(b"\n", after) + 1  # _next_delimiter saw the line end
+        end = _next_delimiter(body, delimiter, start)
+        if end < 0:
+            raise UserError("body: malformed multipart/related (the body is cut short: no closing boundary)")
+        parts.append(_part(view[start:end - 2 if body.startswith(b"\r\n", end - 2) else end - 1]))
+        at = end
+    if not parts:
         raise UserError("body: the multipart/related body has no parts")
-    parts = []
-    for sub in payload:
-        media = sub.get_content_type() if sub.get("Content-Type") else None
-        parts.append(Part(None if sub.is_multipart() else sub.get_payload(decode=True), media))
     return parts
+
+
+def _next_delimiter(body: bytes, delimiter: bytes, start: int, *, first: bool = False) -> int:
+    """Where the next boundary line's delimiter starts (at a line start; followed by "--" or by optional spaces and
+    the line end), from `start`; -1 if there is none. The first may open the body without a line break before it."""
+    if first and _opens_a_boundary_line(body, delimiter, 0):
+        return 0
+    search = max(0, start - 1)  # the line end just before `start` counts
+    while (found := body.find(b"\n" + delimiter, search)) >= 0:
+        if _opens_a_boundary_line(body, delimiter, found + 1):
+            return found + 1
+        search = found + 1
+    return -1
+
+
+def _opens_a_boundary_line(body: bytes, delimiter: bytes, at: int) -> bool:
+    if not body.startswith(delimiter, at):
+        return False
+    rest = at + len(delimiter)
+    if body.startswith(b"--", rest):
+        return True
+    line_end = body.find(b"\n", rest)
+    return line_end >= 0 and not body[rest:line_end].rstrip(b"\r").strip(b" \t")
+
+
+def _part(raw: memoryview) -> Part:
+    """One body part: its headers (the standard library's header parser) and its content, decoded."""
+    if raw[:1] == b"\n" or raw[:2] == b"\r\n":  # no headers: the content starts after the empty line
+        headers, content = Message(), raw[1 if raw[:1] == b"\n" else 2:]
+    else:
+        blank = re.search(rb"\r?\n\r?\n", raw)
+        if blank is None:
+            return Part(None, None)  # headers without an end: nothing to read as content
+        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(bytes(raw[:blank.start()]))
+        content = raw[blank.end():]
+    media = headers.get_content_type() if headers.get("Content-Type") else None
+    encoding = str(headers.get("Content-Transfer-Encoding", "") or "").strip().lower()
+    if media is not None and media.startswith("multipart/"):
+        return Part(None, media)
+    try:
+        if encoding in ("", "binary", "7bit", "8bit"):
+            return Part(bytes(content), media)
+        if encoding == "base64":
+            return Part(binascii.a2b_base64(content), media)
+        if encoding == "quoted-printable":
+            return Part(quopri.decodestring(bytes(content)), media)
+    except (binascii.Error, ValueError):
+        pass
+    return Part(None, media)  # an encoding HTTP does not use, or a broken one: the store refuses the part
 
 
 def _read_uid(ds: Any, keyword: str) -> str:

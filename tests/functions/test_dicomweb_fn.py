@@ -168,8 +168,17 @@ def test_the_response_and_the_stored_object_key_carry_no_patient_identifier(dico
         assert identifier not in text
 
 
+def test_a_study_over_max_body_bytes_is_stored_up_to_max_input_bytes(client_for, storage) -> None:
+    """MAX_BODY_BYTES (20 MB by default) bounds the other functions' bodies; an uncompressed DX passes it."""
+    dx = generated_dx(rows=64, columns=64, seed=33)
+    client = client_for("dicomweb", MAX_BODY_BYTES="4096", MAX_INPUT_BYTES=str(4 * len(dx)))
+    response = client.post("/studies", data=related_body(dx), content_type=CONTENT_TYPE)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(storage.list_keys(INPUT_BUCKET)) == 1
+
+
 def test_a_body_over_the_limit_is_413_and_nothing_is_stored(client_for, storage) -> None:
-    client = client_for("dicomweb", MAX_BODY_BYTES="4096")
+    client = client_for("dicomweb", MAX_INPUT_BYTES="4096")
     response = client.post("/studies", data=related_body(generated_dx(rows=64, columns=64, seed=32)),
                            content_type=CONTENT_TYPE)
     assert response.status_code == 413 and response.get_json()["error"]["code"] == "payload_too_large"

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import generate_latest
 
+from shared.config import DEFAULT_MAX_INPUT_BYTES
 from triage.config import TriageEnv
 from triage.stack.admin_token import admin_refusal, new_token, write_token
 from triage.stack.httpd import StackHandler, serve_in_thread, threading_server
@@ -43,7 +44,9 @@ REVISION_HEADER = "X-Triage-Revision"
 # Hop-by-hop headers are the proxy's own business (RFC 9110 §7.6.1), never forwarded.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length"}
-MAX_BODY_BYTES = 64 * 1024 * 1024  # above every function's own limit (MAX_BODY_BYTES): they answer their own 413
+# Above every function's own limit (MAX_BODY_BYTES; dicomweb's MAX_INPUT_BYTES, plus its multipart framing): they
+# answer their own 413.
+MAX_BODY_BYTES = DEFAULT_MAX_INPUT_BYTES + (1 << 20)
 
 
 class _Upstreams(threading.local):
