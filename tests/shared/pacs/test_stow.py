@@ -66,6 +66,13 @@ def test_parts_come_back_byte_for_byte_with_their_media_types() -> None:
     assert split_parts(related_body(dx, media_type=None), BOUNDARY) == [Part(dx, None)]
 
 
+@settings(max_examples=200, deadline=None)
+@given(contents=st.lists(st.binary(max_size=200).map(lambda b: b.replace(b"\n--", b"\n-")), min_size=1, max_size=5),
+       media=st.sampled_from(["application/dicom", None]))
+def test_any_parts_come_back_as_sent(contents: list[bytes], media: str | None) -> None:
+    assert split_parts(related_body(*contents, media_type=media), BOUNDARY) == [Part(c, media) for c in contents]
+
+
 def test_bare_line_feeds_and_transfer_encodings_a_client_may_use_are_read() -> None:
     dx = generated_dx(seed=2)
     lf = related_body(dx).replace(b"\r\n--", b"\n--").replace(b"application/dicom\r\n\r\n", b"application/dicom\n\n")
