@@ -4,7 +4,8 @@ inference-inputs, where the upload path starts ingest as for any other upload.
 One handler per event, as pynetdicom's examples: `on_store` answers each C-STORE with a status. Accepted are the
 chest radiograph SOP classes in the transfer syntaxes the decoder reads (`shared.pacs.sop_classes`); a calling AE
 title outside `DICOM_ALLOWED_AES` (when set) or a called AE title other than ours is rejected at association, as
-are associations over `DICOM_MAX_ASSOCIATIONS`. Statuses: 0x0000 stored; 0xA900 the data set contradicts its SOP
+are associations over `DICOM_MAX_ASSOCIATIONS` (a connection that ends before its request frees its slot at once;
+`shared.pacs.pdu_limits` bounds what a peer can make it hold). Statuses: 0x0000 stored; 0xA900 the data set contradicts its SOP
 class (or lacks its UIDs); 0xC000 it cannot be parsed or its pixels cannot be decoded (nothing is stored for
 either); 0xA700 (out of resources) when storage fails, so the modality sends it again. Logs name an instance only
 as `shared.names.key_ref` and never carry a UID, a patient attribute or pynetdicom's message dumps.
@@ -121,6 +122,16 @@ def _on_over_limit(assoc: Any, error: OverLimit) -> None:
     log.warning("aborted the association of %s: %s", _peer_of(assoc), error)
 
 
+def _on_transition(event: Any) -> None:
+    """EVT_FSM_TRANSITION: a connection that ends before its association request (garbage bytes, a port scan, a PDU
+    over its length) takes the DUL back to Sta1 with the association's thread still waiting for the request, and
+    holding one of DICOM_MAX_ASSOCIATIONS, for ACSE_TIMEOUT_S; ten such connections every 30 s kept every modality
+    out. Wake it as its timeout would (pynetdicom's timeout path reads an empty item as no request)."""
+    assoc = event.assoc
+    if event.next_state == "Sta1" and assoc.is_acceptor and assoc.requestor.primitive is None:
+        assoc.dul.to_user_queue.put(None)
+
+
 def _on_rejected(event: Any) -> None:
     metrics.DICOM_ASSOCIATIONS_REJECTED.inc()
     log.warning("rejected an association from %s", _peer(event))
@@ -158,7 +169,8 @@ class Receiver:
 
         # pynetdicom logs message dumps (UIDs, identifiers) at INFO / DEBUG: only its warnings and errors.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        handlers = [(evt.EVT_C_STORE, on_store, [self.storage, self.settings]), (evt.EVT_REJECTED, _on_rejected)]
+        handlers = [(evt.EVT_C_STORE, on_store, [self.storage, self.settings]), (evt.EVT_REJECTED, _on_rejected),
+                    (evt.EVT_FSM_TRANSITION, _on_transition)]
         bounded = functools.partial(BoundedRequestHandler, max_dataset_bytes=self.settings.max_input_bytes,
                                     on_over_limit=_on_over_limit)
         self._server = application_entity(self.settings).make_server(

@@ -5,6 +5,7 @@ The receiver runs in this process on the local S3 server of the suite; DCMTK's t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -280,6 +281,26 @@ def test_a_pdu_longer_than_offered_is_aborted_at_its_header_and_the_receiver_goe
         assert peer.recv(10) == b""  # and the connection is closed
     assert answer == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6])  # A-ABORT by the provider: invalid PDU parameter value
     assert send(dcmtk_tool("echoscu"), receiver).returncode == 0
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x04\x00\x00\x00\x00\x04abcd",  # a P-DATA-TF before any association: A-ABORT, then the peer closes
+    b"\x01\x00\x00\x00\x01\x00" + b"\x00" * 50,  # an association request cut short, then closed
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # a port scan / a browser
+])
+def test_connections_that_end_before_an_association_request_free_their_slot_at_once(storage, garbage):
+    """pynetdicom's thread waited ACSE_TIMEOUT_S (30 s) for the request, holding one of DICOM_MAX_ASSOCIATIONS:
+    two such connections every 30 s kept every modality out of this receiver."""
+    echoscu = dcmtk_tool("echoscu")
+    with Receiver(Settings(dicom_max_associations=2), storage, host="127.0.0.1", port=0) as limited:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as peer:
+                peer.sendall(garbage)
+                peer.settimeout(0.3)
+                with contextlib.suppress(OSError):
+                    peer.recv(100)
+        answered = send(echoscu, limited)
+        assert answered.returncode == 0, answered.stderr + answered.stdout
 
 
 def test_associations_over_the_limit_are_rejected(storage, tmp_path):
