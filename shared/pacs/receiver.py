@@ -3,12 +3,12 @@ inference-inputs, where the upload path starts ingest as for any other upload.
 
 One handler per event, as pynetdicom's examples: `on_store` answers each C-STORE with a status. Accepted are the
 chest radiograph SOP classes in the transfer syntaxes the decoder reads (`shared.pacs.sop_classes`); a calling AE
-title outside `DICOM_ALLOWED_AES` (when set) or a called AE title other than ours is rejected at association, as
-are associations over `DICOM_MAX_ASSOCIATIONS` (a connection that ends before its request frees its slot at once;
-`shared.pacs.pdu_limits` bounds what a peer can make it hold). Statuses: 0x0000 stored; 0xA900 the data set contradicts its SOP
-class (or lacks its UIDs); 0xC000 it cannot be parsed or its pixels cannot be decoded (nothing is stored for
-either); 0xA700 (out of resources) when storage fails, so the modality sends it again. Logs name an instance only
-as `shared.names.key_ref` and never carry a UID, a patient attribute or pynetdicom's message dumps.
+title outside `DICOM_ALLOWED_AES` (when set) or a called AE title other than ours is rejected at association, as are
+associations over `DICOM_MAX_ASSOCIATIONS` (a connection that ends before its request frees its slot at once;
+`shared.pacs.pdu_limits` bounds what a peer can make it hold). Statuses: 0x0000 stored; 0xA900 the data set
+contradicts its SOP class (or lacks its UIDs); 0xC000 it cannot be parsed or its pixels cannot be decoded (nothing
+is stored for either); 0xA700 (out of resources) when storage fails, so the modality sends it again. Logs name an
+instance only as `shared.names.key_ref` and never carry a UID, a patient attribute or pynetdicom's message dumps.
 
 Run it with `python -m shared.pacs.receiver [--host 0.0.0.0] [--port N] [--metrics-port M]` (settings from
 `shared.config.Settings`); with `--metrics-port`, Prometheus metrics at `/metrics` there (instances by outcome, store
