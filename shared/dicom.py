@@ -8,6 +8,7 @@ are decoded, so no full-size float copy of a 7000 x 7000 image is ever made.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -25,6 +26,7 @@ from shared.config import DEFAULT_MAX_PIXELS
 from shared.deid_profile import BASIC_PROFILE
 from shared.dicom_jpeg12 import register as register_jpeg12
 from shared.errors import ImageError, PayloadTooLarge, TriageError
+from shared.log_redaction import redact_library_logs
 from shared.working_size import reduce_in_bands, working_factor
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "deidentify_bytes",
     "effective_bits",
     "is_dicom",
+    "quiet_pydicom",
     "read_dataset",
     "read_header",
 ]
@@ -104,10 +107,23 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return " ".join(str(exc).split())[:limit] or type(exc).__name__
 
 
+@functools.cache
+def quiet_pydicom() -> None:
+    """pydicom's warnings quote the values they find ("Invalid value for VR UI: '<a SOP Instance UID>'", a patient
+    name it cannot decode) into the log and stderr: values are not validated on reading (they are read all the
+    same), and its other records come redacted (`shared.log_redaction`). Once per process, on first use."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+    redact_library_logs("pydicom")
+
+
 def read_dataset(data: bytes, *, force: bool = False, header_only: bool = False) -> Any:
     """Parse DICOM bytes into a pydicom Dataset; ImageError naming what is wrong (nesting depth included)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
+
+    quiet_pydicom()
 
     if not data:
         raise ImageError("empty DICOM: no bytes")

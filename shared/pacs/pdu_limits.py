@@ -114,8 +114,8 @@ class BoundedReads:
         self._pdu_is_data = pdu_type == _P_DATA_TF
         limit = self._max_pdata if self._pdu_is_data else MAX_OTHER_PDU_BYTES
         if length > limit:
-            raise OverLimit(f"a PDU of type 0x{pdu_type:02X} declares {length} bytes, over its limit of {limit}",
-                            dataset=False)
+            # Neither its type nor its length named: out of step, they are bytes of the data set.
+            raise OverLimit(f"a PDU declares more bytes than its limit of {limit}", dataset=False)
         self._pdu_left = length
 
     def _start_item(self, value_bytes: int, control: int) -> None:

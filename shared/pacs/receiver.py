@@ -28,6 +28,8 @@ from typing import Any
 
 from shared import metrics
 from shared.config import Settings
+from shared.dicom import quiet_pydicom
+from shared.log_redaction import redact_library_logs
 from shared.names import INPUT_BUCKET, key_ref
 from shared.pacs.instances import RefusedInstance, check_instance, store_instance
 from shared.pacs.pdu_limits import BoundedRequestHandler, OverLimit
@@ -57,6 +59,7 @@ METRICS_PORT = 9102  # the Deployment's Prometheus port (`--metrics-port`)
 ACSE_TIMEOUT_S = 30
 DIMSE_TIMEOUT_S = 60
 NETWORK_TIMEOUT_S = 60
+PYNETDICOM_RECORDS_PER_THREAD = 5  # a stream out of step logged every following byte as an unknown PDU type
 
 
 _OUTCOMES = {SUCCESS: "stored", DATASET_MISMATCH: "mismatch", CANNOT_UNDERSTAND: "unreadable",
@@ -167,8 +170,11 @@ class Receiver:
         from pynetdicom import evt
         from pynetdicom.transport import ThreadedAssociationServer
 
-        # pynetdicom logs message dumps (UIDs, identifiers) at INFO / DEBUG: only its warnings and errors.
+        # pynetdicom logs message dumps (UIDs, identifiers) at INFO / DEBUG: only its warnings and errors, without
+        # the values they quote, at most a few per association thread (shared.log_redaction).
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        redact_library_logs("pynetdicom", max_per_thread=PYNETDICOM_RECORDS_PER_THREAD)
+        quiet_pydicom()  # pynetdicom decodes its command sets and the negotiated UIDs with pydicom
         handlers = [(evt.EVT_C_STORE, on_store, [self.storage, self.settings]), (evt.EVT_REJECTED, _on_rejected),
                     (evt.EVT_FSM_TRANSITION, _on_transition)]
         bounded = functools.partial(BoundedRequestHandler, max_dataset_bytes=self.settings.max_input_bytes,

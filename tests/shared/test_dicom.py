@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -623,3 +624,32 @@ def test_the_header_says_when_it_is_no_frontal_chest_radiograph(tmp_path: Path, 
         setattr(ds, keyword, value)
     header = read_header(_save(ds))
     assert header == DicomHeader(burned_in=False, not_chest=not_chest)
+
+
+def test_values_pydicom_would_warn_about_never_reach_the_log_or_stderr(tmp_path, caplog, capfd) -> None:
+    """pydicom logged and warned "Invalid value for VR UI: '<the SOP Instance UID>'" while de-identifying."""
+    import warnings
+
+    from pydicom import config
+
+    path = write_phantom_dicom(tmp_path / "bad-values.dcm", np.zeros((32, 32)), PhantomDicomSpec(bits=12))
+    ds = pydicom.dcmread(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mode, config.settings.writing_validation_mode = config.settings.writing_validation_mode, config.IGNORE
+        try:
+            ds.SOPInstanceUID = "1.2.3.UIDOFPATIENT77"
+            ds.StudyInstanceUID = "9.8.NOTAUID.PATIENT77"
+            data = _save(ds)
+        finally:
+            config.settings.writing_validation_mode = mode
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        deidentify_bytes(data, secret=SECRET)
+        decode_dicom(data)
+        read_header(data)
+    text = caplog.text + capfd.readouterr().err + " ".join(str(w.message) for w in caught)
+    assert "PATIENT77" not in text

@@ -12,6 +12,7 @@ import re
 import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -301,6 +302,23 @@ def test_connections_that_end_before_an_association_request_free_their_slot_at_o
                     peer.recv(100)
         answered = send(echoscu, limited)
         assert answered.returncode == 0, answered.stderr + answered.stdout
+
+
+def test_a_stream_out_of_step_does_not_spell_its_bytes_into_the_log(receiver, caplog):
+    """After a broken PDU pynetdicom read each following byte as a PDU type and logged it: 'Unknown PDU type
+    received 0x44', '0x4F', '0x45'... the data set, a byte a line, with each exception's traceback."""
+    caplog.set_level(logging.DEBUG)
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as peer:
+        peer.sendall(b"\x04\x00\x00\x00\x00\x04abcd" + (b"\x00" + PATIENT_NAME.encode()) * 40)
+        peer.settimeout(0.5)
+        with contextlib.suppress(OSError):
+            while peer.recv(4096):
+                pass
+    time.sleep(0.5)
+    library = [r for r in caplog.records if r.name.startswith("pynetdicom")]
+    assert 0 < len(library) <= 6, [r.getMessage() for r in library]
+    assert not any("0x" in r.getMessage() for r in library)
+    assert PATIENT_NAME not in caplog.text and "Traceback" not in caplog.text
 
 
 def test_associations_over_the_limit_are_rejected(storage, tmp_path):
