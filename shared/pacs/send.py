@@ -3,7 +3,8 @@
 A sender's `send(datasets)` stores every instance or raises: `PacsUnavailable` (503: the PACS did not answer,
 or timed out) or `PacsRejected` (502: it answered with a failure). Both are our side's faults as the broker sees
 them, so the event is delivered again with backoff and dead-lettered after the last try. Messages name the
-failure's kind and status only, never an instance's attributes (they carry patient identifiers).
+failure's kind and status only, never an instance's attributes (they carry patient identifiers); the two libraries'
+own records come without the values they quote (`shared.log_redaction`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 
 from shared.config import ExportSettings
 from shared.errors import TriageError
+from shared.log_redaction import redact_library_logs
 
 __all__ = ["CStoreSender", "PacsRejected", "PacsUnavailable", "Sender", "StowSender", "sender_from_settings"]
 
@@ -50,6 +52,7 @@ class StowSender:
         import requests
         from dicomweb_client.api import DICOMwebClient
 
+        redact_library_logs("dicomweb_client")  # it logs a refused instance's UID and the PACS's Warning text
         client = DICOMwebClient(url=self.url, timeout=self.timeout_s)
         client.set_http_retry_params(retry=False)  # the broker retries, with its backoff and dead letters
         try:
@@ -78,6 +81,8 @@ class CStoreSender:
     def send(self, datasets: Sequence[Any]) -> None:
         from pydicom.uid import ExplicitVRLittleEndian
         from pynetdicom import AE
+
+        redact_library_logs("pynetdicom")  # its errors quote the bytes it could not decode
 
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from shared.gate import REASONS
+from shared.log_redaction import redact_library_logs
 from shared.names import POSITIVE
 
 __all__ = [
@@ -48,6 +50,16 @@ NOTICE = "AI OUTPUT - DECISION SUPPORT ONLY - NOT FOR DIAGNOSIS"
 SR_SERIES_NUMBER = 9901  # high numbers: after the modality's own series in the viewer
 SC_SERIES_NUMBER = 9902
 MIN_SC_SIDE = 512  # the heatmap is at the model's working size: enlarged so the burned-in notice is legible
+
+
+def _highdicom() -> Any:
+    """highdicom, imported on use, its INFO records off (they name the source's SOP Instance UID and each patient
+    attribute copied) and its warnings without the values they quote (`shared.log_redaction`)."""
+    import highdicom
+
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    redact_library_logs("highdicom")
+    return highdicom
 
 
 def _codes() -> dict[str, Any]:
@@ -127,7 +139,7 @@ def _equipment(finding: Finding) -> Any:
 
 def measurement_report(source: Any, finding: Finding, *, secret: str) -> Any:
     """A Comprehensive SR (TID 1500) in `source`'s study, new series; `source` is the original pydicom Dataset."""
-    import highdicom as hd
+    hd = _highdicom()
 
     c = _codes()
     algorithm = hd.sr.AlgorithmIdentification(name=finding.model_name, version=finding.model_version)
@@ -192,7 +204,7 @@ def _orientation(source: Any) -> tuple[str, str]:
 def heatmap_secondary_capture(source: Any, overlay_png: bytes, finding: Finding, *, secret: str) -> Any:
     """The heatmap overlay as a Secondary Capture in `source`'s study, new series, notice burned in (an assessable
     finding only: a not-assessable input has no heatmap)."""
-    import highdicom as hd
+    hd = _highdicom()
 
     if not finding.assessable:
         raise ValueError("a not-assessable finding has no heatmap to export")

@@ -229,3 +229,27 @@ def test_no_identifier_of_the_input_in_logs_metrics_or_the_outcome(storage, pacs
     assert "exported 2 instances" in caplog.text
     for identifier in (*IDENTIFIERS, str(event.data["key"])):
         assert identifier not in text
+
+
+def test_a_pacs_refusing_an_instance_leaves_no_uid_in_the_log(storage, caplog):
+    """highdicom named the source's SOP Instance UID at INFO while it built the SR; dicomweb-client logs a refused
+    instance's UID and, at DEBUG, the request's headers."""
+    import json
+
+    from tests.local_http import LocalServer, QuietHandler
+
+    refused = {"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.826.0.1.3680043.7777"]},
+                                                    "00081197": {"vr": "US", "Value": [0xC000]}}]}}
+
+    class PartialStore(QuietHandler):
+        def do_POST(self):  # noqa: N802
+            self.body()
+            self.reply(202, json.dumps(refused).encode(), "application/dicom+json")
+
+    source, event = ingested(storage, seed=9)
+    caplog.set_level(logging.DEBUG)
+    with LocalServer(PartialStore) as pacs, pytest.raises(PacsRejected):
+        export_prediction(storage, event, sender=StowSender(pacs.url), secret=SECRET)
+    assert any(r.name.startswith("dicomweb_client") for r in caplog.records)  # it did log the request
+    for value in ("3680043.7777", str(source.SOPInstanceUID), str(source.StudyInstanceUID)):
+        assert value not in caplog.text  # highdicom named the source at INFO while it built the SR
