@@ -10,6 +10,7 @@ does not reach its children) and keeps the library's Python warnings, which prin
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -44,9 +45,11 @@ class QuotedValuesRedacted(logging.Filter):
         return True
 
 
+@functools.cache
 def redact_library_logs(library: str, *, max_per_thread: int | None = None) -> None:
     """`QuotedValuesRedacted` on `library`'s logger and each of its module loggers created so far (import the
-    library first); its warnings ignored. Idempotent."""
+    library first); its warnings ignored. Once per process and arguments: the senders and the SR builder call it on
+    every use."""
     warnings.filterwarnings("ignore", module=rf"{re.escape(library)}(\.|$)")
     names = [library, *(name for name in logging.root.manager.loggerDict if name.startswith(f"{library}."))]
     for name in names:

@@ -63,6 +63,17 @@ class WakeChannel:
         with contextlib.suppress(BlockingIOError):
             os.write(self._write, b"\0")
 
+    @staticmethod
+    def poke(path: Path) -> None:
+        """Wake the relay waiting on the FIFO at `path`, from another process; nothing when no relay listens
+        (ENXIO), none has yet (ENOENT), or it is already woken (EAGAIN)."""
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                os.write(fd, b"\0")
+            finally:
+                os.close(fd)
+
     def close(self) -> None:
         for fd in (self._read, self._write):
             with contextlib.suppress(OSError):
@@ -95,12 +106,7 @@ class Outbox:
         """Persist one event (fsync'd), wake the relay, return the event's id (the same for the same version)."""
         event_id = deterministic_id(bucket, key, normalize_etag(etag))
         write_atomically(self.directory / f"{event_id}.json", json.dumps(body).encode("utf-8"))
-        with contextlib.suppress(OSError):  # no relay listening (ENXIO), none yet (ENOENT), or already woken (EAGAIN)
-            fd = os.open(self.directory / WAKE_FIFO, os.O_WRONLY | os.O_NONBLOCK)
-            try:
-                os.write(fd, b"\0")
-            finally:
-                os.close(fd)
+        WakeChannel.poke(self.directory / WAKE_FIFO)
         return event_id
 
     def wake_channel(self) -> WakeChannel:
