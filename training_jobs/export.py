@@ -27,7 +27,7 @@ from shared.errors import UserError
 from shared.gate import Gate, features, fit_reference
 from shared.model_store import sha256_file  # the one file digest: serving verifies with it
 from shared.modelcard import CARD_FILE, MODEL_FILES, ModelCard, calibrated_probability
-from training_jobs.vit import ViT, ViTWithAttention, load_checkpoint
+from training_jobs.vit import Ensemble, ViT, ViTWithAttention, load_checkpoint
 
 PARITY_ATOL = 1e-4
 OUTPUT_NAMES = ("logits", "attention", "embedding")
@@ -40,7 +40,7 @@ class ExportError(RuntimeError):
     """The exported graph does not reproduce the torch model (parity or shape check failed)."""
 
 
-def export_onnx(model: ViT, path: Path, *, exporter: str = "torchscript") -> Path:
+def export_onnx(model: ViT | Ensemble, path: Path, *, exporter: str = "torchscript") -> Path:
     """Write `model` as ONNX with a dynamic batch axis; `exporter` is 'torchscript' or 'dynamo'."""
     wrapper = ViTWithAttention(model).eval()
     size = model.config.image_size
@@ -87,7 +87,8 @@ def _batch(x: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([x] * reps)[:n], dtype=np.float32)
 
 
-def check_parity(model: ViT, onnx_path: Path, x: np.ndarray, *, atol: float = PARITY_ATOL) -> dict[str, float]:
+def check_parity(model: ViT | Ensemble, onnx_path: Path, x: np.ndarray, *,
+                 atol: float = PARITY_ATOL) -> dict[str, float]:
     """Run the graph at every batch size of SHAPE_BATCHES; logits and the embedding must match torch within atol
     at PARITY_BATCHES.
 
@@ -105,9 +106,10 @@ def check_parity(model: ViT, onnx_path: Path, x: np.ndarray, *, atol: float = PA
         except Exception as exc:  # onnxruntime raises its own exception types for shape errors
             raise ExportError(f"{onnx_path}: the exported graph fails at batch size {n}: {exc}") from exc
         want_att = (n, cfg.depth, cfg.tokens, cfg.tokens)
-        if logits.shape != (n, cfg.num_classes) or attention.shape != want_att or embedding.shape != (n, cfg.dim):
+        want_emb = (n, model.embedding_dim)
+        if logits.shape != (n, cfg.num_classes) or attention.shape != want_att or embedding.shape != want_emb:
             got = f"logits {list(logits.shape)}, attention {list(attention.shape)}, embedding {list(embedding.shape)}"
-            want = f"{[n, cfg.num_classes]}, {list(want_att)}, {[n, cfg.dim]}"
+            want = f"{[n, cfg.num_classes]}, {list(want_att)}, {list(want_emb)}"
             raise ExportError(f"{onnx_path}: at batch size {n} the graph returns {got}, expected {want}")
         with torch.no_grad():
             ref_embedding, _ = model.forward_features(torch.from_numpy(xb))
@@ -222,7 +224,7 @@ def git_commit() -> str:
 
 
 def export_model_dir(
-    model: ViT,
+    model: ViT | Ensemble,
     out_dir: str | Path,
     *,
     temperature: float = 1.0,
@@ -277,7 +279,7 @@ def export_model_dir(
             int8=int8_report,
             data_hash=data_hash,
             sha256={name: sha256_file(tmp / name) for name in MODEL_FILES},
-            config=cfg.to_dict(),
+            config={**cfg.to_dict(), **({"members": len(model.members)} if isinstance(model, Ensemble) else {})},
             git_commit=git_commit(),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             synthetic_data=bool(synthetic_data),

@@ -60,6 +60,7 @@ RECIPES: dict[str, tuple[str, Callable[[TrainOptions], TrainOptions]]] = {
     "ls0": ("default, label smoothing 0", lambda o: replace(o, label_smoothing=0.0)),
     "no-cw": ("default, no class weighting", lambda o: replace(o, class_weighting=False)),
     "small": ("default, dim 64, depth 3", lambda o: _model(o, dim=64, depth=3)),
+    "ensemble2": ("default x 2: a deep ensemble of two seeds, trained at once", lambda o: replace(o, members=2)),
     "tiny-test": ("a tiny model for tests (dim 32, depth 1)",
                   lambda o: replace(_model(o, dim=32, depth=1, heads=2), batch_size=64)),
 }

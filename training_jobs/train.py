@@ -25,7 +25,7 @@ from torch import nn
 from shared.config import Settings
 from shared.errors import NotFound, UserError
 from training_jobs.data import Splits
-from training_jobs.vit import ViT, ViTConfig
+from training_jobs.vit import Ensemble, ViT, ViTConfig
 
 # ---------------------------------------------------------------------------------------------------------------
 # Options. Defaults are the measured recipe (see the issue note): conv stem, X-ray-safe augmentation without
@@ -54,6 +54,10 @@ class TrainOptions:
     teacher_epochs: int = 8
     teacher_share: float = 0.3  # of max_minutes, at most, for the teacher; the student trains in the rest
     ema: float = 0.0  # >0: evaluate/keep an exponential moving average of the weights
+    # >1: a deep ensemble (`vit.Ensemble`): this many models of the recipe, from seeds seed, seed + 1, ..., trained
+    # at once in as many processes (one torch thread each: training uses one core, so on 2 cores a pair takes the
+    # wall time of one model) and served as one graph whose logits are their mean.
+    members: int = 1
     # Acquisition-shift augmentation (the stress set's shifts, training side): per-image gamma exp(U(-g, g)),
     # Gaussian blur with sigma U(0, b) pixels, additive noise with std U(0, n) (in [0, 1] pixel units). 0 = off.
     # Measured by `triage study` (3 folds, with input_norm): stress AUC 0.983 vs 0.967 pooled, worst shift 0.935
@@ -299,20 +303,42 @@ def fit(
 
 @dataclass
 class Trained:
-    model: ViT  # best weights, eval mode
-    fit: FitResult
+    model: ViT | Ensemble  # best weights, eval mode
+    fit: FitResult  # of the model, or of an ensemble's first member (`member_fits` has them all)
     val_logits: np.ndarray  # [N, 2] of the model on val
     temperature: float
     choice: Any  # calibration.ThresholdChoice
+    member_fits: list[FitResult] = field(default_factory=list)
 
 
 def train_model(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                 options: TrainOptions, *, progress: bool = True,
                 on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Trained:
-    """The recipe without the bookkeeping (used by `triage train` and `triage study`): optional CNN teacher,
-    the ViT fit, temperature on val, the bootstrap threshold at `options.threshold_quantile`."""
+    """The recipe without the bookkeeping (used by `triage train` and `triage study`): the model (optional CNN
+    teacher, the ViT fit; `options.members` of them in parallel for an ensemble), temperature on val, the bootstrap
+    threshold at `options.threshold_quantile`."""
     from training_jobs.calibration import calibrate
 
+    if options.members > 1:
+        fits = _fit_members(train_x, train_y, val_x, val_y, options, progress=progress)
+        model: ViT | Ensemble = Ensemble([f.model for f in fits])
+        result = fits[0]
+        if on_epoch is not None:  # the members ran in their own processes: the first one's curve, afterwards
+            for row in result.history:
+                on_epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+    else:
+        result = fit_recipe(train_x, train_y, val_x, val_y, options, progress=progress, on_epoch=on_epoch)
+        model, fits = result.model, [result]
+    model.eval()
+    val_logits = predict_logits(model, val_x)
+    temperature, choice = calibrate(val_logits, val_y, seed=options.seed, quantile=options.threshold_quantile)
+    return Trained(model, result, val_logits, temperature, choice, fits)
+
+
+def fit_recipe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+               options: TrainOptions, *, progress: bool = True, desc: str = "train",
+               on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+    """One ViT of the recipe: the CNN teacher first under `options.distill`, then the ViT fit."""
     teacher = None
     student_options = options
     if options.distill:
@@ -322,12 +348,32 @@ def train_model(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
                      desc="teacher", progress=progress)
         teacher = taught.model
         student_options = replace(options, max_minutes=max(options.max_minutes - taught.seconds / 60.0, 0.5))
-    model = ViT(options.model)
-    result = fit(model, train_x, train_y, val_x, val_y, student_options, teacher=teacher, on_epoch=on_epoch,
-                 progress=progress)
-    val_logits = predict_logits(model, val_x)
-    temperature, choice = calibrate(val_logits, val_y, seed=options.seed, quantile=options.threshold_quantile)
-    return Trained(model, result, val_logits, temperature, choice)
+    return fit(ViT(options.model), train_x, train_y, val_x, val_y, student_options, teacher=teacher,
+               on_epoch=on_epoch, desc=desc, progress=progress)
+
+
+def _fit_member(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                options: TrainOptions, desc: str, progress: bool) -> FitResult:
+    """An ensemble member, in its own process: the recipe from its own seed, on `options.threads` threads."""
+    torch.set_num_threads(max(1, options.threads))
+    seed_everything(options.seed)
+    return fit_recipe(train_x, train_y, val_x, val_y, options, progress=progress, desc=desc)
+
+
+def _fit_members(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                 options: TrainOptions, *, progress: bool) -> list[FitResult]:
+    """`options.members` fits of the recipe at once, member k from seed + k, each in a spawned process (each gets
+    the whole time budget); the first one shows its progress. A member that fails fails the training."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    count = options.members
+    with ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_fit_member, train_x, train_y, val_x, val_y,
+                            replace(options, seed=options.seed + k, members=1), f"member {k + 1}/{count}",
+                            progress and k == 0)
+                for k in range(count)]
+        return [job.result() for job in jobs]
 
 
 def _optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
@@ -368,6 +414,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feedback-batch", metavar="S3_URI",
                         help="add a retrain batch's radiologist-labelled uploads to train (default $RETRAIN_BATCH_URI)")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
+    parser.add_argument("--members", type=int, default=d.members,
+                        help="models in a deep ensemble, trained at once, one process each, served as one graph "
+                             f"(default {d.members})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -398,7 +447,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, image_size: int) -> TrainOptions:
-    for name in ("epochs", "batch_size", "patience"):
+    for name in ("epochs", "batch_size", "patience", "members"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.lr > 0 or not args.max_minutes > 0:
@@ -412,7 +461,7 @@ def _options(args: argparse.Namespace, image_size: int) -> TrainOptions:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, patience=args.patience,
         max_minutes=args.max_minutes, label_smoothing=args.label_smoothing,
         class_weighting=not args.no_class_weighting, augment=not args.no_augment, hflip=args.hflip,
-        distill=args.distill, threads=args.threads, model=config,
+        distill=args.distill, threads=args.threads, members=args.members, model=config,
     )
 
 
@@ -555,8 +604,10 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "out": str(out_dir), "run_id": run_id, "version": version, "announced": announced,
         "synthetic_data": splits.synthetic,
-        "params": model.num_params(), "epochs": result.epochs_run, "best_epoch": result.best_epoch,
-        "stopped": result.stopped, "train_seconds": round(result.seconds, 1), "total_seconds": round(total, 1),
+        "params": model.num_params(), "members": len(trained.member_fits),
+        "member_best_epochs": [f.best_epoch for f in trained.member_fits],
+        "epochs": result.epochs_run, "best_epoch": result.best_epoch, "stopped": result.stopped,
+        "train_seconds": round(result.seconds, 1), "total_seconds": round(total, 1),
         "temperature": temperature, "threshold": choice.threshold, "threshold_spread": choice.spread,
         "int8": card.int8, **{name: flat_metrics(m) for name, m in metrics.items()},
     }
@@ -574,7 +625,9 @@ def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
 def _print_summary(report: dict[str, Any]) -> None:
     print(f"model: {report['out']}  ({report['params']:,} parameters, MLflow run {report['run_id']}"
           + (f", registered xray-vit version {report['version']} as challenger)" if report["version"] else ")"))
-    print(f"trained {report['epochs']} epochs in {report['train_seconds'] / 60:.1f} min (best epoch "
+    members = f"ensemble of {report['members']} (best epochs {report['member_best_epochs']}), the first member: " \
+        if report["members"] > 1 else ""
+    print(f"{members}trained {report['epochs']} epochs in {report['train_seconds'] / 60:.1f} min (best epoch "
           f"{report['best_epoch']}, stopped: {report['stopped']}); total {report['total_seconds'] / 60:.1f} min")
     spread = report["threshold_spread"]
     print(f"calibration: temperature {report['temperature']:.3f}; threshold {report['threshold']:.3f} "

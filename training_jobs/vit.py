@@ -3,7 +3,9 @@
 Every module takes the one `ViTConfig`. `ViT.forward(x, targets)` returns `(logits, loss)` so training and
 evaluation share one path; `ViT.forward_with_attention(x)` also returns each layer's head-averaged attention
 map `[N, depth, T, T]` (T = 1 + G*G, token 0 = CLS) for the ONNX export and attention rollout.
-A checkpoint (`save_checkpoint`) carries the config that rebuilds the exact model (`load_checkpoint`).
+`Ensemble` averages the logits of several ViTs of one config behind the same interface (a deep ensemble: members
+trained from different seeds, in parallel, one per core). A checkpoint (`save_checkpoint`) carries the config that
+rebuilds the exact model, either kind (`load_checkpoint`).
 """
 
 from __future__ import annotations
@@ -183,6 +185,10 @@ class ViT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.dim
+
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The embedding the head sees (the CLS token after ln_f) [N, dim] and the attention [N, depth, T, T]."""
         tokens = self.patch_embed(x)
@@ -214,11 +220,70 @@ class ViT(nn.Module):
         return logits, loss
 
 
+class MeanHead(nn.Module):
+    """The ensemble's head: each member's head on its slice of the concatenated embedding, the logits averaged."""
+
+    def __init__(self, heads: list[nn.Module], dim: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.dim = dim
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        parts = embedding.split(self.dim, dim=-1)
+        return torch.stack([head(part) for head, part in zip(self.heads, parts, strict=True)]).mean(dim=0)
+
+
+class Ensemble(nn.Module):
+    """Members of one `ViTConfig`, as one model: the logits are the members' mean, the embedding their
+    concatenation [N, members * dim] (the gate's reference is fitted on it), the attention their mean
+    [N, depth, T, T] (attention rollout of the ensemble). `config` is the members' config."""
+
+    def __init__(self, members: list[ViT]) -> None:
+        super().__init__()
+        if len(members) < 2 or len({id(m) for m in members}) != len(members):
+            raise ValueError("Ensemble: needs at least two distinct members")
+        configs = {tuple(sorted(m.config.to_dict().items())) for m in members}
+        if len(configs) != 1:
+            raise ValueError("Ensemble: every member must have the same ViTConfig")
+        self.config = members[0].config
+        self.members = nn.ModuleList(members)
+        self.head = MeanHead([m.head for m in members], self.config.dim)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.dim * len(self.members)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = [m.forward_features(x) for m in self.members]
+        return torch.cat([e for e, _ in outputs], dim=-1), torch.stack([a for _, a in outputs]).mean(dim=0)
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding, attention = self.forward_features(x)
+        return self.head(embedding), attention
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        class_weight: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, _ = self.forward_with_attention(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits, targets, weight=class_weight, label_smoothing=label_smoothing)
+        return logits, loss
+
+
 class ViTWithAttention(nn.Module):
     """Export wrapper: one call returns `(logits, attention, embedding)`, the three outputs of the ONNX contract
     (the embedding [N, dim] is what the not-assessable gate of `shared.gate` measures its distance on)."""
 
-    def __init__(self, model: ViT) -> None:
+    def __init__(self, model: ViT | Ensemble) -> None:
         super().__init__()
         self.model = model
 
@@ -227,15 +292,17 @@ class ViTWithAttention(nn.Module):
         return self.model.head(embedding), attention, embedding
 
 
-def save_checkpoint(model: ViT, path: str | Path, **extra: Any) -> Path:
-    """Write weights + the config that rebuilds them (+ any extra entries such as temperature/threshold)."""
+def save_checkpoint(model: ViT | Ensemble, path: str | Path, **extra: Any) -> Path:
+    """Write weights + the config that rebuilds them (+ any extra entries such as temperature/threshold); an
+    Ensemble's entry `members` is its member count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": model.config.to_dict(), "model": model.state_dict(), **extra}, path)
+    members = {"members": len(model.members)} if isinstance(model, Ensemble) else {}
+    torch.save({"config": model.config.to_dict(), "model": model.state_dict(), **members, **extra}, path)
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[ViT, dict[str, Any]]:
+def load_checkpoint(path: str | Path) -> tuple[ViT | Ensemble, dict[str, Any]]:
     """Rebuild the exact model of a checkpoint; returns (model in eval mode, the checkpoint's other entries)."""
     path = Path(path)
     if not path.is_file():
@@ -246,8 +313,12 @@ def load_checkpoint(path: str | Path) -> tuple[ViT, dict[str, Any]]:
         raise ValueError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from exc
     if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
         raise ValueError(f"{path}: checkpoint lacks 'config' and 'model' entries")
-    model = ViT(ViTConfig.from_dict(payload["config"]))
+    config = ViTConfig.from_dict(payload["config"])
+    members = payload.get("members", 1)
+    if not isinstance(members, int) or members < 1:
+        raise ValueError(f"{path}: checkpoint's 'members' is not a positive whole number")
+    model = ViT(config) if members == 1 else Ensemble([ViT(config) for _ in range(members)])
     model.load_state_dict(payload["model"])
     model.eval()
-    extra = {k: v for k, v in payload.items() if k not in ("config", "model")}
+    extra = {k: v for k, v in payload.items() if k not in ("config", "model", "members")}
     return model, extra

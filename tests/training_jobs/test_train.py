@@ -142,3 +142,58 @@ def test_distillation_trains_teacher_and_student_within_one_time_budget(monkeypa
     train_model(x, y, x, y, options, progress=False)
     # The teacher may use 30 % (3 min) and used half of it; the student gets the 8.5 min left.
     assert budgets == [("TeacherCNN", pytest.approx(3.0)), ("ViT", pytest.approx(8.5))]
+
+
+def test_an_ensemble_trains_its_members_at_once_from_their_own_seeds(phantom, workdir, capfd):
+    """`--members 2`: two processes, two different models (seeds 0 and 1), one exported graph whose logits are
+    their mean, the gate fitted on both embeddings, a checkpoint that rebuilds the ensemble."""
+    from training_jobs.export import check_parity
+    from training_jobs.vit import Ensemble, load_checkpoint
+    from triage.cli import main
+
+    code = main(["train", "--data", str(phantom), "--out", str(workdir / "model"), "--epochs", "1",
+                 "--batch-size", "64", "--no-register", "--json", "--members", "2", *TINY])
+    assert code == 0
+    captured = capfd.readouterr()  # at the descriptors: the members' progress comes from their processes
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert report["members"] == 2 and len(report["member_best_epochs"]) == 2
+    assert "member 1/2" in captured.err and "member 2/2" not in captured.err  # one progress bar, the first's
+    model, _ = load_checkpoint(workdir / "model" / "checkpoint.pt")
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    first, second = (dict(m.named_parameters()) for m in model.members)
+    assert not torch.equal(first["pos_embed"], second["pos_embed"])  # different seeds, different models
+    card = ModelCard.load(workdir / "model")
+    assert card.config["members"] == 2 and card.gate["dim"] == 2 * 48 + 7 * 7 + 4
+    data = np.load(phantom)
+    x = ((data["val_images"][:8].astype(np.float32) / 255.0 - 0.5) / 0.5)[:, None]
+    assert max(check_parity(model, workdir / "model" / "model.onnx", x).values()) < 1e-4
+    with torch.no_grad():
+        mean_logits = torch.stack([m(torch.from_numpy(x))[0] for m in model.members]).mean(0)
+    torch.testing.assert_close(model(torch.from_numpy(x))[0], mean_logits)
+
+    # Served as any model: a prediction through the gate, both heatmaps.
+    import io
+
+    from PIL import Image
+
+    from shared.config import Settings
+    from shared.model import TriageModel
+
+    served = TriageModel(Settings(model_uri=str(workdir / "model"), model_cache_dir=workdir / "cache"))
+    buffer = io.BytesIO()
+    Image.fromarray(data["val_images"][0]).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    prediction = served(png, "image/png")
+    assert prediction.assessable and prediction.verdict.distance is not None  # the gate measured both embeddings
+    for method in ("rollout", "occlusion"):
+        explained = served(png, "image/png", explain=method)
+        assert explained.heatmap.shape == (28, 28) and explained.prediction.label == prediction.label
+
+
+def test_members_below_one_is_refused(workdir, phantom, capsys):
+    from triage.cli import main
+
+    code = main(["train", "--data", str(phantom), "--out", str(workdir / "model"), "--members", "0", *TINY])
+    assert code != 0
+    assert "--members must be at least 1" in capsys.readouterr().err
+    assert not (workdir / "model").exists()

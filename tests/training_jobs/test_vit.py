@@ -57,3 +57,43 @@ def test_bad_config_and_bad_checkpoint_are_named(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_ensemble_averages_its_members_behind_the_same_interface(tmp_path):
+    from training_jobs.vit import Ensemble
+
+    torch.manual_seed(0)
+    members = [ViT(ViTConfig(**TINY)).eval() for _ in range(3)]
+    ensemble = Ensemble(members).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        logits, attention = ensemble.forward_with_attention(x)
+        each = [m.forward_with_attention(x) for m in members]
+        embedding, _ = ensemble.forward_features(x)
+    torch.testing.assert_close(logits, torch.stack([lg for lg, _ in each]).mean(0))
+    torch.testing.assert_close(attention, torch.stack([a for _, a in each]).mean(0))
+    assert embedding.shape == (4, 3 * 32) == (4, ensemble.embedding_dim)
+    torch.testing.assert_close(ensemble.head(embedding), logits)  # the head the export's parity check uses
+    assert ensemble.num_params() == sum(m.num_params() for m in members)  # the shared heads counted once
+
+    path = save_checkpoint(ensemble, tmp_path / "ensemble.pt", threshold=0.4)
+    rebuilt, extra = load_checkpoint(path)
+    assert isinstance(rebuilt, Ensemble) and len(rebuilt.members) == 3 and extra == {"threshold": 0.4}
+    torch.testing.assert_close(rebuilt(x)[0], ensemble(x)[0])
+
+
+def test_ensemble_and_its_checkpoint_refuse_what_they_cannot_be(tmp_path):
+    from training_jobs.vit import Ensemble
+
+    one = ViT(ViTConfig(**TINY))
+    with pytest.raises(ValueError, match="at least two distinct members"):
+        Ensemble([one])
+    with pytest.raises(ValueError, match="at least two distinct members"):
+        Ensemble([one, one])
+    with pytest.raises(ValueError, match="same ViTConfig"):
+        Ensemble([one, ViT(ViTConfig(**{**TINY, "depth": 1}))])
+    path = save_checkpoint(one, tmp_path / "odd.pt")
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "members": 0}, path)
+    with pytest.raises(ValueError, match="'members' is not a positive whole number"):
+        load_checkpoint(path)
