@@ -54,6 +54,7 @@ RECIPES: dict[str, tuple[str, Callable[[TrainOptions], TrainOptions]]] = {
                      lambda o: _acq(_model(_v1(o), input_norm=True))),
     "wide-scale": ("default + zoom augmentation 0.75-1.25 (scale is the weakest stress shift)",
                    lambda o: replace(o, aug_scale=0.25)),
+    "mid-scale": ("default + zoom augmentation 0.82-1.18", lambda o: replace(o, aug_scale=0.18)),
     "mixup": ("default + mixup Beta(0.2, 0.2)", lambda o: replace(o, mixup=0.2)),
     "ema": ("default + EMA of the weights (decay 0.995)", lambda o: replace(o, ema=0.995)),
     "distill": ("default + DeiT-style distillation from a CNN teacher", lambda o: replace(o, distill=True)),

@@ -157,7 +157,40 @@ class Block(nn.Module):
         return x, att
 
 
-class ViT(nn.Module):
+class Classifier(nn.Module):
+    """What training, calibration and the export call on a model: `forward(x, targets)` -> (logits, loss) from the
+    subclass's `forward_with_attention`, and its parameter count."""
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    head: nn.Module
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding the head sees [N, embedding_dim] and the attention [N, depth, T, T]."""
+        raise NotImplementedError
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [N, classes] and head-averaged attention of every layer [N, depth, T, T]."""
+        embedding, attention = self.forward_features(x)
+        return self.head(embedding), attention
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        class_weight: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, _ = self.forward_with_attention(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits, targets, weight=class_weight, label_smoothing=label_smoothing)
+        return logits, loss
+
+
+class ViT(Classifier):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.config = config
@@ -182,9 +215,6 @@ class ViT(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     @property
     def embedding_dim(self) -> int:
         return self.config.dim
@@ -200,24 +230,7 @@ class ViT(nn.Module):
             maps.append(att)
         return self.ln_f(h[:, 0]), torch.stack(maps, dim=1)
 
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [N, classes] and head-averaged attention of every layer [N, depth, T, T]."""
-        embedding, attention = self.forward_features(x)
-        return self.head(embedding), attention
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        *,
-        class_weight: torch.Tensor | None = None,
-        label_smoothing: float = 0.0,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits, _ = self.forward_with_attention(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits, targets, weight=class_weight, label_smoothing=label_smoothing)
-        return logits, loss
 
 
 class MeanHead(nn.Module):
@@ -233,7 +246,7 @@ class MeanHead(nn.Module):
         return torch.stack([head(part) for head, part in zip(self.heads, parts, strict=True)]).mean(dim=0)
 
 
-class Ensemble(nn.Module):
+class Ensemble(Classifier):
     """Members of one `ViTConfig`, as one model: the logits are the members' mean, the embedding their
     concatenation [N, members * dim] (the gate's reference is fitted on it), the attention their mean
     [N, depth, T, T] (attention rollout of the ensemble). `config` is the members' config."""
@@ -249,9 +262,6 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.head = MeanHead([m.head for m in members], self.config.dim)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     @property
     def embedding_dim(self) -> int:
         return self.config.dim * len(self.members)
@@ -260,23 +270,7 @@ class Ensemble(nn.Module):
         outputs = [m.forward_features(x) for m in self.members]
         return torch.cat([e for e, _ in outputs], dim=-1), torch.stack([a for _, a in outputs]).mean(dim=0)
 
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding, attention = self.forward_features(x)
-        return self.head(embedding), attention
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        *,
-        class_weight: torch.Tensor | None = None,
-        label_smoothing: float = 0.0,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits, _ = self.forward_with_attention(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits, targets, weight=class_weight, label_smoothing=label_smoothing)
-        return logits, loss
 
 
 class ViTWithAttention(nn.Module):
